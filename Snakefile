@@ -1,0 +1,21 @@
+# vlmbias: audit social bias in CLIP-style models. `snakemake --cores 8` rebuilds everything.
+# Rules live in workflow/rules/*.smk; each calls one module of src/vlmbias.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/world.smk"
+include: "workflow/rules/audit.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/mitigate.smk"
+
+
+rule all:
+    input:
+        audit_targets(),
+    default_target: True

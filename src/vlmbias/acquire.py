@@ -1,0 +1,669 @@
+"""Acquire fine-tuning images per keyword (rule `acquire`) into one gated, content-addressed folder.
+
+Config block (one per keyword list): `{source, keywords, limit, ...source options}`.
+
+Sources:
+- `web-search`: an image search engine, as in the thesis (`simple-image-download`, Google Images).
+  The installed package is NOT called. Every release has a defect that silently corrupts or hangs
+  an unattended run:
+  - 0.2 (what pip installs on Linux) turns every HTTP or network error (429, 403, unreachable)
+    into `exit(0)`, a silent "success";
+  - when a page has fewer links than `limit`, its link scanner wraps around and returns repeats;
+    on a page with no link at all (a captcha page) it loops forever;
+  - it splits the keyword on commas (0.2; later releases split further, and 0.4/0.5 import `magic`
+    from `python-magic-bin==0.4.14`, which has no Linux wheel, so pip falls back to 0.2);
+  - its file names (`<keyword>_<n>.jpg`, or random 3-hex ids in 0.4+) collide and overwrite.
+  So this module sends the package's own search request (the same URL and User-Agent, read from
+  the package when its release exposes them) for the WHOLE phrase, and applies the package's own
+  link rule (a quoted `https://...` string cut at the first backslash, kept if it names an image
+  extension), here bounded and de-duplicated. Rate limiting (HTTP 429/403/503), a captcha page,
+  an empty result page and an unreachable network each get a status of their own.
+- `urls`: image URLs given in config, per keyword (`urls: {keyword: [url, ...]}` or `urls` on a
+  keyword item).
+- `folder`: images already on disk, `<root>/<keyword>/` (or the item's `folder`).
+- `world`: the calibration world's search-engine stand-in (`vlmbias.world.search`); its true
+  labels ride along as `world_gender`, `world_race`, `world_age` for `label` source `world`.
+
+Keyword items are strings or `{keyword, concept?, urls?, folder?}`. `concept` defaults to the
+keyword without a leading article ("a doctor" -> "doctor"; the world source reports its own).
+
+The gate, the same for every source: size cap in bytes, known image format, at most `max_pixels`
+(decompression bombs refused), full decode (`img.load()`). Accepted bytes are stored unchanged
+at `<out_dir>/<slug>/<sha1[:16]>.<ext>`. The slug is ASCII, carries a hash of the keyword (so "../x"
+cannot escape and two keywords never share a folder) and the file name is the content hash (so
+names never collide and a rerun rewrites nothing).
+
+Manifest (`acquired.parquet`), one row per candidate plus one per keyword that had no candidate:
+`image_id` (`<slug>/<file>`, ok rows only), `path` (absolute; for duplicates the kept copy),
+`source, keyword, concept, caption, lang, origin` (URL or source path), `sha1`, `status`
+(ok, duplicate, not-image, too-large, undecodable, fetch-error, no-results, search-blocked,
+search-error), `reason`, `world_image_id, world_gender, world_race, world_age`.
+
+Resuming: rows of earlier runs come from the old manifest and from a journal that is rewritten
+after every keyword (`<out_dir>/.acquire-journal.parquet`, never pruned); stored images whose row
+was lost are found on disk and adopted. A rerun keeps every stored image, does not fetch an origin
+again unless it failed in transit (fetch-error), and stops at `limit` usable images per keyword.
+A keyword with no usable image is logged and recorded; the stage fails only when every keyword
+came back empty.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import re
+import time
+import unicodedata
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from vlmbias import VlmbiasError
+from vlmbias.io import atomic_path, parse_json_arg, run_cli, write_table
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("web-search", "urls", "folder", "world")
+MANIFEST_COLUMNS = ["image_id", "path", "source", "keyword", "concept", "caption", "lang", "origin", "sha1",
+                    "status", "reason", "world_image_id", "world_gender", "world_race", "world_age"]
+# statuses of a single candidate that a rerun does not retry (the same bytes give the same verdict)
+FINAL_REJECTIONS = {"duplicate", "not-image", "too-large", "undecodable"}
+KEYWORD_STATUSES = {"no-results", "search-blocked", "search-error"}
+JOURNAL_NAME = ".acquire-journal.parquet"
+RECOVERED = "file on disk: "      # origin of a stored image adopted without a record
+
+DEFAULTS = {
+    "limit": 50,                 # usable images kept per keyword
+    "max_bytes": 20 * 2 ** 20,   # per downloaded file
+    "max_pixels": 40_000_000,    # width x height; PIL's own bomb guard starts at ~89M
+    "timeout": 20.0,             # seconds per network operation
+    "delay": 1.0,                # seconds between two search-engine requests (rate limits)
+    "seed": 0,                   # world source: order of its results
+}
+SPEC_KEYS = {"source", "keywords", "concepts", "urls", "root", "world", "lang", "search_url", "user_agent",
+             *DEFAULTS}
+
+# Image formats kept, with the extension they are stored under.
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+              "MPO": ".jpg"}
+_STORED_NAME = re.compile(r"^[0-9a-f]{16}(?:[0-9a-f]{24})?\.(?:jpg|png|gif|webp|bmp|tif)$")
+
+# simple-image-download 0.2's request, inlined there; 0.4+ exposes BASE_URL, GOOGLE_PICTURE_ID, HEADERS.
+_SID_BASE_URL = "https://www.google.com/search?q="
+_SID_PICTURE_ID = ("&biw=1536&bih=674&tbm=isch&sxsrf=ACYBGNSXXpS6YmAKUiLKKBs6xWb4uUY5gA:1581168823770"
+                   "&source=lnms&sa=X&ved=0ahUKEwioj8jwiMLnAhW9AhAIHbXTBMMQ_AUI3QUoAQ")
+_SID_USER_AGENT = ("Mozilla/5.0 (Windows NT 6.1) AppleWebKit/537.36 (KHTML, like Gecko) "
+                   "Chrome/80.0.3987.87 Safari/537.36")
+_LINK_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+_ENGINE_HOSTS = ("google.com", "gstatic.com", "googleusercontent.com", "googleapis.com")
+_CAPTCHA_MARKERS = ("captcha", "unusual traffic", "/sorry/", "detected unusual")
+
+
+# ------------------------------------------------------------------------------------------ network
+
+class FetchError(Exception):
+    """The request got no HTTP answer (DNS, refused, reset, timeout, bad URL)."""
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str | None = None  # the raw header, None when the server sent none
+    url: str = ""                    # after redirects
+    too_large: bool = False          # body over max_bytes: not kept
+
+
+Fetcher = Callable[..., Response]  # fetcher(url, *, timeout, max_bytes, headers) -> Response
+
+
+def urllib_fetch(url: str, *, timeout: float, max_bytes: int, headers: dict | None = None) -> Response:
+    """GET with a per-operation timeout, an overall deadline and a byte cap (never reads past it)."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise FetchError(f"unsupported URL scheme in {url[:80]!r}")
+    req = urllib.request.Request(url, headers=headers or {})
+    deadline = time.monotonic() + 4 * timeout  # a server dribbling bytes must not hang the stage
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        with e:
+            body = e.read(min(max_bytes, 2 ** 20)) if e.fp is not None else b""
+        return Response(e.code, body, e.headers.get("Content-Type") if e.headers else None, url)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise FetchError(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+    with resp:
+        ctype, final = resp.headers.get("Content-Type"), resp.geturl()
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            return Response(resp.status, b"", ctype, final, too_large=True)
+        chunks, size = [], 0
+        try:
+            while size <= max_bytes:
+                if time.monotonic() > deadline:
+                    raise FetchError(f"download took longer than {4 * timeout:g} s")
+                chunk = resp.read(min(65536, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except (OSError, ValueError) as e:
+            raise FetchError(f"{type(e).__name__} while reading: {e}") from None
+    if size > max_bytes:
+        return Response(resp.status, b"", ctype, final, too_large=True)
+    return Response(resp.status, b"".join(chunks), ctype, final)
+
+
+# ---------------------------------------------------------------------------------------- the gate
+
+def slugify(keyword: str) -> str:
+    """ASCII folder name for a keyword: a readable part plus a hash of the exact keyword."""
+    ascii_part = unicodedata.normalize("NFKD", keyword).encode("ascii", "ignore").decode().lower()
+    ascii_part = re.sub(r"[^a-z0-9]+", "-", ascii_part).strip("-")[:40].strip("-")
+    digest = hashlib.sha1(keyword.encode("utf-8")).hexdigest()[:8]
+    return f"{ascii_part}-{digest}" if ascii_part else f"kw-{digest}"
+
+
+def check_image(data: bytes, max_bytes: int, max_pixels: int) -> tuple[str, str, str | None]:
+    """(status, reason, extension) of candidate bytes; status 'ok' only for a fully decodable image."""
+    if len(data) > max_bytes:
+        return "too-large", f"{len(data)} bytes > max_bytes {max_bytes}", None
+    if not data:
+        return "not-image", "empty file", None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(BytesIO(data)) as img:
+                fmt, (w, h) = img.format, img.size
+                if w * h > max_pixels:  # checked from the header, before any pixel is decoded
+                    return "too-large", f"{w}x{h} pixels > max_pixels {max_pixels}", None
+                img.load()
+    except UnidentifiedImageError:
+        return "not-image", "not a recognised image format", None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return "too-large", f"decompression bomb refused: {e}", None
+    except Exception as e:  # truncated/corrupt data surfaces as many exception types inside PIL
+        return "undecodable", f"{type(e).__name__}: {e}", None
+    if fmt not in EXTENSIONS:
+        return "not-image", f"unsupported image format {fmt}", None
+    return "ok", "", EXTENSIONS[fmt]
+
+
+def _sha1_file(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def store_image(out_dir: Path, slug: str, data: bytes, sha1: str, ext: str) -> Path:
+    """Write bytes to <out_dir>/<slug>/<sha1[:16]><ext> unless that exact content is already there."""
+    folder = (out_dir / slug).resolve()
+    if out_dir.resolve() not in folder.parents:  # slugify makes this impossible; a guard for later edits
+        raise VlmbiasError(f"refusing to write outside {out_dir}: {folder}")
+    for name in (sha1[:16] + ext, sha1 + ext):  # the full hash only on a 64-bit prefix collision
+        path = folder / name
+        if not path.exists():
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            return path
+        if _sha1_file(path) == sha1:
+            return path
+    raise VlmbiasError(f"{folder / (sha1 + ext)} exists with other content; remove it and rerun")
+
+
+# --------------------------------------------------------------------------------------- candidates
+
+class Rejected(Exception):
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@dataclass
+class Candidate:
+    origin: str
+    load: Callable[[], bytes]       # raises Rejected
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class SearchResult:
+    candidates: Iterator[Candidate] | list[Candidate]
+    status: str = ""                # a KEYWORD_STATUSES value when there are no candidates
+    reason: str = ""
+
+
+def _download(url: str, fetcher: Fetcher, opts: dict) -> bytes:
+    try:
+        resp = fetcher(url, timeout=opts["timeout"], max_bytes=opts["max_bytes"],
+                       headers={"User-Agent": opts["user_agent"]})
+    except FetchError as e:
+        raise Rejected("fetch-error", str(e)) from None
+    if resp.status >= 400:
+        raise Rejected("fetch-error", f"HTTP {resp.status}")
+    if resp.too_large:
+        raise Rejected("too-large", f"more than max_bytes {opts['max_bytes']}")
+    ctype = (resp.content_type or "").split(";")[0].strip().lower()
+    # Servers often send octet-stream or nothing for images: only a definite non-image type is refused
+    # here; the decoder decides the rest.
+    if ctype and not ctype.startswith("image/") and ctype not in ("application/octet-stream", "binary/octet-stream"):
+        raise Rejected("not-image", f"content-type {ctype}")
+    return resp.body
+
+
+def _url_candidates(urls: list[str], fetcher: Fetcher, opts: dict) -> list[Candidate]:
+    return [Candidate(u, lambda u=u: _download(u, fetcher, opts)) for u in dict.fromkeys(urls)]
+
+
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    try:
+        if path.stat().st_size > max_bytes:
+            raise Rejected("too-large", f"{path.stat().st_size} bytes > max_bytes {max_bytes}")
+        return path.read_bytes()
+    except OSError as e:
+        raise Rejected("fetch-error", f"cannot read file: {e}") from None
+
+
+def search_url(keyword: str, template: str | None = None) -> str:
+    """The search request for the whole phrase ('a doctor' is one query, never 'a' and 'doctor')."""
+    query = urllib.parse.quote(keyword.encode("utf-8"))
+    if template:
+        return template.replace("{query}", query)
+    base, picture_id = _SID_BASE_URL, _SID_PICTURE_ID
+    try:  # releases 0.4+ expose the request as module constants
+        from simple_image_download import simple_image_download as sid
+        base, picture_id = getattr(sid, "BASE_URL", base), getattr(sid, "GOOGLE_PICTURE_ID", picture_id)
+    except Exception:  # 0.4/0.5 fail to import without python-magic; the inlined copy is the same request
+        pass
+    return base + query + picture_id
+
+
+def extract_image_links(page: str) -> list[str]:
+    """simple-image-download's link rule, bounded and de-duplicated, skipping the engine's own assets."""
+    links = []
+    for m in re.finditer(r'"(https?://[^"]+)"', page):
+        link = m.group(1).split("\\", 1)[0]  # JSON-escaped tails (\u003d...) are cut as the package does
+        host = urllib.parse.urlsplit(link).hostname or ""
+        if any(host == h or host.endswith("." + h) for h in _ENGINE_HOSTS):
+            continue
+        if any(ext in link.lower() for ext in _LINK_EXTENSIONS):
+            links.append(link)
+    return list(dict.fromkeys(links))
+
+
+def web_search(keyword: str, fetcher: Fetcher, opts: dict) -> SearchResult:
+    url = search_url(keyword, opts.get("search_url"))
+    try:
+        resp = fetcher(url, timeout=opts["timeout"], max_bytes=10 * 2 ** 20,
+                       headers={"User-Agent": opts["user_agent"], "Accept-Language": "en"})
+    except FetchError as e:
+        return SearchResult([], "search-error", f"search engine unreachable ({e}); check the network")
+    if resp.status in (403, 429, 503):
+        return SearchResult([], "search-blocked", f"search engine refused the request (HTTP {resp.status}); "
+                            "it is rate-limiting or blocking this machine: wait and rerun (images already "
+                            "stored are kept)")
+    if resp.status >= 400 or resp.too_large:
+        return SearchResult([], "search-error", f"search engine answered HTTP {resp.status}"
+                            + (" with an oversized page" if resp.too_large else ""))
+    page = resp.body.decode("utf-8", errors="replace")
+    links = extract_image_links(page)
+    if not links:
+        text = (page[:200_000] + " " + resp.url).lower()
+        if any(m in text for m in _CAPTCHA_MARKERS):
+            return SearchResult([], "search-blocked", "search engine returned a captcha / 'unusual traffic' page "
+                                "instead of results: wait and rerun (images already stored are kept)")
+        return SearchResult([], "no-results", "the search engine returned no image links")
+    return SearchResult(_url_candidates(links, fetcher, opts))
+
+
+def folder_search(root: Path, sub: str, max_bytes: int) -> SearchResult:
+    folder = (root / sub).resolve()
+    if folder != root and root not in folder.parents:
+        return SearchResult([], "search-error", f"folder {sub!r} lies outside root {root}")
+    if not folder.is_dir():
+        return SearchResult([], "no-results", f"folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        return SearchResult([], "no-results", f"folder is empty: {folder}")
+    return SearchResult([Candidate(str(p), lambda p=p: _read_file(p, max_bytes)) for p in files])
+
+
+def world_search(world_dir: Path, keyword: str, opts: dict) -> SearchResult:
+    from vlmbias.world import search
+
+    try:
+        hits = search(world_dir, keyword, limit=10 ** 9, seed=int(opts["seed"]),
+                      **({"lang": opts["lang"]} if opts.get("lang") else {}))
+    except VlmbiasError as e:
+        return SearchResult([], "no-results", str(e))
+    if hits.empty:
+        return SearchResult([], "no-results", "the world's search returned no image")
+
+    def candidates():  # lazily: the world's results are the whole matching corpus, in search order
+        for row in hits.itertuples(index=False):
+            extra = {"concept": row.concept, "caption": row.caption, "lang": row.lang,
+                     "world_image_id": row.image_id, "world_gender": row.gender, "world_race": row.race,
+                     "world_age": row.age}
+            yield Candidate(str(row.path), lambda p=Path(row.path): _read_file(p, opts["max_bytes"]), extra)
+    return SearchResult(candidates())
+
+
+# ------------------------------------------------------------------------------------------- spec
+
+def default_concept(keyword: str) -> str:
+    return re.sub(r"^(a|an|the)\s+", "", " ".join(keyword.split()), flags=re.IGNORECASE)
+
+
+def resolve_spec(spec: dict) -> tuple[dict, list[dict]]:
+    """Validate the config block; returns (options, keyword items)."""
+    if not isinstance(spec, dict):
+        raise VlmbiasError("acquire: the spec must be a mapping")
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise VlmbiasError(f"acquire: unknown key(s) {unknown}; known keys: {sorted(SPEC_KEYS)}")
+    source = spec.get("source")
+    if source not in SOURCES:
+        raise VlmbiasError(f"acquire: source {source!r} is not one of {list(SOURCES)}")
+    opts = {**DEFAULTS, **{k: v for k, v in spec.items() if k in DEFAULTS and v is not None}}
+    for key in ("limit", "max_bytes", "max_pixels"):
+        if not isinstance(opts[key], int) or isinstance(opts[key], bool) or opts[key] < 1:
+            raise VlmbiasError(f"acquire: {key} must be a positive integer, got {opts[key]!r}")
+    opts.update(source=source, search_url=spec.get("search_url"), lang=spec.get("lang"),
+                user_agent=spec.get("user_agent") or _package_user_agent())
+    if opts["search_url"] and "{query}" not in opts["search_url"]:
+        raise VlmbiasError("acquire: search_url must contain '{query}' where the quoted keyword goes")
+    raw = spec.get("keywords")
+    if not raw:
+        raise VlmbiasError("acquire: the keyword list is empty; give at least one keyword under 'keywords'")
+    if isinstance(raw, str):
+        raise VlmbiasError(f"acquire: 'keywords' must be a list, got the string {raw!r}")
+    concepts = spec.get("concepts") or {}
+    url_map = spec.get("urls") or {}
+    if source == "urls" and not isinstance(url_map, dict):
+        raise VlmbiasError("acquire: 'urls' must map each keyword to its list of image URLs")
+    items, seen = [], set()
+    for entry in raw:
+        item = {"keyword": entry} if isinstance(entry, str) else dict(entry) if isinstance(entry, dict) else None
+        if item is None or not isinstance(item.get("keyword"), str) or not item["keyword"].strip():
+            raise VlmbiasError(f"acquire: each keyword must be a non-empty string or a mapping with 'keyword', "
+                               f"got {entry!r}")
+        extra = sorted(set(item) - {"keyword", "concept", "urls", "folder"})
+        if extra:
+            raise VlmbiasError(f"acquire: keyword {item['keyword']!r} has unknown key(s) {extra}")
+        kw = item["keyword"].strip()
+        if kw in seen:
+            raise VlmbiasError(f"acquire: keyword {kw!r} is listed twice")
+        seen.add(kw)
+        item["keyword"] = kw
+        item["concept"] = item.get("concept") or concepts.get(kw) or default_concept(kw)
+        if source == "urls":
+            urls = item.get("urls", url_map.get(kw, []))
+            if isinstance(urls, str) or not all(isinstance(u, str) for u in urls):
+                raise VlmbiasError(f"acquire: the URLs of keyword {kw!r} must be a list of strings")
+            item["urls"] = list(urls)
+        items.append(item)
+    return opts, items
+
+
+def _package_user_agent() -> str:
+    try:
+        from simple_image_download import simple_image_download as sid
+        return getattr(sid, "HEADERS", {}).get("User-Agent", _SID_USER_AGENT)
+    except Exception:
+        return _SID_USER_AGENT
+
+
+def simple_image_download_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("simple-image-download")
+    except PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------- resuming
+
+def _read_previous(paths: list[Path]) -> pd.DataFrame:
+    frames = []
+    for p in paths:
+        if p is not None and Path(p).is_file():
+            try:
+                frames.append(pd.read_parquet(p))
+            except Exception as e:  # a damaged old record must not block a rerun; its files are adopted below
+                log.warning("cannot read earlier record %s (%s); relying on the files on disk", p, e)
+    if not frames:
+        return pd.DataFrame(columns=MANIFEST_COLUMNS)
+    df = pd.concat([f.reindex(columns=MANIFEST_COLUMNS) for f in frames], ignore_index=True)
+    df = df.astype(object).where(df.notna(), None)
+    return df.drop_duplicates(subset=["keyword", "source", "origin", "sha1", "status"], keep="last")
+
+
+def _row(opts, item, slug, origin, status, reason="", sha1=None, path=None, extra=None) -> dict:
+    extra = extra or {}
+    image_id = f"{slug}/{Path(path).name}" if status == "ok" and path else None
+    return {"image_id": image_id, "path": str(path) if path else None, "source": opts["source"],
+            "keyword": item["keyword"], "concept": extra.get("concept", item["concept"]),
+            "caption": extra.get("caption"), "lang": extra.get("lang"), "origin": origin, "sha1": sha1,
+            "status": status, "reason": reason, **{k: extra.get(k) for k in
+                                                     ("world_image_id", "world_gender", "world_race", "world_age")}}
+
+
+class _Keyword:
+    """State of one keyword: what it already has (from earlier runs) and what this run adds."""
+
+    def __init__(self, opts, item, out_dir: Path, previous: pd.DataFrame):
+        self.opts, self.item, self.out_dir = opts, item, out_dir
+        self.slug = slugify(item["keyword"])
+        self.rows: list[dict] = []
+        self.hashes: dict[str, str] = {}   # sha1 -> stored path
+        self.origins: set[str] = set()     # origins not to fetch again
+        self.recovered: dict[str, dict] = {}  # sha1 -> row of a file adopted from disk, origin unknown
+        mine = previous[previous["keyword"] == item["keyword"]]
+        # images another source stored under this keyword have their own record: not adopted below
+        self.referenced = set(mine.loc[mine["status"] == "ok", "sha1"])
+        prev = mine[mine["source"] == opts["source"]]
+        lost = 0
+        for r in prev[prev["status"] == "ok"].to_dict("records"):
+            path = out_dir / str(r["image_id"])
+            if r["image_id"] and path.is_file() and _sha1_file(path) == r["sha1"]:
+                if r["sha1"] not in self.hashes:
+                    self.rows.append({**r, "path": str(path.resolve())})
+                    self.hashes[r["sha1"]] = str(path.resolve())
+                    if str(r["origin"]).startswith(RECOVERED):
+                        self.recovered[r["sha1"]] = self.rows[-1]
+                self.origins.add(r["origin"])
+            else:
+                lost += 1
+        if lost:
+            log.warning("%r: %d image(s) recorded earlier are missing from %s and will be fetched again",
+                        item["keyword"], lost, out_dir)
+        for r in prev[prev["status"].isin(FINAL_REJECTIONS)].to_dict("records"):
+            if r["status"] == "duplicate" and r["sha1"] not in self.hashes:
+                continue  # its twin is gone: fetch it again rather than lose the image
+            if r["origin"] not in self.origins:
+                self.rows.append(r)
+                self.origins.add(r["origin"])
+        self.kept_before = len(self.hashes)
+
+    @property
+    def n_ok(self) -> int:
+        return len(self.hashes)
+
+    def adopt_files_on_disk(self) -> None:
+        """Stored images whose record was lost (a crash before the journal was written) are kept."""
+        folder = self.out_dir / self.slug
+        if not folder.is_dir():
+            return
+        adopted = 0
+        for path in sorted(folder.iterdir()):
+            if not _STORED_NAME.match(path.name):
+                continue
+            sha1 = _sha1_file(path)
+            if sha1 in self.hashes or sha1 in self.referenced or not sha1.startswith(path.stem):
+                continue
+            status, reason, _ = check_image(path.read_bytes(), self.opts["max_bytes"], self.opts["max_pixels"])
+            if status == "ok":
+                self.hashes[sha1] = str(path.resolve())
+                self.rows.append(_row(self.opts, self.item, self.slug, f"{RECOVERED}{path.resolve()}", "ok",
+                                      "recovered from disk; origin not recorded", sha1, path.resolve()))
+                self.recovered[sha1] = self.rows[-1]
+                adopted += 1
+        if adopted:
+            log.warning("%r: adopted %d stored image(s) that no record lists", self.item["keyword"], adopted)
+
+    def add(self, cand: Candidate) -> None:
+        opts = self.opts
+        try:
+            data = cand.load()
+        except Rejected as e:
+            self.rows.append(_row(opts, self.item, self.slug, cand.origin, e.status, e.reason, extra=cand.extra))
+            if e.status != "fetch-error":
+                self.origins.add(cand.origin)
+            return
+        self.origins.add(cand.origin)
+        sha1 = hashlib.sha1(data).hexdigest()
+        if sha1 in self.recovered:  # the origin of a file adopted from disk: complete its row in place
+            row = self.recovered.pop(sha1)
+            row.update(_row(opts, self.item, self.slug, cand.origin, "ok", "", sha1, self.hashes[sha1], cand.extra))
+            return
+        if sha1 in self.hashes:
+            self.rows.append(_row(opts, self.item, self.slug, cand.origin, "duplicate",
+                                  f"same content as {Path(self.hashes[sha1]).name}", sha1, self.hashes[sha1],
+                                  cand.extra))
+            return
+        status, reason, ext = check_image(data, opts["max_bytes"], opts["max_pixels"])
+        if status != "ok":
+            self.rows.append(_row(opts, self.item, self.slug, cand.origin, status, reason, sha1, extra=cand.extra))
+            return
+        path = store_image(self.out_dir, self.slug, data, sha1, ext)
+        self.hashes[sha1] = str(path)
+        self.rows.append(_row(opts, self.item, self.slug, cand.origin, "ok", "", sha1, path, cand.extra))
+
+
+# --------------------------------------------------------------------------------------------- stage
+
+def acquire(spec: dict, out_dir: str | Path, *, manifest: str | Path | None = None, world: str | Path | None = None,
+            fetcher: Fetcher | None = None, progress: bool = True) -> pd.DataFrame:
+    """Fetch, gate and store images for every keyword; returns the manifest (see the module doc).
+
+    `manifest`: the manifest of an earlier run to resume from (its journal in out_dir is read too).
+    `fetcher`: the HTTP layer (`urllib_fetch` unless given; tests inject their own).
+    """
+    opts, items = resolve_spec(spec)
+    fetcher = fetcher or urllib_fetch
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    journal = out_dir / JOURNAL_NAME
+    previous = _read_previous([Path(manifest) if manifest else None, journal])
+    root = world_dir = None
+    if opts["source"] == "folder":
+        if not spec.get("root"):
+            raise VlmbiasError("acquire: source 'folder' needs 'root', the folder holding one subfolder per keyword")
+        root = Path(spec["root"]).resolve()
+        if not root.is_dir():
+            raise VlmbiasError(f"acquire: folder root not found: {root}")
+    if opts["source"] == "world":
+        world_dir = world or spec.get("world")
+        if not world_dir:
+            raise VlmbiasError("acquire: source 'world' needs the world folder (--world or 'world' in the spec)")
+        world_dir = Path(world_dir)
+        if not (world_dir / "corpus.parquet").is_file():
+            raise VlmbiasError(f"acquire: {world_dir} is not a generated world (no corpus.parquet)")
+    if opts["source"] == "web-search":
+        log.info("web-search: simple-image-download %s installed; its request and link rule are used, its "
+                 "downloader is not (see vlmbias.acquire)", simple_image_download_version() or "not")
+
+    states, searched = [], 0
+    for item in items:
+        st = _Keyword(opts, item, out_dir, previous)
+        st.adopt_files_on_disk()
+        states.append(st)
+        kw = item["keyword"]
+        if st.n_ok >= opts["limit"]:
+            log.info("%r: %d images already stored (limit %d); nothing to fetch", kw, st.n_ok, opts["limit"])
+        else:
+            if opts["source"] == "web-search":
+                if searched and opts["delay"] > 0:
+                    time.sleep(float(opts["delay"]))  # spacing requests is what keeps the engine from blocking
+                searched += 1
+                result = web_search(kw, fetcher, opts)
+            elif opts["source"] == "urls":
+                result = (SearchResult(_url_candidates(item["urls"], fetcher, opts)) if item["urls"] else
+                          SearchResult([], "no-results", "no URLs listed for this keyword"))
+            elif opts["source"] == "folder":
+                result = folder_search(root, item.get("folder") or kw, opts["max_bytes"])
+            else:
+                result = world_search(world_dir, kw, opts)
+            if result.status:
+                st.rows.append(_row(opts, item, st.slug, None, result.status, result.reason))
+                log_fn = log.error if result.status == "search-blocked" else log.warning
+                log_fn("%r: %s: %s", kw, result.status, result.reason)
+            bar = tqdm(total=opts["limit"], initial=st.n_ok, desc=f"acquire {kw[:30]}", unit="img",
+                       disable=not progress, leave=False)
+            for cand in result.candidates:
+                if st.n_ok >= opts["limit"]:
+                    break
+                if cand.origin in st.origins:
+                    continue
+                before = st.n_ok
+                st.add(cand)
+                bar.update(st.n_ok - before)
+            bar.close()
+        _write_journal(journal, previous, states)
+        bad = pd.Series([r["status"] for r in st.rows if r["status"] != "ok"]).value_counts().to_dict()
+        log.info("%r: %d usable images (%d new)%s", kw, st.n_ok, st.n_ok - st.kept_before,
+                 f"; rejected: {bad}" if bad else "")
+        if st.n_ok == 0:
+            log.warning("%r: no usable image; recorded in the manifest", kw)
+
+    out = _as_table(pd.DataFrame([r for st in states for r in st.rows], columns=MANIFEST_COLUMNS))
+    if not any(st.n_ok for st in states):
+        raise VlmbiasError("no keyword returned a usable image: " + "; ".join(_why_empty(st) for st in states))
+    return out
+
+
+def _why_empty(st: _Keyword) -> str:
+    for r in st.rows:
+        if r["status"] in KEYWORD_STATUSES:
+            return f"{st.item['keyword']!r}: {r['status']} ({r['reason']})"
+    counts = pd.Series([r["status"] for r in st.rows], dtype=object).value_counts().to_dict()
+    return f"{st.item['keyword']!r}: every candidate was rejected {counts}" if counts else \
+        f"{st.item['keyword']!r}: no candidates"
+
+
+def _write_journal(journal: Path, previous: pd.DataFrame, states: list[_Keyword]) -> None:
+    """Everything known so far, this run's keywords plus every earlier row (never pruned)."""
+    current = pd.DataFrame([r for st in states for r in st.rows], columns=MANIFEST_COLUMNS)
+    df = pd.concat([previous, current], ignore_index=True) if len(previous) else current
+    df = df.astype(object).where(df.notna(), None)
+    df = df.drop_duplicates(subset=["keyword", "source", "origin", "sha1", "status"], keep="last")
+    write_table(_as_table(df), journal)
+
+
+def _as_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every manifest column as a nullable string, so empty and full runs write the same schema."""
+    return df.reindex(columns=MANIFEST_COLUMNS).astype("string").reset_index(drop=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m vlmbias.acquire", description="Acquire images per keyword.")
+    p.add_argument("--spec-json", required=True, help="the keyword list's config block as JSON")
+    p.add_argument("--out-dir", required=True, help="folder the images are stored in (kept between runs)")
+    p.add_argument("--manifest", required=True, help="acquired.parquet to write (and to resume from)")
+    p.add_argument("--world", help="the calibration world's folder (source 'world')")
+    a = p.parse_args(argv)
+    manifest = acquire(parse_json_arg(a.spec_json, "--spec-json"), a.out_dir, manifest=a.manifest, world=a.world)
+    write_table(manifest, a.manifest)
+    ok = manifest["status"] == "ok"
+    log.info("acquired %d usable images for %d keywords; %d rows in %s", int(ok.sum()),
+             manifest.loc[ok, "keyword"].nunique(), len(manifest), a.manifest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,190 @@
+"""Planted vs measured: does the audit recover the bias planted in the calibration world?
+
+Reads the workflow's own outputs for the world's test split (per-class metric tables of every
+world query set, plus image and query embeddings) and the world's ground truth (`bias_table.csv`,
+`concepts.csv`), and writes:
+
+- `calibration.csv`: one row per (concept, lang, attribute, class): planted share, measured top-k
+  share with its interval (from the metrics stage), and an embedding association score that is
+  not limited by the top-k cut: Cohen's d of the query's cosine similarity between images of the
+  class and all other images (normal-approximation 95% interval).
+- `checks.csv`: the acceptance checks (strong plants found with the planted sign, controls near
+  parity, dose-response, language), each with its value, threshold and verdict.
+- `metric_tracking.csv`: how well each measurement tracks the planted share (Spearman rho).
+
+"Parity" is the class's share of the test split (balanced by construction). A plant is "strong"
+when the focal class's planted share reaches `strong[attribute]` (default 0.8 for gender, i.e.
+80/20, and 0.5 for race, i.e. 3.5x the 1/7 parity share).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from vlmbias import VlmbiasError
+from vlmbias.io import read_npy, read_table, run_cli, write_table
+
+log = logging.getLogger(__name__)
+DEFAULT_STRONG = {"gender": 0.8, "race": 0.5}
+Z95 = 1.959964
+
+
+def association(sims: np.ndarray, member: np.ndarray) -> tuple[float, float, float]:
+    """Cohen's d of similarities of members vs non-members, with a normal-approximation 95% interval."""
+    a, b = sims[member], sims[~member]
+    n1, n2 = len(a), len(b)
+    if n1 < 2 or n2 < 2:
+        return np.nan, np.nan, np.nan
+    pooled = np.sqrt(((n1 - 1) * a.var(ddof=1) + (n2 - 1) * b.var(ddof=1)) / (n1 + n2 - 2))
+    d = float((a.mean() - b.mean()) / pooled) if pooled > 0 else 0.0
+    se = np.sqrt((n1 + n2) / (n1 * n2) + d * d / (2 * (n1 + n2)))
+    return d, d - Z95 * se, d + Z95 * se
+
+
+def calibration_table(classes: pd.DataFrame, bias: pd.DataFrame, query_emb: dict[str, np.ndarray],
+                      image_emb: np.ndarray, image_labels: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Join measured (per-class metrics at k, association scores) with planted shares."""
+    need = {"query_id", "query", "k", "attribute", "class", "proportion", "proportion_low", "proportion_high",
+            "dataset_proportion", "concept", "lang"}
+    missing = need - set(classes.columns)
+    if missing:
+        raise VlmbiasError(f"per-class metrics lack column(s) {sorted(missing)}")
+    m = classes[(classes["k"] == k) & classes["concept"].notna()]
+    if m.empty:
+        raise VlmbiasError(f"no concept queries measured at k={k}; is k in retrieval.k and do queries carry 'concept'?")
+    m = m.drop_duplicates(["concept", "lang", "query", "attribute", "class"])
+    out = m.merge(bias, on=["concept", "lang", "attribute", "class"], how="inner")
+    if out.empty:
+        raise VlmbiasError("no measured query matches a (concept, lang) of the bias table")
+    assoc = [association(image_emb @ query_emb[qid], (image_labels[attr] == cls).to_numpy())
+             for qid, attr, cls in zip(out["query_id"], out["attribute"], out["class"])]
+    out[["assoc_d", "assoc_low", "assoc_high"]] = np.array(assoc)
+    out = out.rename(columns={"proportion": "measured", "proportion_low": "low", "proportion_high": "high",
+                              "dataset_proportion": "parity"})
+    return out[["concept", "lang", "query", "query_id", "attribute", "class", "planted", "parity", "k",
+                "measured", "low", "high", "assoc_d", "assoc_low", "assoc_high"]].reset_index(drop=True)
+
+
+def focal_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (concept, lang, attribute): the class planted most strongly (first class on ties, i.e. controls)."""
+    idx = table.groupby(["concept", "lang", "attribute"], sort=False)["planted"].idxmax()
+    return table.loc[idx].reset_index(drop=True)
+
+
+def checks(table: pd.DataFrame, families: pd.DataFrame, strong: dict[str, float]) -> pd.DataFrame:
+    foc = focal_rows(table).merge(families, on=["concept", "lang"], how="left")
+    rows = []
+
+    def add(name, value, threshold, passed, detail):
+        rows.append({"check": name, "value": value, "threshold": threshold, "passed": bool(passed), "detail": detail})
+
+    for attr, thr in strong.items():
+        s = foc[(foc.attribute == attr) & (foc.planted >= thr)]
+        found = (s["low"] > s["parity"])
+        add(f"strong_{attr}_found", int(found.sum()), len(s), len(s) > 0 and found.all(),
+            "; ".join(f"{r.query} [{r['class']}] planted {r.planted:.2f} measured {r.measured:.2f} "
+                      f"({r.low:.2f}-{r.high:.2f}) parity {r.parity:.2f}" for _, r in s.iterrows()))
+    g = foc[foc.attribute == "gender"]
+    ctrl = g[g["family"] == "control"]
+    strong_g = g[g.planted >= strong.get("gender", 0.8)]
+    if len(ctrl) and len(strong_g):
+        ctrl_dev = (ctrl.measured - ctrl.parity).abs()
+        strong_dev = (strong_g.measured - strong_g.parity).abs()
+        add("controls_closer_than_strong", float(ctrl_dev.max()), float(strong_dev.min()),
+            ctrl_dev.max() < strong_dev.min(), "largest control deviation vs smallest strong-plant deviation")
+        inside = ((ctrl.low <= ctrl.parity) & (ctrl.parity <= ctrl.high))
+        add("controls_within_interval", int(inside.sum()), len(ctrl), inside.sum() >= np.ceil(len(ctrl) / 2),
+            "; ".join(f"{r.query}: {r.measured:.2f} ({r.low:.2f}-{r.high:.2f})" for _, r in ctrl.iterrows()))
+    dose = g[g["family"] == "dose"]
+    if len(dose) >= 3:
+        rho = stats.spearmanr(dose.planted, dose.measured).statistic
+        add("dose_response_spearman", float(rho), 0.9, rho >= 0.9,
+            "; ".join(f"{r.planted:.2f}->{r.measured:.2f}" for _, r in dose.sort_values("planted").iterrows()))
+    r = foc[foc.attribute == "race"]
+    for concept, grp in r.groupby("concept"):
+        if grp["lang"].nunique() < 2 or grp["planted"].max() <= grp["parity"].max() + 1e-9:
+            continue
+        for _, row in grp[grp.planted > grp.parity + 1e-9].iterrows():
+            others = table[(table.concept == concept) & (table.lang != row.lang) & (table.attribute == "race")
+                           & (table["class"] == row["class"])]
+            ok = row.low > row.parity and (others.measured < row.measured).all()
+            add(f"language_{concept}_{row.lang}", float(row.measured), float(row.parity), ok,
+                f"{row.query} -> {row['class']} {row.measured:.2f} ({row.low:.2f}-{row.high:.2f}); "
+                + ", ".join(f"{o.query}: {o.measured:.2f}" for o in others.itertuples()))
+    return pd.DataFrame(rows, columns=["check", "value", "threshold", "passed", "detail"])
+
+
+def metric_tracking(table: pd.DataFrame, extra: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Spearman rho between planted share and each measurement, over every (concept, lang, attribute, class)."""
+    rows = []
+    sources = {f"top{int(table.k.iat[0])}_share": table.assign(value=table.measured)}
+    sources["association_d"] = table.assign(value=table.assoc_d)
+    for name, t in (extra or {}).items():
+        sources[name] = t.assign(value=t.measured)
+    for name, t in sources.items():
+        for attr, grp in t.groupby("attribute"):
+            if grp.planted.nunique() > 1:
+                rows.append({"metric": name, "attribute": attr, "n": len(grp),
+                             "spearman_rho": float(stats.spearmanr(grp.planted, grp.value).statistic)})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m vlmbias.calibrate", description=__doc__.splitlines()[0])
+    p.add_argument("--world", required=True, help="generated world directory (bias_table.csv, concepts.csv)")
+    p.add_argument("--classes", nargs="+", required=True, help="per-class metric CSVs of the world query sets")
+    p.add_argument("--queries", nargs="+", required=True, help="query embedding .npy files (tables beside them)")
+    p.add_argument("--images-npy", required=True)
+    p.add_argument("--images-table", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--strong-gender", type=float, default=DEFAULT_STRONG["gender"])
+    p.add_argument("--strong-race", type=float, default=DEFAULT_STRONG["race"])
+    p.add_argument("--out-table", required=True)
+    p.add_argument("--out-checks", required=True)
+    p.add_argument("--out-tracking", required=True)
+    p.add_argument("--out-plot", required=True)
+    a = p.parse_args(argv)
+    from vlmbias.world import load_bias_table
+    from vlmbias import plots
+
+    world = Path(a.world)
+    bias = load_bias_table(world)
+    families = pd.read_csv(world / "concepts.csv", dtype=str, keep_default_na=False)[["concept", "lang", "family"]]
+    families = families.drop_duplicates(["concept", "lang"])
+    query_emb, qmeta = {}, []
+    for path in a.queries:
+        q = read_table(Path(path).with_suffix(".parquet"))
+        emb = read_npy(path)
+        query_emb.update({qid: emb[r] for qid, r in zip(q["query_id"], q["row"])})
+        qmeta.append(q[["query_id", "concept", "lang"]])
+    # concept and lang of each query come from the query tables (the metric tables key on query_id)
+    classes = pd.concat([read_table(p) for p in a.classes], ignore_index=True)
+    classes = classes.drop(columns=[c for c in ("concept", "lang") if c in classes]).merge(
+        pd.concat(qmeta).drop_duplicates("query_id"), on="query_id", how="left")
+    rows = read_table(a.images_table)
+    labels = read_table(a.manifest).set_index("image_id").loc[rows["image_id"]].reset_index()
+    table = calibration_table(classes, bias, query_emb, read_npy(a.images_npy), labels, a.k)
+    extra = {}
+    for k in sorted(set(classes["k"]) - {a.k}):
+        extra[f"top{k}_share"] = calibration_table(classes, bias, query_emb, read_npy(a.images_npy), labels, k)
+    result = checks(table, families, {"gender": a.strong_gender, "race": a.strong_race})
+    tracking = metric_tracking(table, extra)
+    write_table(table, a.out_table)
+    write_table(result, a.out_checks)
+    write_table(tracking, a.out_tracking)
+    foc = focal_rows(table)
+    plots.plot_calibration(pd.concat([
+        foc.assign(metric=f"top-{a.k} share", x=foc.planted, y=foc.measured, lo=foc.low, hi=foc.high),
+    ]), a.out_plot, x="x", y="y", low="lo", high="hi", hue="metric")
+    for r in result.itertuples():
+        log.info("%s %s: %s (threshold %s) %s", "PASS" if r.passed else "FAIL", r.check, r.value, r.threshold, r.detail)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

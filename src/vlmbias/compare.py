@@ -1,0 +1,107 @@
+"""Before/after comparison of mitigation methods on the same audit.
+
+For each method (a LoRA adapter, a prompt transform, a projection), its audit tables are set
+beside the base model's for the same dataset, queries and k: per (method, query, attribute) the
+disparity metrics before, after and their change, with the intervals the metrics stage computed;
+plus total variation distance (TVD) between the retrieved and the dataset distribution, and a
+per-method summary. Quality tables (vlmbias.quality) are joined the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vlmbias import VlmbiasError
+from vlmbias.io import read_table, run_cli, write_table
+
+log = logging.getLogger(__name__)
+KEYS = ["query_set", "query_id", "query", "k", "attribute"]
+INTERVAL_METRICS = {"fd": ("fd_low", "fd_high"), "ndkl_dataset": ("ndkl_dataset_low", "ndkl_dataset_high")}
+
+
+def tvd(classes: pd.DataFrame) -> pd.DataFrame:
+    """Total variation distance between retrieved and dataset distributions, per (query, k, attribute)."""
+    d = classes.assign(gap=(classes["proportion"] - classes["dataset_proportion"]).abs())
+    return d.groupby(KEYS, sort=False)["gap"].sum().mul(0.5).rename("tvd").reset_index()
+
+
+def _long(summary: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFrame:
+    parts = []
+    for metric, (lo, hi) in INTERVAL_METRICS.items():
+        parts.append(summary[KEYS].assign(metric=metric, value=summary[metric], low=summary[lo], high=summary[hi]))
+    parts.append(summary[KEYS].assign(metric="max_skew_dataset", value=summary["max_skew_dataset"],
+                                      low=np.nan, high=np.nan))
+    t = tvd(classes)
+    parts.append(t[KEYS].assign(metric="tvd", value=t["tvd"], low=np.nan, high=np.nan))
+    return pd.concat(parts, ignore_index=True)
+
+
+def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd.DataFrame, pd.DataFrame]]):
+    """base and each method: (summary, classes). Returns (per-query comparison, per-method summary)."""
+    if not methods:
+        raise VlmbiasError("no mitigation methods to compare")
+    before = _long(*base)
+    rows = []
+    for name, tables in methods.items():
+        after = _long(*tables)
+        m = before.merge(after, on=KEYS + ["metric"], suffixes=("_before", "_after"), how="inner")
+        if m.empty:
+            raise VlmbiasError(f"method {name!r}: its audit shares no query with the base audit")
+        rows.append(m.assign(method=name))
+    table = pd.concat(rows, ignore_index=True)
+    table["change"] = table["value_after"] - table["value_before"]
+    table = table[["method", *KEYS, "metric", "value_before", "low_before", "high_before",
+                   "value_after", "low_after", "high_after", "change"]]
+    finite = table[np.isfinite(table["value_before"]) & np.isfinite(table["value_after"])]
+    summary = (finite.groupby(["method", "k", "attribute", "metric"])
+               .agg(queries=("query", "size"), mean_before=("value_before", "mean"),
+                    mean_after=("value_after", "mean"), improved=("change", lambda c: int((c < 0).sum())))
+               .reset_index())
+    summary["relative_change"] = (summary["mean_after"] - summary["mean_before"]) / summary["mean_before"]
+    return table, summary
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m vlmbias.compare", description=__doc__.splitlines()[0])
+    p.add_argument("--base", nargs="+", required=True, help="the base model's *_summary.csv files")
+    p.add_argument("--method", nargs="+", action="append", required=True,
+                   help="NAME then that method's *_summary.csv files (repeat per method)")
+    p.add_argument("--quality", nargs="*", default=[], help="quality CSVs of the base and every method")
+    p.add_argument("--out-table", required=True)
+    p.add_argument("--out-summary", required=True)
+    p.add_argument("--out-quality", required=True)
+    p.add_argument("--out-figures", required=True, help="folder for before/after bar plots")
+    p.add_argument("--k", type=int, required=True, help="k of the before/after figures")
+    a = p.parse_args(argv)
+    from vlmbias import plots
+
+    def load(paths):
+        summary = pd.concat([read_table(x) for x in paths], ignore_index=True)
+        classes = pd.concat([read_table(str(x).replace("_summary.csv", "_classes.csv")) for x in paths],
+                            ignore_index=True)
+        return summary, classes
+
+    base = load(a.base)
+    methods = {m[0]: load(m[1:]) for m in a.method}
+    table, summary = compare(base, methods)
+    quality = pd.concat([read_table(q) for q in a.quality], ignore_index=True) if a.quality else pd.DataFrame()
+    out = Path(a.out_figures)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (_, classes) in methods.items():
+        for attr in sorted(set(classes["attribute"]) & {"gender", "race"}):
+            before = base[1][(base[1]["query_id"].isin(classes["query_id"]))]
+            plots.plot_before_after(before, classes, attr, a.k, out / f"{name}_{attr}.png", labels=("before", name))
+    write_table(table, a.out_table)
+    write_table(summary, a.out_summary)
+    write_table(quality, a.out_quality)
+    for r in summary[summary.metric == "tvd"].itertuples():
+        log.info("%s k=%d %s: mean TVD %.3f -> %.3f (%+.0f%%)", r.method, r.k, r.attribute, r.mean_before,
+                 r.mean_after, 100 * r.relative_change)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,201 @@
+"""Config checks beyond the JSON schema, and resolution of world-generated paths.
+
+The schema (workflow/schemas/config.schema.yaml) catches typos and wrong types; this module
+checks what a schema cannot: that the `audit` block names existing datasets, models and query
+sets, and it turns `world: ...` references into the paths the world rules write.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from vlmbias import VlmbiasError
+
+WORLD_MODELS = ("clip",)  # the world trains one tiny CLIP (a transformers CLIPModel directory)
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def results_root(config: dict) -> str:
+    return f"{config.get('results_dir', 'results')}/{config.get('run_name', 'default')}"
+
+
+def world_data_dir(config: dict) -> str:
+    return f"{results_root(config)}/world/data"
+
+
+def world_model_dir(config: dict, name: str) -> str:
+    return f"{results_root(config)}/world/models/{name}"
+
+
+def audit_selection(config: dict) -> dict[str, list[str]]:
+    """The datasets, models and query sets to cross; unknown names are errors that list the known ones."""
+    chosen = {}
+    for block in ("datasets", "models", "query_sets"):
+        known = list(config.get(block) or {})
+        names = (config.get("audit") or {}).get(block) or known
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise VlmbiasError(f"audit.{block} names {unknown}, which config.{block} does not define (known: {known})")
+        chosen[block] = list(names)
+    return chosen
+
+
+def check_config(config: dict) -> None:
+    audit_selection(config)
+    for name, spec in config.get("datasets", {}).items():
+        if spec.get("world") and "world" not in config:
+            raise VlmbiasError(f"dataset {name!r} uses the calibration world, but the config has no 'world' block")
+        if not spec.get("world") and spec["type"] in ("fairface", "labelled-folder") and not spec.get("root"):
+            raise VlmbiasError(f"dataset {name!r} (type {spec['type']}) needs a 'root' folder")
+        if spec["type"] == "labelled-folder" and not spec.get("csv"):
+            raise VlmbiasError(f"dataset {name!r} (labelled-folder) needs a 'csv' label file")
+    cal = config.get("calibration")
+    if cal:
+        ds = config.get("datasets", {}).get(cal["dataset"])
+        if not ds or not ds.get("world"):
+            raise VlmbiasError(f"calibration.dataset {cal['dataset']!r} must name a dataset with 'world: true'")
+        unknown = [q for q in cal["query_sets"] if q not in config.get("query_sets", {})]
+        if unknown:
+            raise VlmbiasError(f"calibration.query_sets names unknown query set(s) {unknown}")
+    mit = config.get("mitigation")
+    if mit:
+        if mit["base_model"] not in config.get("models", {}):
+            raise VlmbiasError(f"mitigation.base_model {mit['base_model']!r} is not a configured model")
+        if mit["dataset"] not in config.get("datasets", {}):
+            raise VlmbiasError(f"mitigation.dataset {mit['dataset']!r} is not a configured dataset")
+        unknown = [q for q in mit["query_sets"] if q not in config.get("query_sets", {})]
+        if unknown:
+            raise VlmbiasError(f"mitigation.query_sets names unknown query set(s) {unknown}")
+        lora = [m for m, v in mit["methods"].items() if v["kind"] == "lora"]
+        if lora and config["models"][mit["base_model"]]["backend"] != "hf":
+            raise VlmbiasError(f"LoRA methods {lora} need an 'hf' base model; {mit['base_model']!r} is not")
+        if lora and not (mit.get("acquire") and mit.get("label")):
+            raise VlmbiasError(f"LoRA methods {lora} need mitigation.acquire and mitigation.label blocks")
+    world_models = list(WORLD_MODELS)
+    for name, spec in config.get("models", {}).items():
+        if spec.get("world"):
+            if "world" not in config:
+                raise VlmbiasError(f"model {name!r} uses the calibration world, but the config has no 'world' block")
+            if spec["world"] not in world_models:
+                raise VlmbiasError(f"model {name!r}: world model {spec['world']!r} is not defined (known: {world_models})")
+        elif not spec.get("name"):
+            raise VlmbiasError(f"model {name!r} needs a 'name' (a model name, hub id or local path)")
+
+
+def calibration_models(config: dict) -> list[str]:
+    """Audited models trained in the world: the ones whose planted bias is known."""
+    if not config.get("calibration"):
+        return []
+    return [m for m in audit_selection(config)["models"] if config["models"][m].get("world")]
+
+
+# ---------------------------------------------------------------- mitigation variants
+# A mitigated model is named "<base>~<method>": the base model with a LoRA adapter, or with a
+# query transform (prompt suffix, projection). It is audited by the same rules as any model.
+
+def mitigation_dir(config: dict) -> str:
+    return f"{results_root(config)}/mitigation"
+
+
+def adapter_dir(config: dict, method: str) -> str:
+    return f"{mitigation_dir(config)}/adapters/{method}"
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    base, _, method = name.partition("~")
+    return base, (method or None)
+
+
+def variant_names(config: dict) -> list[str]:
+    mit = config.get("mitigation")
+    return [f"{mit['base_model']}~{m}" for m in mit["methods"]] if mit else []
+
+
+def method_spec(config: dict, method: str) -> dict:
+    return dict(config["mitigation"]["methods"][method])
+
+
+def image_model(config: dict, name: str) -> str:
+    """Whose image embeddings a model uses: a text-side change leaves the base model's valid."""
+    base, method = split_variant(name)
+    if method is None:
+        return name
+    m = method_spec(config, method)
+    towers = m.get("towers", (config["mitigation"].get("finetune") or {}).get("towers", ["text"]))
+    return name if m["kind"] == "lora" and "vision" in towers else base
+
+
+def finetune_spec(config: dict, method: str) -> dict:
+    spec = {**(config["mitigation"].get("finetune") or {}), **method_spec(config, method)}
+    spec.pop("kind")
+    spec.setdefault("seed", config.get("seed", 0))
+    return spec
+
+
+def query_set_spec(config: dict, model: str, qset: str) -> dict:
+    spec = dict(config["query_sets"][qset])
+    _, method = split_variant(model)
+    if method is None:
+        return spec
+    m = method_spec(config, method)
+    transform = dict(spec.get("transform") or {})
+    if m["kind"] == "prompt":
+        transform["suffix"] = m["suffix"]
+    elif m["kind"] == "projection":
+        transform["projection"] = {k: v for k, v in m.items() if k != "kind"}
+    if transform:
+        spec["transform"] = transform
+    return spec
+
+
+def dataset_spec(config: dict, name: str) -> dict:
+    spec = dict(config["datasets"][name])
+    if spec.pop("world", False):
+        spec["root"] = f"{world_data_dir(config)}/fairface"
+    return spec
+
+
+def model_spec(config: dict, name: str) -> dict:
+    base, method = split_variant(name)
+    if method is not None:
+        spec = model_spec(config, base)
+        if method_spec(config, method)["kind"] == "lora":
+            spec["adapter"] = adapter_dir(config, method)
+        return spec
+    spec = dict(config["models"][name])
+    world = spec.pop("world", None)
+    if world:
+        spec.setdefault("backend", "hf")
+        spec["name"] = world_model_dir(config, world)
+    return spec
+
+
+def validate(config: dict) -> None:
+    """Schema errors as one sentence that names the key, e.g. `at models.clip.backend: 'hff' is not one of ...`."""
+    import jsonschema
+
+    if not isinstance(config, dict):
+        raise VlmbiasError("the config must be a mapping of keys to values")
+    validator = jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text()))
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        # oneOf/allOf failures hide the useful message one level down
+        e = min((s for s in (errors[0].context or [])), key=lambda s: len(s.absolute_path), default=errors[0])
+        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise VlmbiasError(f"at {where}: {e.message}{more}")
+    check_config(config)
+
+
+def load_config(path: str | Path) -> dict:
+    """Load and validate a config file outside Snakemake (CLI, tests)."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise VlmbiasError(f"cannot read config {path}: {e}") from None
+    try:
+        validate(config)
+    except VlmbiasError as e:
+        raise VlmbiasError(f"config {path}: {e}") from None
+    return config

@@ -1,0 +1,151 @@
+"""Embedding stages: every image once per (dataset, model); queries per (model, query set).
+
+Images are decoded in DataLoader workers and encoded in batches under `torch.inference_mode`.
+An image that cannot be decoded is skipped and listed with the reason; the stage fails, writing
+nothing, when the skipped fraction exceeds `max_bad_fraction`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from vlmbias import VlmbiasError
+from vlmbias.debias import apply_projection, projection_for
+from vlmbias.io import parse_json_arg, read_table, run_cli, write_npy, write_table
+from vlmbias.models import Encoder, load_encoder
+from vlmbias.queries import expand_query_set
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def open_rgb(path: str) -> Image.Image:
+    """Decode fully (so truncated files fail here, not later); decompression bombs are errors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, paths: list[str], preprocess):
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return i, self.preprocess(open_rgb(self.paths[i])), ""
+        except Exception as e:  # any decode failure is reported per image, never fatal here
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(items):
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, r) for i, x, r in items if x is None]
+    idx = [i for i, _ in ok]
+    return idx, (torch.stack([x for _, x in ok]) if ok else None), bad
+
+
+def embed_image_files(encoder: Encoder, paths: list[str], batch_size: int = 64, num_workers: int = 2,
+                      progress: bool = True) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    """Encode images; returns (embeddings of the readable ones, their indices into paths, [(index, reason)])."""
+    loader = torch.utils.data.DataLoader(_ImageFiles(paths, encoder.preprocess), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=_collate, shuffle=False)
+    chunks, kept, bad = [], [], []
+    for idx, pixels, failed in tqdm(loader, desc="embed images", unit="batch", disable=not progress):
+        bad.extend(failed)
+        if pixels is not None:
+            chunks.append(encoder.encode_images(pixels))
+            kept.extend(idx)
+    emb = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    return emb, kept, bad
+
+
+def embed_images(manifest: pd.DataFrame, encoder: Encoder, batch_size=64, num_workers=2, max_bad_fraction=0.01):
+    """Returns (embeddings, row-order table, skipped table); raises if too many images are unreadable."""
+    emb, kept, bad = embed_image_files(encoder, manifest["path"].tolist(), batch_size, num_workers)
+    skipped = pd.DataFrame({"image_id": [manifest["image_id"].iat[i] for i, _ in bad],
+                            "path": [manifest["path"].iat[i] for i, _ in bad],
+                            "reason": [r for _, r in bad]}, columns=["image_id", "path", "reason"])
+    for row in skipped.itertuples():
+        log.warning("skipped %s: %s", row.path, row.reason)
+    n = len(manifest)
+    if n == 0 or len(skipped) > max_bad_fraction * n:
+        raise VlmbiasError(f"{len(skipped)} of {n} images could not be read (allowed fraction {max_bad_fraction})"
+                           + (f"; first: {skipped['path'].iat[0]}: {skipped['reason'].iat[0]}" if len(skipped) else ""))
+    rows = pd.DataFrame({"row": np.arange(len(kept)), "image_id": manifest["image_id"].to_numpy()[kept]})
+    return emb, rows, skipped
+
+
+def embed_queries(qset_name: str, qset_spec: dict, encoder: Encoder) -> tuple[np.ndarray, pd.DataFrame]:
+    """One embedding per query: the normalised mean over its templates (CLIP's prompt ensembling)."""
+    queries = expand_query_set(qset_name, qset_spec)
+    flat = [t for texts in queries["texts"] for t in texts]
+    emb = encoder.encode_texts(flat)
+    out, start = [], 0
+    for texts in queries["texts"]:
+        m = emb[start:start + len(texts)].mean(0)
+        out.append(m / np.linalg.norm(m))
+        start += len(texts)
+    out = np.stack(out).astype(np.float32)
+    projection = (qset_spec.get("transform") or {}).get("projection")
+    if projection:
+        # calibration pairs are built per concept ("a photo of a male doctor"); fall back to the query text
+        concepts = sorted({c if isinstance(c, str) and c else re.sub(r"^(a|an|the)\s+", "", q)
+                           for c, q in zip(queries["concept"], queries["query"])})
+        out = apply_projection(out, projection_for(encoder, projection, concepts))
+    table = queries.assign(row=np.arange(len(queries)), text=queries["texts"].map(" | ".join)).drop(columns="texts")
+    return out, table[["row", "query_id", "query", "text", "lang", "concept",
+                                                      "names_attribute", "names_class"]]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m vlmbias.embed", description="Embed images or queries.")
+    sub = p.add_subparsers(dest="what", required=True)
+    for name in ("images", "queries"):
+        s = sub.add_parser(name)
+        s.add_argument("--model-json", required=True, help="the model's config block as JSON")
+        s.add_argument("--precision", default="fp32")
+        s.add_argument("--device", default="cpu")
+        s.add_argument("--threads", type=int, default=0)
+        s.add_argument("--out-npy", required=True)
+        s.add_argument("--out-table", required=True)
+    s = sub.choices["images"]
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--skipped", required=True)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--num-workers", type=int, default=2)
+    s.add_argument("--max-bad-fraction", type=float, default=0.01)
+    s = sub.choices["queries"]
+    s.add_argument("--name", required=True)
+    s.add_argument("--queries-json", required=True, help="the query set's config block as JSON")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device, a.precision)
+    if a.what == "images":
+        emb, rows, skipped = embed_images(read_table(a.manifest), encoder, a.batch_size, a.num_workers,
+                                          a.max_bad_fraction)
+        write_table(skipped, a.skipped)
+        log.info("embedded %d images (dim %d), skipped %d", len(rows), emb.shape[1], len(skipped))
+    else:
+        emb, rows = embed_queries(a.name, parse_json_arg(a.queries_json, "--queries-json"), encoder)
+        log.info("embedded %d queries of set %s", len(rows), a.name)
+    write_npy(emb, a.out_npy)
+    write_table(rows, a.out_table)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,510 @@
+"""Bias metrics for one ranking: small pure functions plus the workflow's table builder.
+
+Usable from a notebook on any ranking (``from vlmbias import metrics``). Inputs are plain:
+
+- ``labels``: a sequence of class labels in rank order (best first). Null labels (unlabelled
+  images) are dropped everywhere; a non-null label outside ``classes`` is an error.
+- ``classes``: the attribute's full class order, so that absent classes count as 0.
+- proportions (``dataset_props``, ``target_props``): a dict/Series class -> weight, or an array
+  aligned with the counts. Weights are normalised to sum to 1, so counts, proportions and
+  percentages are all accepted; classes missing from a dict/Series get weight 0.
+
+Conventions (see each function): Fairness Disparity follows the thesis' zero handling, with a
+strict variant; Representation Disparity is in percent and NaN where the dataset has 0% of a
+class; Skew@k smooths the retrieved counts with an additive pseudo-count (default 0.5) and is NaN
+where the target is 0; KL divergences use the natural log with 0·log 0 = 0.
+
+References: thesis eqs. 3.1-3.2 and code 4.6-4.7; Geyik, Ambler & Kenthapadi (2019), "Fairness-aware
+ranking in search & recommendation systems" (Skew@k, NDKL); Berg et al. (2022), "A prompt array
+keeps the bias away" (MaxSkew, NDKL for CLIP retrieval).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+from vlmbias import VlmbiasError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MetricsInputError", "class_counts", "fairness_disparity", "representation_disparity", "skew",
+    "max_skew", "min_skew", "ndkl", "uniform_target", "proportion_ci", "bootstrap_ci", "goodness_of_fit",
+    "match_rate", "confusion_matrix", "audit_tables", "CLASS_COLUMNS", "SUMMARY_COLUMNS",
+]
+
+KEY_COLUMNS = ["model", "dataset", "query_set", "query_id", "query"]
+CLASS_COLUMNS = KEY_COLUMNS + [
+    "k", "attribute", "class", "count", "proportion", "proportion_low", "proportion_high",
+    "dataset_proportion", "rd", "rd_low", "rd_high", "skew_uniform", "skew_dataset"]
+SUMMARY_COLUMNS = KEY_COLUMNS + [
+    "k", "n", "attribute", "fd", "fd_low", "fd_high", "fd_strict", "max_skew_uniform", "min_skew_uniform",
+    "max_skew_dataset", "min_skew_dataset", "ndkl_uniform", "ndkl_dataset", "ndkl_dataset_low",
+    "ndkl_dataset_high", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"]
+SKEW_EPS = 0.5  # additive pseudo-count (Jeffreys / Krichevsky-Trofimov)
+N_SIM = 10_000
+
+
+class MetricsInputError(VlmbiasError, ValueError):
+    """Bad input to a metric: a ValueError, and a VlmbiasError so the CLI prints it as one line."""
+
+
+# ---------------------------------------------------------------- helpers
+
+def _codes(labels, classes: Sequence) -> np.ndarray:
+    """Class index of each non-null label, in rank order (nulls dropped)."""
+    lab = pd.Series(labels, dtype=object) if not isinstance(labels, pd.Series) else labels
+    lab = lab[lab.notna()]
+    codes = pd.Index(list(classes)).get_indexer(lab)
+    bad = codes < 0
+    if bad.any():
+        raise MetricsInputError(f"label(s) {sorted(map(str, pd.unique(lab[bad])))[:5]} not among classes {list(classes)}")
+    return codes.astype(np.intp)
+
+
+def _counts_array(counts) -> tuple[np.ndarray, pd.Index]:
+    s = counts if isinstance(counts, pd.Series) else pd.Series(np.asarray(counts))
+    arr = s.to_numpy(dtype=float)
+    if arr.ndim != 1 or (arr < 0).any():
+        raise MetricsInputError("counts must be a 1-d vector of non-negative numbers")
+    return arr, s.index
+
+
+def _props(props, index: pd.Index, what: str = "proportions") -> np.ndarray:
+    """Weights aligned to `index` (dict/Series reindexed, missing -> 0; arrays by position), summing to 1."""
+    if isinstance(props, (dict, pd.Series)):
+        p = pd.Series(props, dtype=float).reindex(index, fill_value=0.0).to_numpy(dtype=float)
+    else:
+        p = np.asarray(props, dtype=float)
+        if p.shape != (len(index),):
+            raise MetricsInputError(f"{what}: expected {len(index)} values aligned with the counts, got shape {p.shape}")
+    if np.isnan(p).any() or (p < 0).any() or p.sum() <= 0:
+        raise MetricsInputError(f"{what} must be non-negative with a positive sum over the classes {list(index)} "
+                                "(pass counts as a Series indexed by class, or proportions as an aligned array)")
+    return p / p.sum()
+
+
+def _fd(c: np.ndarray, strict: bool) -> np.ndarray:
+    """FD over the last axis of a counts array (vectorised form of `fairness_disparity`)."""
+    c = np.asarray(c, dtype=float)
+    mx = c.max(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if strict:
+            return np.where((c == 0).any(axis=-1), np.inf, mx / c.min(axis=-1))
+        mn = np.where(c > 0, c, np.inf).min(axis=-1)
+        return np.where(np.isfinite(mn), mx / mn, mx)
+
+
+def _rd(c: np.ndarray, q: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ret = 100.0 * c / c.sum(axis=-1, keepdims=True)
+        return np.where(q > 0, (ret - 100.0 * q) / q, np.nan)  # (ret% - q%) / q% * 100
+
+
+def _skew(c: np.ndarray, q: np.ndarray, eps: float) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = (c + eps) / (c.sum(axis=-1, keepdims=True) + eps * c.shape[-1])
+        return np.where(q > 0, np.log(p / q), np.nan)
+
+
+def _ndkl_codes(codes: np.ndarray, n_classes: int, q: np.ndarray) -> np.ndarray:
+    """NDKL of each row of a [B, k] matrix of class codes (rank order along axis 1).
+
+    Uses KL(top-i || q) = (1/i) sum_c n_c ln n_c - ln i - (1/i) sum_{j<=i} ln q(code_j), with
+    sum_c n_c ln n_c updated incrementally from each item's occurrence number, so no [B, k, C] array.
+    """
+    codes = np.atleast_2d(codes)
+    k = codes.shape[1]
+    if k == 0:
+        return np.full(codes.shape[0], np.nan)
+    occ = np.zeros(codes.shape, dtype=np.intp)        # occurrence number of each item's class so far
+    for c in range(n_classes):
+        mask = codes == c
+        occ += mask * np.cumsum(mask, axis=1)
+    xlx = special.xlogy(np.arange(k + 1), np.arange(k + 1))   # n ln n, 0 ln 0 = 0
+    with np.errstate(divide="ignore"):
+        inc = xlx[occ] - xlx[occ - 1] - np.log(q)[codes]
+    i = np.arange(1, k + 1)
+    kl = np.maximum(np.cumsum(inc, axis=1) / i - np.log(i), 0.0)   # [B, k]; clip rounding below 0
+    w = 1.0 / np.log2(i + 1)
+    return kl @ w / w.sum()
+
+
+def _interval(values: np.ndarray, level: float):
+    """Percentile interval over axis 0, ignoring NaN; NaN where every value is NaN."""
+    a = (1.0 - level) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns -> NaN
+        lo, hi = np.nanquantile(np.asarray(values, dtype=float), [a, 1.0 - a], axis=0)
+    return lo, hi
+
+
+def _nanext(fn, x: np.ndarray) -> float:
+    """np.nanmax/np.nanmin that returns NaN (no warning) when every value is NaN."""
+    x = np.asarray(x, dtype=float)
+    return float(fn(x)) if (~np.isnan(x)).any() else np.nan
+
+
+def _boot_index(k: int, n_boot: int, seed) -> np.ndarray:
+    """One [n_boot, k] draw of positions with replacement, each row sorted (rank order kept)."""
+    return np.sort(np.random.default_rng(seed).integers(0, k, size=(n_boot, k)), axis=1)
+
+
+def _resample(codes: np.ndarray, n_classes: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap resamples of `codes` by an index matrix: (codes [n_boot, k], counts [n_boot, C])."""
+    bc = codes[idx]
+    n_boot = len(idx)
+    counts = np.bincount((bc + n_classes * np.arange(n_boot)[:, None]).ravel(),
+                         minlength=n_boot * n_classes).reshape(n_boot, n_classes)
+    return bc, counts
+
+
+def _gof_null(n: int, p: np.ndarray, n_sim: int, seed) -> np.ndarray:
+    """Chi-square statistics of `n_sim` multinomial(n, p) draws (p restricted to p > 0)."""
+    e = n * p
+    sims = np.random.default_rng(seed).multinomial(n, p, size=n_sim)
+    return ((sims - e) ** 2 / e).sum(axis=1)
+
+
+def _gof(c: np.ndarray, p: np.ndarray, n_sim: int, seed, cache: dict | None = None) -> tuple[float, float]:
+    n = int(round(c.sum()))
+    if n == 0:
+        return np.nan, np.nan
+    pos = p > 0
+    if (c[~pos] > 0).any():
+        return np.inf, 0.0
+    e = n * p[pos]
+    chi2 = float(((c[pos] - e) ** 2 / e).sum())
+    key = (n, p.tobytes())
+    null = cache.get(key) if cache is not None else None
+    if null is None:
+        null = _gof_null(n, p[pos], n_sim, seed)
+        if cache is not None:
+            cache[key] = null
+    hits = int((null >= chi2 - 1e-9 * max(1.0, chi2)).sum())
+    return chi2, (1 + hits) / (1 + len(null))
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise MetricsInputError(f"level must be in (0, 1), got {level}")
+
+
+# ---------------------------------------------------------------- public metrics
+
+def class_counts(labels, classes: Sequence) -> pd.Series:
+    """Number of labels per class, indexed by `classes` in that order, zeros kept (nulls dropped)."""
+    c = np.bincount(_codes(labels, classes), minlength=len(classes))
+    return pd.Series(c.astype(int), index=pd.Index(list(classes), name="class"), name="count")
+
+
+def uniform_target(classes: Sequence) -> pd.Series:
+    """Uniform target distribution: 1/C for each of the C classes."""
+    return pd.Series(1.0 / len(classes), index=pd.Index(list(classes), name="class"), name="proportion")
+
+
+def fairness_disparity(counts, strict: bool = False) -> float:
+    """Fairness Disparity (thesis eq. 3.1): count of the most / of the least represented class.
+
+    1 is perfect, larger is more biased. ``strict=False`` reproduces the thesis code (4.6): the
+    minimum is taken over the classes with a non-zero count, so a ranking with a single class
+    present gets max/max = 1 (e.g. 20 Male, 0 Female -> 1.0), and when no non-zero count exists
+    the max count itself is returned (all zero -> 0.0). ``strict=True`` returns ``inf`` as soon
+    as any class has zero count (20 Male, 0 Female -> inf).
+    """
+    c, _ = _counts_array(counts)
+    if c.size == 0:
+        raise MetricsInputError("counts is empty")
+    return float(_fd(c, strict))
+
+
+def representation_disparity(counts, dataset_props) -> pd.Series:
+    """Representation Disparity per class (thesis eq. 3.2), in percent.
+
+    RD = (retrieved% - dataset%) / dataset% * 100; 0 matches the dataset, > 0 over-represented.
+    E.g. 19 of 20 Male, FairFace val 5792 Male / 5162 Female: (95 - 52.8757) / 52.8757 * 100 =
+    79.67 (thesis Table 4.3; the rounded 52.88% would give 79.65). NaN where the dataset
+    proportion is 0 (the thesis code divided by 1e-6 instead).
+    """
+    c, idx = _counts_array(counts)
+    return pd.Series(_rd(c, _props(dataset_props, idx, "dataset_props")), index=idx, name="rd")
+
+
+def skew(counts, target_props, eps: float = SKEW_EPS) -> pd.Series:
+    """Skew@k per class (Geyik et al. 2019): ln(p_retrieved / p_target).
+
+    Zero counts would give -inf, so the retrieved proportion uses an additive pseudo-count
+    (Jeffreys/Krichevsky-Trofimov smoothing): p_retrieved = (count + eps) / (n + eps * C), with
+    eps = 0.5 by default. ``eps=0`` gives the unsmoothed value (-inf for a zero count). NaN where
+    the target proportion is 0.
+    """
+    if eps < 0:
+        raise MetricsInputError(f"eps must be >= 0, got {eps}")
+    c, idx = _counts_array(counts)
+    return pd.Series(_skew(c, _props(target_props, idx, "target_props"), eps), index=idx, name="skew")
+
+
+def max_skew(counts, target_props, eps: float = SKEW_EPS) -> float:
+    """MaxSkew@k: the largest Skew@k over classes (the most over-represented class); NaN classes ignored."""
+    return _nanext(np.nanmax, skew(counts, target_props, eps).to_numpy())
+
+
+def min_skew(counts, target_props, eps: float = SKEW_EPS) -> float:
+    """MinSkew@k: the smallest Skew@k over classes (the most under-represented class); NaN classes ignored."""
+    return _nanext(np.nanmin, skew(counts, target_props, eps).to_numpy())
+
+
+def ndkl(labels, classes: Sequence, target_props) -> float:
+    """Normalised discounted KL divergence (Geyik et al. 2019; Berg et al. 2022).
+
+    NDKL = (1/Z) * sum_{i=1..k} KL(D_top-i || D_target) / log2(i + 1), Z = sum_{i=1..k} 1/log2(i + 1),
+    with KL(P||Q) = sum_c P_c ln(P_c / Q_c) (natural log, 0·ln 0 = 0). 0 only when every prefix
+    matches the target; +inf when a retrieved class has target 0; NaN for an empty ranking.
+    """
+    q = _props(target_props, pd.Index(list(classes)), "target_props")
+    return float(_ndkl_codes(_codes(labels, classes)[None, :], len(classes), q)[0])
+
+
+def proportion_ci(count, n, level: float = 0.95, method: str = "wilson"):
+    """Confidence interval (low, high) for a binomial proportion count/n, vectorised over arrays.
+
+    ``wilson``: Wilson score interval; ``clopper-pearson`` (alias ``exact``): Beta quantiles,
+    low = Beta(a/2; x, n-x+1), high = Beta(1-a/2; x+1, n-x). NaN where n = 0. Scalars in, floats out.
+    """
+    _check_level(level)
+    x, n = np.asarray(count, dtype=float), np.asarray(n, dtype=float)
+    if (x < 0).any() or (x > n).any():
+        raise MetricsInputError("proportion_ci: need 0 <= count <= n")
+    alpha = 1.0 - level
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if method == "wilson":
+            z = stats.norm.ppf(1.0 - alpha / 2.0)
+            p = x / n
+            den = 1.0 + z * z / n
+            centre = (p + z * z / (2 * n)) / den
+            half = z / den * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+            low, high = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+        elif method in ("clopper-pearson", "exact"):
+            low = np.where(x > 0, stats.beta.ppf(alpha / 2, x, n - x + 1), 0.0)
+            high = np.where(x < n, stats.beta.ppf(1 - alpha / 2, x + 1, n - x), 1.0)
+        else:
+            raise MetricsInputError(f"unknown CI method {method!r}; expected wilson or clopper-pearson")
+    low, high = np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
+    if low.ndim == 0:
+        return float(low), float(high)
+    return low, high
+
+
+def bootstrap_ci(labels, classes: Sequence, statistic: Callable, n_boot: int = 1000, level: float = 0.95,
+                 seed=0, vectorized: bool = False):
+    """Percentile bootstrap interval (low, high) of ``statistic(counts)``.
+
+    The k retrieved labels are treated as a sample of what the model retrieves for the query and
+    resampled with replacement: one [n_boot, k] index matrix is drawn from ``numpy.random
+    .default_rng(seed)``, so a given seed gives identical intervals. ``statistic`` maps a counts
+    vector (np.ndarray aligned to ``classes``) to a number or a 1-d array (then low/high are
+    arrays); with ``vectorized=True`` it receives the whole [n_boot, C] matrix and returns
+    [n_boot] or [n_boot, m]. NaN values are ignored; the interval is NaN for an empty ranking.
+    """
+    _check_level(level)
+    if n_boot < 1:
+        raise MetricsInputError(f"n_boot must be at least 1, got {n_boot}")
+    codes = _codes(labels, classes)
+    if len(codes) == 0:
+        return np.nan, np.nan
+    _, counts = _resample(codes, len(classes), _boot_index(len(codes), n_boot, seed))
+    values = statistic(counts) if vectorized else np.array([statistic(c) for c in counts])
+    lo, hi = _interval(np.asarray(values, dtype=float), level)
+    return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
+
+
+def goodness_of_fit(counts, dataset_props, n_sim: int = N_SIM, seed=0) -> tuple[float, float]:
+    """Pearson chi-square of the retrieved counts against the dataset distribution, Monte-Carlo p-value.
+
+    chi2 = sum_c (O_c - E_c)^2 / E_c with E = n * dataset proportion. With k = 20 and several
+    classes the expected counts are small and the chi-square approximation is unreliable, so the
+    p-value is simulated: p = (1 + #{simulated chi2 >= observed}) / (1 + n_sim) over ``n_sim``
+    multinomial(n, dataset proportions) draws (seeded). Classes with dataset proportion 0 are left
+    out; a retrieved count in such a class gives (inf, 0.0). (NaN, NaN) when n = 0.
+    """
+    c, idx = _counts_array(counts)
+    return _gof(c, _props(dataset_props, idx, "dataset_props"), n_sim, seed)
+
+
+def match_rate(labels, named_class, level: float = 0.95, method: str = "wilson") -> tuple[float, float, float]:
+    """Aggregation bias: share of the (non-null) labels equal to the class the query names, with its CI.
+
+    E.g. "a Black person" -> named_class "Black". Returns (rate, low, high); NaN for no labels.
+    """
+    lab = pd.Series(labels, dtype=object)
+    lab = lab[lab.notna()]
+    n, x = len(lab), int((lab == named_class).sum())
+    if n == 0:
+        return np.nan, np.nan, np.nan
+    low, high = proportion_ci(x, n, level, method)
+    return x / n, low, high
+
+
+def confusion_matrix(named_classes, retrieved_labels, classes: Sequence) -> pd.DataFrame:
+    """Named class (rows) x retrieved class (columns) counts, both in ``classes`` order, zeros kept.
+
+    ``named_classes`` and ``retrieved_labels`` are parallel: for each retrieved image, the class
+    its query names and the image's label (e.g. all rows of the group-naming queries).
+    """
+    named = pd.Series(named_classes, dtype=object).reset_index(drop=True)
+    got = pd.Series(retrieved_labels, dtype=object).reset_index(drop=True)
+    if len(named) != len(got):
+        raise MetricsInputError(f"named_classes ({len(named)}) and retrieved_labels ({len(got)}) differ in length")
+    keep = named.notna() & got.notna()
+    r, c = _codes(named[keep], classes), _codes(got[keep], classes)
+    m = np.bincount(r * len(classes) + c, minlength=len(classes) ** 2).reshape(len(classes), len(classes))
+    return pd.DataFrame(m, index=pd.Index(list(classes), name="named"),
+                        columns=pd.Index(list(classes), name="retrieved"))
+
+
+# ---------------------------------------------------------------- the workflow's table builder
+
+def _validate(rankings: pd.DataFrame, distribution: pd.DataFrame, ks, attributes):
+    for name, df, need in (("distribution", distribution, ["attribute", "class", "count", "percent"]),
+                           ("rankings", rankings, KEY_COLUMNS + ["rank"])):
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise MetricsInputError(f"{name} table lacks column(s) {missing}")
+    if rankings.empty:
+        raise MetricsInputError("rankings table is empty: no retrieved images to measure")
+    ks = sorted({int(k) for k in ks}) if ks is not None else []
+    if not ks:
+        raise MetricsInputError("no k given")
+    if ks[0] < 1:
+        raise MetricsInputError(f"k must be at least 1, got {ks[0]}")
+    known = list(pd.unique(distribution["attribute"]))
+    attributes = list(attributes) if attributes else known
+    absent = [a for a in attributes if a not in known]
+    if absent:
+        raise MetricsInputError(f"attribute(s) {absent} absent from the dataset distribution (has {known})")
+    no_col = [a for a in attributes if a not in rankings.columns]
+    if no_col:
+        raise MetricsInputError(f"rankings table lacks attribute column(s) {no_col}")
+    return ks, attributes
+
+
+def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[int],
+                 attributes: list[str] | None = None, n_boot: int = 1000, seed=0,
+                 ci_method: str = "wilson", level: float = 0.95, n_sim: int = N_SIM) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-class and per-(query, k, attribute) metric tables (docs/artifacts.md, "Metrics").
+
+    For each query (rows sorted by ``rank``), each k and each attribute, the top-k rows are used;
+    when a query has fewer rows than k all of them are used and ``n`` reports how many (proportions
+    divide by n, never by k). Rows whose label is null for an attribute are left out of that
+    attribute. Intervals: ``proportion_*`` by ``ci_method``; ``rd_*``, ``fd_*`` and
+    ``ndkl_dataset_*`` by a percentile bootstrap (``n_boot`` resamples of the top-k, rank order
+    kept for NDKL, ``seed`` reused for every (query, k, attribute)). Skew uses the default
+    pseudo-count (see `skew`); ``p_value`` is the Monte-Carlo goodness-of-fit p-value. For
+    queries that name a group (columns ``names_attribute``/``names_class``), the summary row of
+    the named attribute carries ``named_class`` and ``match_rate`` with its interval; other rows
+    have them null. ``attributes`` empty or None means every attribute in ``distribution``.
+    """
+    ks, attributes = _validate(rankings, distribution, ks, attributes)
+    _check_level(level)
+    if n_boot < 1 or n_sim < 1:
+        raise MetricsInputError(f"n_boot and n_sim must be at least 1, got {n_boot} and {n_sim}")
+    classes = {a: g["class"].tolist() for a, g in distribution.groupby("attribute", sort=False)}
+    dprops = {}
+    for a in attributes:
+        g = distribution[distribution["attribute"] == a]
+        w = g["count"].to_numpy(dtype=float)
+        if not w.sum() > 0:
+            w = g["percent"].to_numpy(dtype=float)
+        dprops[a] = _props(w, pd.Index(classes[a]), f"dataset distribution of {a!r}")
+    has_names = {"names_attribute", "names_class"} <= set(rankings.columns)
+
+    ranked = rankings.sort_values("rank", kind="stable")
+    class_parts, summary_rows = [], []
+    boot_idx, gof_null = {}, {}  # same seed for every group: draw once per n (and per n, p)
+    for key, g in ranked.groupby(KEY_COLUMNS, sort=False, dropna=False):
+        keyd = dict(zip(KEY_COLUMNS, key))
+        names = (g["names_attribute"].dropna(), g["names_class"].dropna()) if has_names else ((), ())
+        named_attr = names[0].iloc[0] if len(names[0]) else None
+        named_cls = names[1].iloc[0] if len(names[1]) else None
+        for a in attributes:
+            cls, q, C = classes[a], dprops[a], len(classes[a])
+            codes_all = _codes(g[a], cls)
+            u = np.full(C, 1.0 / C)
+            for k in ks:
+                codes = codes_all[:k]
+                n = len(codes)
+                c = np.bincount(codes, minlength=C).astype(float)
+                nan_c = np.full(C, np.nan)
+                if n:
+                    if n not in boot_idx:
+                        boot_idx[n] = _boot_index(n, n_boot, seed)
+                    bc, bcounts = _resample(codes, C, boot_idx[n])
+                    rd_lo, rd_hi = _interval(_rd(bcounts.astype(float), q), level)
+                    fd_lo, fd_hi = _interval(_fd(bcounts, False), level)
+                    nd_lo, nd_hi = _interval(_ndkl_codes(bc, C, q), level)
+                    chi2, pval = _gof(c, q, n_sim, seed, gof_null)
+                    p_lo, p_hi = proportion_ci(c, np.full(C, n), level, ci_method)
+                else:
+                    log.warning("%s: no labelled %s in the top %d", keyd["query"], a, k)
+                    rd_lo = rd_hi = p_lo = p_hi = nan_c
+                    fd_lo = fd_hi = nd_lo = nd_hi = chi2 = pval = np.nan
+                sk_u, sk_d = _skew(c, u, SKEW_EPS), _skew(c, q, SKEW_EPS)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    prop = c / n if n else nan_c
+                class_parts.append(pd.DataFrame({
+                    **keyd, "k": k, "attribute": a, "class": cls, "count": c.astype(int), "proportion": prop,
+                    "proportion_low": p_lo, "proportion_high": p_hi, "dataset_proportion": q,
+                    "rd": _rd(c, q) if n else nan_c, "rd_low": rd_lo, "rd_high": rd_hi,
+                    "skew_uniform": sk_u, "skew_dataset": sk_d}))
+                row = {**keyd, "k": k, "n": n, "attribute": a,
+                       "fd": float(_fd(c, False)), "fd_low": fd_lo, "fd_high": fd_hi,
+                       "fd_strict": float(_fd(c, True)),
+                       "max_skew_uniform": _nanext(np.nanmax, sk_u), "min_skew_uniform": _nanext(np.nanmin, sk_u),
+                       "max_skew_dataset": _nanext(np.nanmax, sk_d), "min_skew_dataset": _nanext(np.nanmin, sk_d),
+                       "ndkl_uniform": float(_ndkl_codes(codes[None, :], C, u)[0]),
+                       "ndkl_dataset": float(_ndkl_codes(codes[None, :], C, q)[0]),
+                       "ndkl_dataset_low": nd_lo, "ndkl_dataset_high": nd_hi, "chi2": chi2, "p_value": pval,
+                       "named_class": None, "match_rate": np.nan, "match_low": np.nan, "match_high": np.nan}
+                if named_attr == a and named_cls is not None:
+                    rate, lo, hi = match_rate(np.asarray(cls, dtype=object)[codes], named_cls, level, ci_method)
+                    row.update(named_class=named_cls, match_rate=rate, match_low=lo, match_high=hi)
+                summary_rows.append(row)
+    classes_df = pd.concat(class_parts, ignore_index=True)[CLASS_COLUMNS]
+    summary_df = pd.DataFrame(summary_rows, columns=SUMMARY_COLUMNS)
+    return classes_df, summary_df
+
+
+# ---------------------------------------------------------------- CLI (the workflow's `metrics` rule)
+
+def main(argv=None) -> None:
+    from vlmbias.io import read_table, write_table
+
+    p = argparse.ArgumentParser(prog="python -m vlmbias.metrics", description="Disparity metrics of one rankings table.")
+    p.add_argument("--rankings", required=True)
+    p.add_argument("--distribution", required=True)
+    p.add_argument("--k", type=int, nargs="+", required=True)
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--ci-method", default="wilson", choices=["wilson", "clopper-pearson"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attributes", nargs="*", default=[], help="default: every attribute of the distribution")
+    p.add_argument("--out-classes", required=True)
+    p.add_argument("--out-summary", required=True)
+    a = p.parse_args(argv)
+    classes, summary = audit_tables(read_table(a.rankings), read_table(a.distribution), a.k, a.attributes or None,
+                                    n_boot=a.n_boot, seed=a.seed, ci_method=a.ci_method)
+    write_table(classes, a.out_classes)
+    write_table(summary, a.out_summary)
+    log.info("metrics for %d queries x %d k x %d attributes", summary["query_id"].nunique(), len(set(a.k)),
+             summary["attribute"].nunique())
+
+
+if __name__ == "__main__":
+    from vlmbias.io import run_cli
+
+    raise SystemExit(run_cli(main))

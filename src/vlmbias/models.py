@@ -1,0 +1,185 @@
+"""One encoder interface for every model backend.
+
+`load_encoder(spec)` is the single front door (like open_clip's `create_model_and_transforms`):
+it returns an `Encoder` whose `preprocess` turns a PIL image into a tensor, `encode_images` turns a
+batch of those into L2-normalised float32 rows, and `encode_texts` does the same for strings.
+
+Backends (config `models.<name>.backend`):
+- `open_clip`: `name` (e.g. ViT-B-32, RN50, xlm-roberta-base-ViT-B-32) + `pretrained` (a tag such as
+  `openai`, a local checkpoint path, or null for random weights); `config` optionally points at a
+  JSON model config to register a custom architecture first.
+- `hf`: `name` = a `CLIPModel` hub id or local directory; `adapter` optionally a peft LoRA adapter
+  directory loaded on top (and merged, so inference costs nothing extra).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from vlmbias import VlmbiasError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("open_clip", "hf")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+KNOWN_MODELS = {
+    "open_clip": ["ViT-B-32:openai", "RN50:openai", "xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k",
+                  "ViT-B-32:laion2b_s34b_b79k"],
+    "hf": ["openai/clip-vit-base-patch32", "openai/clip-vit-large-patch14"],
+}
+
+
+def _offline_error(what: str, e: Exception) -> VlmbiasError:
+    return VlmbiasError(
+        f"cannot load {what}: the weights are not available locally and could not be fetched "
+        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+        "Loading a hub model needs network access once; offline, point the model at a local path."
+    )
+
+
+def _normalise(x: torch.Tensor) -> np.ndarray:
+    x = x.float()
+    return torch.nn.functional.normalize(x, dim=-1).cpu().numpy().astype(np.float32)
+
+
+@dataclass
+class Encoder:
+    """A loaded model: `preprocess(PIL) -> tensor`, `encode_images(tensor batch)`, `encode_texts(list)`."""
+
+    name: str
+    preprocess: Callable
+    _image_fn: Callable[[torch.Tensor], torch.Tensor]
+    _text_fn: Callable[[list[str]], torch.Tensor]
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    module: torch.nn.Module | None = None
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        return _normalise(self._image_fn(pixels.to(self.device, self.dtype)))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        if not texts:
+            raise VlmbiasError("no texts to encode")
+        parts = [_normalise(self._text_fn(list(texts[i:i + batch_size]))) for i in range(0, len(texts), batch_size)]
+        return np.concatenate(parts)
+
+    @property
+    def dim(self) -> int:
+        return int(self.encode_texts(["a"]).shape[1])
+
+
+def _load_open_clip(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
+    import open_clip
+
+    if spec.get("config"):
+        cfg = Path(spec["config"])
+        if not cfg.is_file():
+            raise VlmbiasError(f"open_clip model config not found: {cfg}")
+        open_clip.add_model_config(cfg)
+    name, pretrained = spec["name"], spec.get("pretrained")
+    if name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
+        raise VlmbiasError(f"unknown open_clip model {name!r}; similar names: {close or open_clip.list_models()[:8]}")
+    if pretrained and not Path(str(pretrained)).exists():
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise VlmbiasError(f"open_clip model {name!r} has no pretrained tag {pretrained!r}; known tags: {tags}")
+    if not pretrained:
+        torch.manual_seed(0)  # random weights (tests, smoke runs) must still be reproducible
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None, device=device)
+    except (OSError, RuntimeError, ValueError) as e:
+        if pretrained and Path(str(pretrained)).exists():
+            raise VlmbiasError(f"cannot load checkpoint {pretrained} into open_clip {name}: {e}") from None
+        raise _offline_error(f"open_clip {name}:{pretrained}", e) from None
+    except Exception as e:  # hub client errors (connection, missing cache entry)
+        raise _offline_error(f"open_clip {name}:{pretrained}", e) from None
+    model = model.to(device=device, dtype=dtype).eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    return Encoder(
+        name=f"{name}:{pretrained}", preprocess=preprocess, device=device, dtype=dtype, module=model,
+        _image_fn=model.encode_image,
+        _text_fn=lambda texts: model.encode_text(tokenizer(texts).to(device)),
+    )
+
+
+def _features(out) -> torch.Tensor:
+    # transformers >= 5 returns a model output whose pooler_output holds the projected features
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _load_hf(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    name = str(spec["name"])
+    local = Path(name).exists()
+    try:
+        model = CLIPModel.from_pretrained(name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        processor = CLIPImageProcessor.from_pretrained(name)
+    except Exception as e:
+        if local:
+            raise VlmbiasError(f"{name} is not a loadable CLIPModel directory: {e}") from None
+        raise _offline_error(f"Hugging Face model {name}", e) from None
+    if spec.get("adapter"):
+        model = _apply_adapter(model, Path(spec["adapter"]), name)
+    model = model.to(device).eval()
+
+    def preprocess(img):
+        return processor(images=img, return_tensors="pt")["pixel_values"][0]
+
+    def text_fn(texts):
+        toks = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(device)
+        return _features(model.get_text_features(input_ids=toks["input_ids"], attention_mask=toks["attention_mask"]))
+
+    return Encoder(
+        name=name + (f"+{spec['adapter']}" if spec.get("adapter") else ""), preprocess=preprocess,
+        device=device, dtype=dtype, module=model,
+        _image_fn=lambda px: _features(model.get_image_features(pixel_values=px)),
+        _text_fn=text_fn,
+    )
+
+
+def _apply_adapter(model, adapter: Path, base: str):
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise VlmbiasError(f"adapter directory {adapter} has no adapter_config.json")
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise VlmbiasError(f"adapter {adapter} does not fit base model {base} (was it trained on another "
+                           f"model?): {str(e).splitlines()[0][:300]}") from None
+    return model.merge_and_unload()
+
+
+def load_encoder(spec: dict, device: str = "cpu", precision: str = "fp32") -> Encoder:
+    """Load any supported model from its config block; errors name the problem, not the library."""
+    backend = spec.get("backend")
+    if backend not in BACKENDS:
+        raise VlmbiasError(f"unknown model backend {backend!r}; expected one of {list(BACKENDS)}")
+    if not spec.get("name"):
+        raise VlmbiasError(f"model spec {spec} needs a 'name'")
+    precision = spec.get("precision", precision)
+    if precision not in PRECISIONS:
+        raise VlmbiasError(f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VlmbiasError(f"device {device!r} requested but CUDA is not available")
+    loader = _load_open_clip if backend == "open_clip" else _load_hf
+    enc = loader(spec, device, PRECISIONS[precision])
+    log.info("loaded %s (%s, %s on %s)", enc.name, backend, precision, device)
+    return enc
+
+
+def model_id(spec: dict) -> str:
+    """A readable identity of a model spec, for tables."""
+    if spec["backend"] == "open_clip":
+        return f"{spec['name']}:{spec.get('pretrained')}"
+    return str(spec["name"]) + (f"+{Path(spec['adapter']).name}" if spec.get("adapter") else "")

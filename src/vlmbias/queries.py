@@ -1,0 +1,46 @@
+"""Named query sets from config -> a table of queries.
+
+A query set is `{queries: [...], templates: ["a photo of {}"], transform: {...}}`. Each query is a
+string or `{text, id, lang, concept, names: {attribute: class}}`; `names` marks queries that name
+a group ("a Black person" names race=Black) for the aggregation-bias metrics.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from vlmbias import VlmbiasError
+
+QUERY_COLUMNS = ["query_id", "query", "texts", "lang", "concept", "names_attribute", "names_class"]
+
+
+def expand_query_set(name: str, spec: dict) -> pd.DataFrame:
+    """One row per query with the list of texts to encode (one per template, after transforms)."""
+    entries = spec.get("queries") or []
+    if not entries:
+        raise VlmbiasError(f"query set {name!r} has no queries")
+    templates = spec.get("templates") or ["{}"]
+    for t in templates:
+        if t.count("{}") != 1:
+            raise VlmbiasError(f"query set {name!r}: template {t!r} must contain exactly one '{{}}'")
+    suffix = (spec.get("transform") or {}).get("suffix", "")
+    rows = []
+    for i, e in enumerate(entries):
+        e = {"text": e} if isinstance(e, str) else dict(e)
+        text = str(e.get("text", "")).strip()
+        if not text:
+            raise VlmbiasError(f"query set {name!r}: entry {i} has no text")
+        names = e.get("names") or {}
+        if len(names) > 1:
+            raise VlmbiasError(f"query set {name!r}: query {text!r} names more than one attribute: {names}")
+        (attr, cls), = names.items() if names else ((None, None),)
+        rows.append({
+            "query_id": str(e.get("id", text)), "query": text,
+            "texts": [t.format(text + suffix) for t in templates],
+            "lang": e.get("lang", "en"), "concept": e.get("concept"),
+            "names_attribute": attr, "names_class": None if cls is None else str(cls),
+        })
+    df = pd.DataFrame(rows, columns=QUERY_COLUMNS)
+    dup = df["query_id"][df["query_id"].duplicated()]
+    if len(dup):
+        raise VlmbiasError(f"query set {name!r}: duplicate query id(s) {dup.tolist()}; give them distinct 'id's")
+    return df

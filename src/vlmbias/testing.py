@@ -1,0 +1,87 @@
+"""Small offline stand-ins built here, for tests and benchmarks: a FairFace-layout folder of
+generated images and tiny random-weight models for both encoder backends."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from vlmbias.data import FAIRFACE_CLASSES
+
+
+def make_fairface_folder(root: str | Path, per_cell: int = 2, size: int = 32, seed: int = 0) -> Path:
+    """FairFace layout (val/<n>.jpg + fairface_label_val.csv), balanced over gender x race.
+
+    Each image is a flat colour keyed to its race plus a gender-keyed bar and noise, so a model
+    can tell groups apart; labels are exact by construction.
+    """
+    root = Path(root)
+    (root / "val").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows, n = [], 0
+    for g_i, gender in enumerate(FAIRFACE_CLASSES["gender"]):
+        for r_i, race in enumerate(FAIRFACE_CLASSES["race"]):
+            for _ in range(per_cell):
+                n += 1
+                img = np.full((size, size, 3), 30 * r_i + 20, np.uint8)
+                img[:, : size // 4 * (1 + g_i)] = 200
+                img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / "val" / f"{n}.jpg", quality=95)
+                age = FAIRFACE_CLASSES["age"][int(rng.integers(0, 9))]
+                rows.append({"file": f"val/{n}.jpg", "age": age, "gender": gender, "race": race,
+                             "service_test": str(bool(n % 2))})
+    pd.DataFrame(rows).to_csv(root / "fairface_label_val.csv", index=False)
+    return root
+
+
+def _byte_vocab() -> dict[str, int]:
+    # CLIP's byte-level alphabet: printable bytes map to themselves, the rest to U+0100 upwards.
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = [b for b in range(256) if b not in printable]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def make_tiny_hf_clip(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A random-weight transformers CLIPModel small enough for unit tests, with a byte-level tokenizer."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = _byte_vocab()
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"))
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64,
+                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                         pad_token_id=vocab["<|endoftext|>"]),
+        vision_config=dict(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=2),
+        projection_dim=16,
+    )
+    CLIPModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out
+
+
+def tiny_open_clip_config(path: str | Path, name: str = "vlmbias-tiny-vit") -> Path:
+    """A JSON open_clip architecture (registered by the `config` key of a model spec)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    target = path if path.suffix == ".json" else path / f"{name}.json"
+    target.write_text(json.dumps(cfg))
+    return target

@@ -1,0 +1,327 @@
+"""acquire: the gate, every source, resuming, and the search engine's failure modes. Offline: the
+HTTP layer is a fake fetcher or a local http.server on 127.0.0.1."""
+import hashlib
+import http.server
+import io
+import threading
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vlmbias import VlmbiasError
+from vlmbias.acquire import (FetchError, Response, acquire, check_image, extract_image_links, main, search_url,
+                             slugify, urllib_fetch)
+from vlmbias.io import run_cli
+
+
+def image_bytes(colour, fmt="PNG", size=(16, 16)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((*size, 3), colour, np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+RED, GREEN, BLUE = image_bytes((200, 0, 0)), image_bytes((0, 200, 0), "JPEG"), image_bytes((0, 0, 200))
+BIG = image_bytes((9, 9, 9), "PNG", (64, 64)) + b"\0" * 5000  # trailing bytes: still decodes, but > cap
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict = {}
+    hits: list = []
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        type(self).hits.append(self.path)
+        status, ctype, body = self.routes.get(urllib.parse.urlsplit(self.path).path, (404, "text/plain", b"nope"))
+        self.send_response(status)
+        if ctype:
+            self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    """A local server; tests fill `routes` {path: (status, content-type, body)} and read `hits`."""
+    handler = type("H", (_Handler,), {"routes": {}, "hits": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield handler, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def ok_rows(df):
+    return df[df["status"] == "ok"]
+
+
+# --------------------------------------------------------------------------------------------- gate
+
+def test_slug_is_ascii_unique_and_cannot_escape():
+    slugs = [slugify(k) for k in ["a doctor", "a-doctor", "../../x", "医生", "A Doctor"]]
+    assert len(set(slugs)) == len(slugs)
+    for s in slugs:
+        assert s.isascii() and "/" not in s and not s.startswith(".")
+    assert slugify("a doctor") == slugify("a doctor")  # stable between runs
+
+
+def test_check_image_statuses():
+    assert check_image(RED, 10 ** 6, 10 ** 6)[::2] == ("ok", ".png")
+    assert check_image(GREEN, 10 ** 6, 10 ** 6)[::2] == ("ok", ".jpg")
+    assert check_image(b"<html>hi</html>", 10 ** 6, 10 ** 6)[0] == "not-image"
+    assert check_image(b"", 10 ** 6, 10 ** 6)[0] == "not-image"
+    assert check_image(GREEN[: len(GREEN) // 2], 10 ** 6, 10 ** 6)[0] == "undecodable"
+    assert check_image(RED, 10, 10 ** 6)[0] == "too-large"                   # bytes
+    status, reason, _ = check_image(RED, 10 ** 6, 100)                        # pixels: 16 x 16 > 100
+    assert status == "too-large" and "16x16" in reason
+
+
+def test_decompression_bomb_refused_from_header():
+    # 1-bit 20000 x 20000 PNG: a few KB on disk, 400 Mpixels when decoded
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")
+    status, reason, _ = check_image(buf.getvalue(), 10 ** 7, 40_000_000)
+    assert status == "too-large"
+
+
+# ------------------------------------------------------------------------------------- urls source
+
+def test_urls_source_against_local_server(server, tmp_path):
+    handler, base = server
+    handler.routes.update({
+        "/red.png": (200, "image/png", RED),
+        "/green.jpg": (200, "image/jpeg; charset=binary", GREEN),
+        "/red-again.png": (200, "image/png", RED),
+        "/blue.bin": (200, "application/octet-stream", BLUE),
+        "/page.html": (200, "text/html", b"<html>not an image</html>"),
+        "/big.png": (200, "image/png", BIG),
+        "/broken.jpg": (200, "image/jpeg", GREEN[: len(GREEN) // 2]),
+    })
+    urls = [f"{base}/{p}" for p in ["red.png", "green.jpg", "red-again.png", "blue.bin", "page.html", "big.png",
+                                     "broken.jpg", "missing.png"]]
+    spec = {"source": "urls", "keywords": ["a doctor"], "urls": {"a doctor": urls}, "limit": 10,
+            "max_bytes": 4000, "timeout": 5}
+    df = acquire(spec, tmp_path / "img", progress=False)
+    status = dict(zip(df["origin"].str.rsplit("/", n=1).str[1], df["status"]))
+    assert status == {"red.png": "ok", "green.jpg": "ok", "red-again.png": "duplicate", "blue.bin": "ok",
+                      "page.html": "not-image", "big.png": "too-large", "broken.jpg": "undecodable",
+                      "missing.png": "fetch-error"}
+    ok = ok_rows(df)
+    assert ok["image_id"].is_unique and ok["image_id"].str.startswith(slugify("a doctor") + "/").all()
+    for row in ok.itertuples():
+        data = Path(row.path).read_bytes()
+        assert hashlib.sha1(data).hexdigest() == row.sha1 and Path(row.path).name.startswith(row.sha1[:16])
+        assert Path(row.path).is_relative_to((tmp_path / "img").resolve())
+    dup = df[df["status"] == "duplicate"].iloc[0]
+    assert dup["path"] == ok.loc[ok["origin"].str.endswith("red.png"), "path"].iloc[0]
+    assert set(df.columns) >= {"image_id", "path", "source", "keyword", "origin", "sha1", "status", "reason"}
+
+
+def test_rerun_keeps_everything_and_refetches_only_failures(server, tmp_path):
+    handler, base = server
+    handler.routes.update({"/a.png": (200, "image/png", RED), "/b.png": (200, "image/png", BLUE),
+                           "/c.html": (200, "text/html", b"<p>")})
+    spec = {"source": "urls", "keywords": ["nurse"], "limit": 10, "timeout": 5,
+            "urls": {"nurse": [f"{base}/a.png", f"{base}/b.png", f"{base}/c.html", f"{base}/late.png"]}}
+    manifest = tmp_path / "acquired.parquet"
+    first = acquire(spec, tmp_path / "img", manifest=manifest, progress=False)
+    first.to_parquet(manifest)
+    files = sorted(p.name for p in (tmp_path / "img").rglob("*.png"))
+    handler.hits.clear()
+    handler.routes["/late.png"] = (200, "image/png", image_bytes((1, 2, 3)))  # the failed URL now works
+    second = acquire(spec, tmp_path / "img", manifest=manifest, progress=False)
+    assert handler.hits == ["/late.png"]                      # nothing else fetched again
+    assert set(ok_rows(first)["sha1"]) < set(ok_rows(second)["sha1"])
+    assert set(files) <= {p.name for p in (tmp_path / "img").rglob("*.png")}
+    assert (second["status"] == "not-image").sum() == 1       # the rejection is kept, not re-fetched
+
+    # lost manifest and journal (a crash): the stored files are adopted, then their origins filled in
+    manifest.unlink()
+    (tmp_path / "img" / ".acquire-journal.parquet").unlink()
+    third = acquire(spec, tmp_path / "img", manifest=manifest, progress=False)
+    assert set(ok_rows(third)["sha1"]) == set(ok_rows(second)["sha1"])
+    assert not third["origin"].fillna("").str.startswith("file on disk").any()
+
+
+def test_limit_counts_usable_images(server, tmp_path):
+    handler, base = server
+    handler.routes.update({f"/{i}.png": (200, "image/png", image_bytes((i, 0, 0))) for i in range(5)})
+    spec = {"source": "urls", "keywords": ["x"], "limit": 2, "urls": {"x": [f"{base}/{i}.png" for i in range(5)]}}
+    df = acquire(spec, tmp_path / "img", progress=False)
+    assert len(ok_rows(df)) == 2 and len(handler.hits) == 2
+
+
+# ------------------------------------------------------------------------------------ web-search
+
+class FakeEngine:
+    """A fetcher standing in for the search engine and the image hosts."""
+
+    def __init__(self, page=None, status=200, error=None, images=None):
+        self.page, self.status, self.error, self.images, self.calls = page, status, error, images or {}, []
+
+    def __call__(self, url, *, timeout, max_bytes, headers=None):
+        self.calls.append(url)
+        if url in self.images:
+            return Response(200, self.images[url], "image/png", url)
+        if self.error:
+            raise FetchError(self.error)
+        return Response(self.status, (self.page or "").encode(), "text/html", url)
+
+
+def results_page(links):
+    # the shape the package's parser expects: quoted URLs, JSON-escaped tails, engine assets mixed in
+    junk = '"https://www.gstatic.com/images/branding/logo.png" "https://encrypted-tbn0.gstatic.com/images?q=tbn"'
+    return "<html>" + junk + " ".join(f'["{u}\\u003dx",1,2]' for u in links) + "</html>"
+
+
+def test_web_search_whole_phrase_and_every_file(tmp_path):
+    links = [f"https://img{i}.example/p/{i}.png" for i in range(3)]
+    engine = FakeEngine(results_page(links + links[:1]), images={links[0]: RED, links[1]: BLUE, links[2]: RED})
+    df = acquire({"source": "web-search", "keywords": ["a doctor"], "limit": 10, "delay": 0}, tmp_path,
+                 fetcher=engine, progress=False)
+    searches = [u for u in engine.calls if "google" in u]
+    assert len(searches) == 1 and "q=a%20doctor&" in searches[0]   # one request for the whole phrase
+    assert extract_image_links(results_page(links)) == links
+    assert list(df["status"]) == ["ok", "ok", "duplicate"]
+    assert len(list(tmp_path.rglob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("engine, status, words", [
+    (FakeEngine(status=429), "search-blocked", "HTTP 429"),
+    (FakeEngine(status=403), "search-blocked", "HTTP 403"),
+    (FakeEngine('<html class="x">Our systems have detected unusual traffic</html>'), "search-blocked", "captcha"),
+    (FakeEngine(error="URLError: [Errno -3] name resolution failed"), "search-error", "unreachable"),
+    (FakeEngine('<html class="x">no results</html>'), "no-results", "no image links"),
+])
+def test_web_search_failures_are_named(tmp_path, engine, status, words):
+    spec = {"source": "web-search", "keywords": ["a doctor", "a nurse"], "delay": 0}
+    with pytest.raises(VlmbiasError, match="no keyword returned a usable image") as e:
+        acquire(spec, tmp_path, fetcher=engine, progress=False)
+    assert words in str(e.value) and "'a nurse'" in str(e.value)
+    journal = pd.read_parquet(tmp_path / ".acquire-journal.parquet")
+    assert list(journal["status"]) == [status, status]
+
+
+def test_one_blocked_keyword_is_recorded_not_fatal(tmp_path):
+    link = "https://img.example/1.png"
+
+    def fetch(url, **kw):
+        if "q=a%20nurse" in url:
+            return Response(429, b"", "text/html", url)
+        return FakeEngine(results_page([link]), images={link: RED})(url, **kw)
+
+    df = acquire({"source": "web-search", "keywords": ["a doctor", "a nurse"], "delay": 0}, tmp_path, fetcher=fetch,
+                 progress=False)
+    assert df.set_index("keyword")["status"].to_dict() == {"a doctor": "ok", "a nurse": "search-blocked"}
+
+
+def test_web_search_real_http_layer(server, tmp_path):
+    handler, base = server
+    handler.routes["/search"] = (429, "text/html", b"Too Many Requests")
+    spec = {"source": "web-search", "keywords": ["a doctor"], "search_url": base + "/search?q={query}", "delay": 0}
+    with pytest.raises(VlmbiasError, match="HTTP 429"):
+        acquire(spec, tmp_path, progress=False)
+    assert handler.hits == ["/search?q=a%20doctor"]
+    assert search_url("a doctor").startswith("https://www.google.com/search?q=a%20doctor&")
+
+
+def test_urllib_fetch_caps_and_refuses():
+    with pytest.raises(FetchError, match="scheme"):
+        urllib_fetch("file:///etc/passwd", timeout=1, max_bytes=10)
+    with pytest.raises(FetchError):
+        urllib_fetch("http://127.0.0.1:9/x.png", timeout=2, max_bytes=10)  # port 9: nothing listens
+
+
+def test_urllib_fetch_byte_cap(server):
+    handler, base = server
+    handler.routes["/big.png"] = (200, "image/png", BIG)
+    r = urllib_fetch(base + "/big.png", timeout=5, max_bytes=100)
+    assert r.too_large and r.body == b""
+
+
+# ------------------------------------------------------------------------------- folder and world
+
+def test_folder_source(tmp_path):
+    root = tmp_path / "src"
+    (root / "doctor").mkdir(parents=True)
+    (root / "doctor" / "1.png").write_bytes(RED)
+    (root / "doctor" / "2.jpg").write_bytes(GREEN)
+    (root / "doctor" / "notes.txt").write_text("hello")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.png").write_bytes(BLUE)
+    spec = {"source": "folder", "root": str(root),
+            "keywords": ["doctor", "nurse", {"keyword": "sneaky", "folder": "../outside"}]}
+    df = acquire(spec, tmp_path / "img", progress=False)
+    by_kw = df.groupby("keyword")["status"].apply(sorted).to_dict()
+    assert by_kw == {"doctor": ["not-image", "ok", "ok"], "nurse": ["no-results"], "sneaky": ["search-error"]}
+    assert not list((tmp_path / "outside").glob("*.jpg"))
+    assert all(Path(p).is_relative_to((tmp_path / "img").resolve()) for p in ok_rows(df)["path"])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from vlmbias.world import generate_world
+
+    out = tmp_path_factory.mktemp("world") / "w"
+    generate_world({"seed": 0, "image_size": 16, "images_per_concept": 12, "group_images": 0, "test_per_cell": 1,
+                    "concepts": {"doctor": {"names": {"en": "a doctor", "zh": "医生"},
+                                            "planted": {"gender": {"Male": 0.8}}},
+                                 "nurse": {"names": {"en": "a nurse"}}}}, out)
+    return out
+
+
+def test_world_source_and_idempotent_rerun(world, tmp_path):
+    spec = {"source": "world", "keywords": ["a doctor", "医生", "plumber"], "limit": 4}
+    first = acquire(spec, tmp_path / "img", world=world, progress=False)
+    ok = ok_rows(first)
+    assert ok.groupby("keyword").size().to_dict() == {"a doctor": 4, "医生": 4}
+    assert (ok["concept"] == "doctor").all() and ok["world_gender"].notna().all()
+    assert set(ok.loc[ok["keyword"] == "医生", "lang"]) == {"zh"}
+    assert first.loc[first["keyword"] == "plumber", "status"].tolist() == ["no-results"]
+    first.to_parquet(tmp_path / "acq.parquet")
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "img").rglob("*.jpg")}
+    second = acquire(spec, tmp_path / "img", manifest=tmp_path / "acq.parquet", world=world, progress=False)
+    pd.testing.assert_frame_equal(ok_rows(second).reset_index(drop=True), ok.reset_index(drop=True))
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "img").rglob("*.jpg")}
+
+
+# -------------------------------------------------------------------------------------- bad input
+
+def test_empty_keyword_list(tmp_path):
+    for spec in ({"source": "urls", "keywords": []}, {"source": "urls"}):
+        with pytest.raises(VlmbiasError, match="keyword list is empty"):
+            acquire(spec, tmp_path)
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(VlmbiasError, match="source"):
+        acquire({"source": "bing", "keywords": ["x"]}, tmp_path)
+    with pytest.raises(VlmbiasError, match="listed twice"):
+        acquire({"source": "urls", "keywords": ["x", "x"]}, tmp_path)
+    with pytest.raises(VlmbiasError, match="unknown key"):
+        acquire({"source": "urls", "keywords": ["x"], "limt": 3}, tmp_path)
+
+
+def test_all_keywords_empty_fails_clearly(tmp_path):
+    with pytest.raises(VlmbiasError, match="'x': no-results"):
+        acquire({"source": "urls", "keywords": ["x"], "urls": {}}, tmp_path, progress=False)
+
+
+def test_cli(server, tmp_path, capsys):
+    handler, base = server
+    handler.routes["/a.png"] = (200, "image/png", RED)
+    spec = '{"source": "urls", "keywords": ["a"], "urls": {"a": ["%s/a.png"]}}' % base
+    args = ["--spec-json", spec, "--out-dir", str(tmp_path / "img"), "--manifest", str(tmp_path / "acq.parquet")]
+    assert run_cli(main, args) == 0
+    assert pd.read_parquet(tmp_path / "acq.parquet")["status"].tolist() == ["ok"]
+    bad = ["--spec-json", '{"source": "urls", "keywords": []}', "--out-dir", str(tmp_path / "i2"),
+           "--manifest", str(tmp_path / "m2.parquet")]
+    assert run_cli(main, bad) == 2
+    assert "keyword list is empty" in capsys.readouterr().err

@@ -1,0 +1,375 @@
+"""label: DeepFace through the real library on stand-in weights, the world's noisy labels, user CSVs,
+balanced fine-tuning sets and the CLI. Offline and fast.
+
+The stand-in weights are tiny ONNX graphs written here byte by byte (no `onnx` package needed):
+softmax(mean colour of the face @ W + b). With DeepFace's BGR input in [0, 1]:
+- gender ["Woman", "Man"] follows the blue channel (> 0.5: Man),
+- race (DeepFace's 6 classes, in its order) the red channel (6 even levels),
+- age (101 classes, apparent age = expectation) peaks at 100 x green.
+The detector is opencv's Haar cascade with a stand-in cascade file that finds a bright horizontal
+band on a black background, so flat images are faceless.
+"""
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vlmbias import VlmbiasError
+from vlmbias.io import run_cli
+from vlmbias.label import (DEEPFACE_WEIGHTS, age_bin, add_label_noise, balanced_set, distribution_by_keyword,
+                           label_images, main)
+
+DF_RACES = ["asian", "indian", "black", "white", "middle eastern", "latino hispanic"]
+
+
+# ------------------------------------------------------------------------------ stand-in weights
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def _int(field, v):
+    return _varint(field << 3) + _varint(v)
+
+
+def _bytes(field, b):
+    return _varint(field << 3 | 2) + _varint(len(b)) + b
+
+
+def _str(field, s):
+    return _bytes(field, s.encode())
+
+
+def _value_info(name, dims):  # ValueInfoProto{name, TypeProto{tensor_type{elem_type FLOAT, shape}}}
+    shape = b"".join(_bytes(1, _str(2, d) if isinstance(d, str) else _int(1, d)) for d in dims)
+    return _str(1, name) + _bytes(2, _bytes(1, _int(1, 1) + _bytes(2, shape)))
+
+
+def _initializer(name, arr):  # TensorProto{dims, data_type FLOAT, name, raw_data}
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return b"".join(_int(1, d) for d in arr.shape) + _int(2, 1) + _str(8, name) + _bytes(9, arr.tobytes())
+
+
+def _node(op, inputs, outputs, attrs=b""):
+    return b"".join(_str(1, i) for i in inputs) + b"".join(_str(2, o) for o in outputs) + _str(4, op) + attrs
+
+
+def colour_model(weight, bias) -> bytes:
+    """ONNX ModelProto (opset 13): softmax(ReduceMean over H, W of x (N, 224, 224, 3) @ weight + bias)."""
+    attrs = (_bytes(5, _str(1, "axes") + _int(8, 1) + _int(8, 2) + _int(20, 7))        # INTS
+             + _bytes(5, _str(1, "keepdims") + _int(3, 0) + _int(20, 2)))              # INT
+    graph = (_bytes(1, _node("ReduceMean", ["x"], ["m"], attrs)) + _bytes(1, _node("MatMul", ["m", "w"], ["z"]))
+             + _bytes(1, _node("Add", ["z", "b"], ["l"])) + _bytes(1, _node("Softmax", ["l"], ["y"]))
+             + _str(2, "standin") + _bytes(5, _initializer("w", weight)) + _bytes(5, _initializer("b", bias))
+             + _bytes(11, _value_info("x", ["N", 224, 224, 3])) + _bytes(12, _value_info("y", ["N", weight.shape[1]])))
+    return _int(1, 7) + _bytes(8, _str(1, "") + _int(2, 13)) + _bytes(7, graph)
+
+
+def standin_weights() -> dict[str, bytes]:
+    b, g, r = np.eye(3, dtype=np.float32)  # rows of W that read one BGR channel mean
+    gender = colour_model(np.stack([-50 * b, 50 * b], 1), np.array([25, -25]))
+    # -s (x - c)^2 = 2 s c x - s c^2 + (a term equal for every class): linear, so MatMul + Add suffice
+    levels = (np.arange(6) + 0.5) / 6
+    race = colour_model(np.outer(r, 2 * 2000 * levels), -2000 * levels ** 2)
+    ages = np.arange(101) / 100
+    age = colour_model(np.outer(g, 2 * 20000 * ages), -20000 * ages ** 2)
+    return {DEEPFACE_WEIGHTS["Gender"]: gender, DEEPFACE_WEIGHTS["Race"]: race, DEEPFACE_WEIGHTS["Age"]: age}
+
+
+# A two-stage Haar cascade: stage 1 passes windows whose middle third is brighter than both outer
+# thirds (a bright band); stage 2 always passes (a last stage that everything fails would be reported
+# anyway by detectMultiScale3's reject levels).
+BAND_CASCADE = """<?xml version="1.0"?>
+<opencv_storage><cascade>
+<stageType>BOOST</stageType><featureType>HAAR</featureType><height>24</height><width>24</width>
+<stageParams><boostType>GAB</boostType><minHitRate>0.995</minHitRate><maxFalseAlarm>0.5</maxFalseAlarm>
+<weightTrimRate>0.95</weightTrimRate><maxDepth>1</maxDepth><maxWeakCount>2</maxWeakCount></stageParams>
+<featureParams><maxCatCount>0</maxCatCount><featSize>1</featSize><mode>BASIC</mode></featureParams>
+<stageNum>2</stageNum>
+<stages>
+<_><maxWeakCount>2</maxWeakCount><stageThreshold>1.5</stageThreshold><weakClassifiers>
+<_><internalNodes>0 -1 0 0.1</internalNodes><leafValues>-1. 1.</leafValues></_>
+<_><internalNodes>0 -1 1 0.1</internalNodes><leafValues>-1. 1.</leafValues></_></weakClassifiers></_>
+<_><maxWeakCount>1</maxWeakCount><stageThreshold>0.</stageThreshold><weakClassifiers>
+<_><internalNodes>0 -1 0 0.</internalNodes><leafValues>1. 1.</leafValues></_></weakClassifiers></_>
+</stages>
+<features>
+<_><rects><_>0 0 24 16 -1.</_><_>0 8 24 8 2.</_></rects></_>
+<_><rects><_>0 8 24 16 -1.</_><_>0 8 24 8 2.</_></rects></_>
+</features>
+</cascade></opencv_storage>
+"""
+
+
+@pytest.fixture(scope="module")
+def deepface_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("deepface_home")
+    weights = home / ".deepface" / "weights"
+    weights.mkdir(parents=True)
+    for name, data in standin_weights().items():
+        (weights / name).write_bytes(data)
+    for name in ("haarcascade_frontalface_default.xml", "haarcascade_eye.xml"):
+        (weights / name).write_text(BAND_CASCADE)
+    return home
+
+
+@pytest.fixture
+def deepface_env(deepface_home, monkeypatch):
+    # label.py sets these for deepface; monkeypatch puts back the values the session started with
+    monkeypatch.setenv("DEEPFACE_HOME", str(deepface_home))
+    monkeypatch.setenv("DEEPFACE_BACKEND_ENGINE", "onnx")
+    # deepface is the optional `label` extra (it also imports werkzeug without declaring it)
+    pytest.importorskip("deepface.DeepFace", reason="needs the label extra: pip install -e '.[label]' werkzeug")
+    return deepface_home
+
+
+# ------------------------------------------------------------------------------------ test images
+
+def face_colour(gender: str, race: str, age: int) -> tuple[int, int, int]:
+    """RGB whose BGR mean makes the stand-in models answer (gender, race, age)."""
+    blue = 204 if gender == "Man" else 51
+    red = round(255 * (DF_RACES.index(race) + 0.5) / 6)
+    return red, round(age * 2.55) + 1, blue
+
+
+def acquired_table(tmp_path, images: list[tuple[str, np.ndarray]], keyword="a doctor") -> pd.DataFrame:
+    rows = []
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for name, arr in images:
+        path = tmp_path / "img" / f"{name}.png"
+        Image.fromarray(arr).save(path)
+        rows.append({"image_id": f"kw/{name}.png", "path": str(path), "source": "folder", "keyword": keyword,
+                     "concept": keyword.split()[-1], "caption": None, "origin": f"/src/{name}.png",
+                     "sha1": hashlib.sha1(path.read_bytes()).hexdigest(), "status": "ok", "reason": ""})
+    rows.append({"image_id": None, "path": None, "source": "folder", "keyword": "x", "status": "no-results"})
+    return pd.DataFrame(rows)
+
+
+def flat(rgb, size=64):
+    return np.full((size, size, 3), rgb, np.uint8)
+
+
+def band(rgb, size=160):
+    img = np.zeros((size, size, 3), np.uint8)
+    img[size // 3: 2 * size // 3] = rgb
+    return img
+
+
+CASES = [("Man", "asian", 35, "Male", "East Asian", "30-39"),
+         ("Woman", "black", 25, "Female", "Black", "20-29"),
+         ("Man", "latino hispanic", 75, "Male", "Latino_Hispanic", "more than 70"),
+         ("Woman", "middle eastern", 5, "Female", "Middle Eastern", "3-9"),
+         ("Woman", "indian", 62, "Female", "Indian", "60-69"),
+         ("Man", "white", 45, "Male", "White", "40-49")]
+
+
+# ---------------------------------------------------------------------------------------- deepface
+
+def test_age_bins():
+    assert [age_bin(a) for a in (0, 2, 3, 9, 10, 19.9, 20, 69, 70, 101)] == \
+        ["0-2", "0-2", "3-9", "3-9", "10-19", "10-19", "20-29", "60-69", "more than 70", "more than 70"]
+
+
+def test_deepface_labels_through_real_library(deepface_env, tmp_path, monkeypatch):
+    images = [(f"i{i}", flat(face_colour(g, r, a))) for i, (g, r, a, *_) in enumerate(CASES)]
+    acquired = acquired_table(tmp_path, images)
+    spec = {"source": "deepface", "detector_backend": "skip"}
+    labels, dropped, classes = label_images(spec, acquired, tmp_path / "cache.parquet", progress=False)
+    assert dropped.empty and len(labels) == len(CASES)
+    got = labels.set_index("image_id")
+    for i, (g, r, a, gender, race, age) in enumerate(CASES):
+        row = got.loc[f"kw/i{i}.png"]
+        assert (row["gender_source"], row["race_source"]) == (g, r)
+        assert (row["gender"], row["race"], row["age"]) == (gender, race, age)
+        assert abs(row["age_years"] - a) <= 1
+        assert row["gender_confidence"] > 99 and row["race_confidence"] > 99
+        assert row[f"race_score_{r.replace(' ', '_')}"] == row["race_confidence"]
+    assert {"gender_score_Man", "gender_score_Woman", "race_score_latino_hispanic", "face_confidence",
+            "n_faces", "keyword", "concept", "caption", "sha1", "origin"} <= set(labels.columns)
+    assert "Southeast Asian" not in classes["race"] and "East Asian" in classes["race"]
+
+    # asian -> Southeast Asian when configured; answered from the cache (DeepFace is not called again)
+    import deepface.DeepFace as DF
+    calls = []
+    orig = DF.analyze
+    monkeypatch.setattr(DF, "analyze", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    again, _, classes2 = label_images({**spec, "asian_as": "Southeast Asian"}, acquired, tmp_path / "cache.parquet",
+                                      progress=False)
+    assert calls == []
+    assert again.set_index("image_id").loc["kw/i0.png", "race"] == "Southeast Asian"
+    assert "East Asian" not in classes2["race"]
+
+
+def test_faceless_images_are_dropped_and_listed(deepface_env, tmp_path):
+    images = [("face1", band(face_colour("Man", "white", 30))), ("face2", band(face_colour("Woman", "asian", 30))),
+              ("wall", flat((120, 120, 120), 160)), ("sky", flat((90, 140, 230), 160))]
+    acquired = acquired_table(tmp_path, images)
+    spec = {"source": "deepface", "detector_backend": "opencv", "align": False}
+    labels, dropped, _ = label_images(spec, acquired, None, progress=False)
+    assert sorted(labels["image_id"]) == ["kw/face1.png", "kw/face2.png"]
+    assert sorted(dropped["image_id"]) == ["kw/sky.png", "kw/wall.png"]
+    assert set(dropped["reason"]) == {"no face detected"} and list(dropped.columns) == ["image_id", "path", "reason"]
+    assert (labels["n_faces"] >= 1).all() and labels["face_confidence"].notna().all()
+
+
+def test_no_face_anywhere_is_a_clear_error(deepface_env, tmp_path):
+    acquired = acquired_table(tmp_path, [("wall", flat((120, 120, 120), 160)), ("sky", flat((9, 9, 9), 160))])
+    with pytest.raises(VlmbiasError, match="no image had a detectable face"):
+        label_images({"source": "deepface", "detector_backend": "opencv", "align": False}, acquired, None,
+                     progress=False)
+
+
+def test_deepface_bad_options(deepface_env, tmp_path):
+    acquired = acquired_table(tmp_path, [("a", flat((1, 2, 3)))])
+    with pytest.raises(VlmbiasError, match="asian_as"):
+        label_images({"source": "deepface", "asian_as": "Asian"}, acquired, None, progress=False)
+    with pytest.raises(VlmbiasError, match="unknown key"):
+        label_images({"source": "deepface", "detector": "skip"}, acquired, None, progress=False)
+
+
+# ------------------------------------------------------------------------------------------- world
+
+@pytest.fixture(scope="module")
+def world_acquired(tmp_path_factory):
+    from vlmbias.acquire import acquire
+    from vlmbias.world import generate_world
+
+    root = tmp_path_factory.mktemp("world")
+    generate_world({"seed": 0, "image_size": 16, "images_per_concept": 40, "group_images": 0, "test_per_cell": 1,
+                    "concepts": {"doctor": {"names": {"en": "a doctor"}, "planted": {"gender": {"Male": 0.8}}},
+                                 "nurse": {"names": {"en": "a nurse"}}}}, root / "w")
+    df = acquire({"source": "world", "keywords": ["a doctor", "a nurse"], "limit": 40}, root / "img",
+                 world=root / "w", progress=False)
+    df.to_parquet(root / "acquired.parquet")
+    return root / "acquired.parquet"
+
+
+def test_world_labels_exact_and_noisy(world_acquired):
+    acquired = pd.read_parquet(world_acquired)
+    clean, dropped, classes = label_images({"source": "world"}, acquired)
+    assert dropped.empty and len(clean) == 80
+    assert (clean["gender"] == clean["true_gender"]).all() and not clean["race_flipped"].any()
+    noisy, _, _ = label_images({"source": "world", "error_rate": 0.25, "seed": 3}, acquired)
+    for attr in ("gender", "race", "age"):
+        changed = noisy[attr] != noisy["true_" + attr]
+        assert changed.sum() == 20 and (changed == noisy[f"{attr}_flipped"]).all()
+        assert noisy[attr].isin(classes[attr]).all()
+    again, _, _ = label_images({"source": "world", "error_rate": 0.25, "seed": 3}, acquired)
+    pd.testing.assert_frame_equal(noisy, again)
+    other, _, _ = label_images({"source": "world", "error_rate": {"gender": 0.5}, "seed": 4}, acquired)
+    assert other["gender_flipped"].sum() == 40 and not other["race_flipped"].any()
+
+
+def test_world_labels_need_world_images(tmp_path):
+    acquired = acquired_table(tmp_path, [("a", flat((1, 2, 3)))])
+    with pytest.raises(VlmbiasError, match="source 'world'"):
+        label_images({"source": "world"}, acquired)
+
+
+def test_label_noise_bounds():
+    df = pd.DataFrame({"gender": ["Male", "Female"] * 5})
+    with pytest.raises(VlmbiasError, match="error_rate"):
+        add_label_noise(df, 1.5, {"gender": ["Male", "Female"]})
+    out = add_label_noise(df, 1.0, {"gender": ["Male", "Female"]})
+    assert (out["gender"] != out["true_gender"]).all()
+
+
+# --------------------------------------------------------------------------------------------- csv
+
+def test_csv_labels(tmp_path):
+    acquired = acquired_table(tmp_path, [("a", flat((1, 2, 3))), ("b", flat((4, 5, 6))), ("c", flat((7, 8, 9)))])
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,gender,race\na.png,Female,Black\nb.png,Male,White\nzzz.png,Male,White\n")
+    spec = {"source": "csv", "csv": str(csv), "root": "/src", "attributes": ["gender", "race"]}
+    labels, dropped, classes = label_images(spec, acquired)
+    assert labels.set_index("image_id")["gender"].to_dict() == {"kw/a.png": "Female", "kw/b.png": "Male"}
+    assert dropped["image_id"].tolist() == ["kw/c.png"] and "no label" in dropped["reason"].iloc[0]
+    assert list(classes) == ["gender", "race"] and "age" not in labels.columns
+    csv.write_text("file,gender,race\na.png,female,Black\n")
+    with pytest.raises(VlmbiasError, match="unknown class"):
+        label_images(spec, acquired)
+
+
+# ---------------------------------------------------------------------------------------- balanced
+
+def _toy_labels(counts: dict) -> pd.DataFrame:
+    rows = []
+    for (concept, g, r), n in counts.items():
+        rows += [{"image_id": f"{concept}/{g}/{r}/{i}", "concept": concept, "gender": g, "race": r}
+                 for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+def test_balanced_set_downsamples_to_smallest_cell():
+    labels = _toy_labels({("doctor", "Male", "Black"): 5, ("doctor", "Male", "White"): 9,
+                          ("doctor", "Female", "Black"): 3, ("doctor", "Female", "White"): 4,
+                          ("nurse", "Male", "Black"): 2, ("nurse", "Male", "White"): 2,
+                          ("nurse", "Female", "Black"): 7, ("nurse", "Female", "White"): 2})
+    out = balanced_set(labels, seed=1)
+    assert out.groupby(["concept", "cell"]).size().to_dict() == {
+        ("doctor", c): 3 for c in ("Female|Black", "Female|White", "Male|Black", "Male|White")} | {
+        ("nurse", c): 2 for c in ("Female|Black", "Female|White", "Male|Black", "Male|White")}
+    pd.testing.assert_frame_equal(out, balanced_set(labels, seed=1))
+    assert not out["image_id"].duplicated().any()
+    assert len(balanced_set(labels, n_per_cell=1)) == 8
+    assert balanced_set(labels, attributes=["gender"]).groupby(["concept", "cell"]).size().min() == 4
+
+
+def test_balanced_set_empty_cell():
+    labels = _toy_labels({("doctor", "Male", "Black"): 2, ("doctor", "Male", "White"): 2,
+                          ("doctor", "Female", "Black"): 2, ("nurse", "Male", "Black"): 1,
+                          ("nurse", "Male", "White"): 1, ("nurse", "Female", "Black"): 1,
+                          ("nurse", "Female", "White"): 1})
+    with pytest.raises(VlmbiasError, match=r"concept 'doctor' has no image of class gender=Female/race=White"):
+        balanced_set(labels)
+    out = balanced_set(labels, allow_missing=True)
+    assert out[out["concept"] == "doctor"].groupby("cell").size().to_dict() == {
+        "Female|Black": 2, "Male|Black": 2, "Male|White": 2}
+    with pytest.raises(VlmbiasError, match="race=Indian"):  # a class required by config but absent everywhere
+        balanced_set(labels, classes={"gender": ["Male", "Female"], "race": ["Black", "White", "Indian"]})
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+def test_cli_world_end_to_end(world_acquired, tmp_path):
+    out = {k: tmp_path / f"{k}.{ext}" for k, ext in
+           [("labels", "parquet"), ("dropped", "csv"), ("dist", "csv"), ("balanced", "parquet")]}
+    spec = {"source": "world", "error_rate": 0.1, "balanced": {"attributes": ["gender"], "allow_missing": True}}
+    rc = run_cli(main, ["--spec-json", json.dumps(spec), "--acquired", str(world_acquired),
+                        "--out-labels", str(out["labels"]), "--out-dropped", str(out["dropped"]),
+                        "--out-distribution", str(out["dist"]), "--out-balanced", str(out["balanced"])])
+    assert rc == 0
+    labels = pd.read_parquet(out["labels"])
+    assert list(labels.columns[:5]) == ["image_id", "path", "gender", "race", "age"]
+    dist = pd.read_csv(out["dist"])
+    assert list(dist.columns) == ["keyword", "concept", "attribute", "class", "count", "percent"]
+    assert len(dist) == 2 * (2 + 7 + 9)  # every class listed, zeros included
+    assert dist.groupby(["keyword", "attribute"])["count"].sum().eq(40).all()
+    balanced = pd.read_parquet(out["balanced"])
+    assert balanced.groupby(["concept", "cell"]).size().groupby("concept").nunique().eq(1).all()
+    assert pd.read_csv(out["dropped"]).empty
+
+
+def test_cli_reports_faceless_set(deepface_env, tmp_path, capsys):
+    acquired = acquired_table(tmp_path, [("wall", flat((120, 120, 120), 160))])
+    acquired.to_parquet(tmp_path / "acq.parquet")
+    spec = {"source": "deepface", "detector_backend": "opencv", "align": False}
+    rc = run_cli(main, ["--spec-json", json.dumps(spec), "--acquired", str(tmp_path / "acq.parquet"),
+                        "--out-labels", str(tmp_path / "l.parquet"), "--out-dropped", str(tmp_path / "d.csv"),
+                        "--out-distribution", str(tmp_path / "x.csv")])
+    assert rc == 2 and "no image had a detectable face" in capsys.readouterr().err
+    assert not (tmp_path / "l.parquet").exists()
+
+
+def test_distribution_keeps_zero_classes():
+    labels = pd.DataFrame({"keyword": ["k"] * 2, "concept": ["c"] * 2, "gender": ["Male", "Male"]})
+    dist = distribution_by_keyword(labels, {"gender": ["Male", "Female"]})
+    assert dist[["class", "count"]].values.tolist() == [["Male", 2], ["Female", 0]]

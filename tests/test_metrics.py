@@ -1,0 +1,287 @@
+"""Metrics: thesis tables 4.1/4.3, hand-computed Skew/NDKL, intervals, tests and the table builder."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from vlmbias import metrics as m
+
+G = ["Male", "Female"]
+# Thesis Table 4.1: gender counts among the top 20 of each query (Male, Female).
+TABLE_4_1 = {
+    "a construction worker": (19, 1), "a doctor": (17, 3), "a domestic worker": (2, 18), "a nurse": (2, 18),
+    "a police officer": (18, 2), "a scientist": (15, 5), "a software engineer": (20, 0), "a teacher": (10, 10),
+}
+# Thesis Table 4.3: RD (%) of (Male, Female).
+TABLE_4_3 = {
+    "a construction worker": (79.67, -89.39), "a doctor": (60.75, -68.17), "a domestic worker": (-81.09, 90.98),
+    "a nurse": (-81.09, 90.98), "a police officer": (70.21, -78.78), "a scientist": (41.84, -46.95),
+    "a software engineer": (89.12, -100.0), "a teacher": (-5.44, 6.10),
+}
+
+
+def counts(*c, classes=G):
+    return pd.Series(c, index=classes)
+
+
+# ---------------------------------------------------------------- Representation Disparity
+
+@pytest.mark.parametrize("query", list(TABLE_4_1))
+def test_rd_reproduces_thesis_table_4_3_from_fairface_val_counts(query):
+    # FairFace val: 5792 Male, 5162 Female (52.88% / 47.12%); counts are normalised, so pass them as is
+    rd = m.representation_disparity(counts(*TABLE_4_1[query]), {"Male": 5792, "Female": 5162})
+    assert rd.round(2).tolist() == list(TABLE_4_3[query])
+
+
+def test_rd_with_rounded_percentages():
+    props = {"Male": 52.88, "Female": 47.12}
+    # values the thesis prints exactly even from the rounded percentages
+    assert m.representation_disparity(counts(19, 1), props)["Female"].round(2) == -89.39  # construction worker
+    assert m.representation_disparity(counts(17, 3), props)["Female"].round(2) == -68.17  # doctor
+    assert m.representation_disparity(counts(2, 18), props)["Male"].round(2) == -81.09   # domestic worker, nurse
+    assert m.representation_disparity(counts(18, 2), props)["Female"].round(2) == -78.78  # police officer
+    assert m.representation_disparity(counts(20, 0), props)["Female"] == -100.0           # software engineer
+    # (95 - 52.88) / 52.88 * 100 = 79.652: within rounding of the percentage of the thesis' 79.67
+    assert m.representation_disparity(counts(19, 1), props)["Male"] == pytest.approx((95 - 52.88) / 52.88 * 100)
+    for q, (mc, fc) in TABLE_4_1.items():
+        rd = m.representation_disparity(counts(mc, fc), props)
+        assert np.allclose(rd.to_numpy(), TABLE_4_3[q], atol=0.03)
+
+
+def test_rd_nan_for_class_absent_from_dataset():
+    rd = m.representation_disparity(counts(1, 1, 0, classes=["a", "b", "c"]), {"a": 1, "b": 1})
+    assert rd["a"] == 0.0 and rd["b"] == 0.0 and np.isnan(rd["c"])
+
+
+# ---------------------------------------------------------------- Fairness Disparity
+
+def test_fd_thesis_zero_handling_and_strict():
+    assert m.fairness_disparity(counts(19, 1)) == 19.0
+    assert m.fairness_disparity(counts(15, 5)) == 3.0
+    assert m.fairness_disparity(counts(10, 10)) == 1.0
+    # a class with zero retrieved images: the thesis ignores it in the minimum
+    assert m.fairness_disparity([12, 0, 4, 4]) == 3.0
+    assert m.fairness_disparity([12, 0, 4, 4], strict=True) == math.inf
+    # only one class present ("a software engineer", 20 Male): max/max = 1, strict = inf
+    assert m.fairness_disparity(counts(20, 0)) == 1.0
+    assert m.fairness_disparity(counts(20, 0), strict=True) == math.inf
+    # no non-zero minimum at all: the thesis fallback returns the max count itself
+    assert m.fairness_disparity([0, 0, 0]) == 0.0
+    assert m.fairness_disparity([0, 0, 0], strict=True) == math.inf
+    assert m.fairness_disparity([15, 5], strict=True) == 3.0
+
+
+def test_fd_k1_and_single_class():
+    c = m.class_counts(["Male"], G)
+    assert c.tolist() == [1, 0] and c.index.tolist() == G
+    assert m.fairness_disparity(c) == 1.0 and m.fairness_disparity(c, strict=True) == math.inf
+    single = m.class_counts(["x", "x", "x"], ["x"])
+    assert m.fairness_disparity(single) == 1.0 and m.fairness_disparity(single, strict=True) == 1.0
+
+
+def test_class_counts_keeps_zero_classes_drops_nulls_rejects_unknown():
+    c = m.class_counts(["b", None, "b", "a"], ["a", "b", "c"])
+    assert c.tolist() == [1, 2, 0] and c.dtype.kind == "i"
+    with pytest.raises(ValueError, match="not among classes"):
+        m.class_counts(["a", "z"], ["a", "b"])
+
+
+# ---------------------------------------------------------------- Skew and NDKL
+
+def test_skew_hand_computed():
+    c = m.class_counts(["A", "A", "B"], ["A", "B", "C"])          # 2, 1, 0 of 3; uniform target 1/3
+    exact = m.skew(c, m.uniform_target(["A", "B", "C"]), eps=0)
+    assert exact["A"] == pytest.approx(math.log(2)) and exact["B"] == pytest.approx(0) and exact["C"] == -math.inf
+    # default: pseudo-count 0.5 -> (2.5, 1.5, 0.5) / 4.5 = (5/9, 1/3, 1/9)
+    sm = m.skew(c, m.uniform_target(["A", "B", "C"]))
+    assert sm.tolist() == pytest.approx([math.log(5 / 3), 0.0, math.log(1 / 3)])
+    assert m.max_skew(c, m.uniform_target(["A", "B", "C"])) == pytest.approx(math.log(5 / 3))
+    assert m.min_skew(c, m.uniform_target(["A", "B", "C"])) == pytest.approx(-math.log(3))
+    # non-uniform target, dict with a missing class -> NaN for it, ignored by MaxSkew
+    s = m.skew(counts(3, 1, classes=["A", "B"]), {"A": 0.5}, eps=0)
+    assert s["A"] == pytest.approx(math.log(0.75)) and np.isnan(s["B"])
+    assert m.max_skew(counts(3, 1, classes=["A", "B"]), {"A": 0.5}, eps=0) == pytest.approx(math.log(0.75))
+
+
+def test_ndkl_hand_computed():
+    # A, A, B vs uniform over {A, B}: prefix KLs ln2, ln2, 2/3 ln(4/3) + 1/3 ln(2/3); weights 1, 1/log2(3), 1/2
+    kl = [math.log(2), math.log(2), 2 / 3 * math.log(4 / 3) + 1 / 3 * math.log(2 / 3)]
+    w = [1, 1 / math.log2(3), 0.5]
+    expected = sum(a * b for a, b in zip(kl, w)) / sum(w)
+    value = m.ndkl(["A", "A", "B"], ["A", "B"], m.uniform_target(["A", "B"]))
+    assert value == pytest.approx(expected) and value == pytest.approx(0.54380, abs=1e-4)
+    # non-uniform target, k = 1: KL((1, 0) || (0.25, 0.75)) = ln 4
+    assert m.ndkl(["A"], ["A", "B"], {"A": 0.25, "B": 0.75}) == pytest.approx(math.log(4))
+
+
+def test_ndkl_alternating_beats_sorted():
+    u = m.uniform_target(["A", "B"])
+    alternating = m.ndkl(list("ABABABAB"), ["A", "B"], u)
+    blocks = m.ndkl(list("AAAABBBB"), ["A", "B"], u)
+    assert 0 < alternating < blocks
+    assert m.ndkl(list("AAAA"), ["A", "B"], u) == pytest.approx(math.log(2))  # every prefix KL = ln 2
+
+
+# ---------------------------------------------------------------- intervals and tests
+
+def test_wilson_known_value_and_vectorised():
+    low, high = m.proportion_ci(19, 20)
+    assert (round(low, 4), round(high, 4)) == (0.7639, 0.9911)
+    ci = stats.binomtest(19, 20).proportion_ci(0.95, method="wilson")
+    assert (low, high) == pytest.approx((ci.low, ci.high))
+    lo, hi = m.proportion_ci(np.array([0, 10, 20, 0]), np.array([20, 20, 20, 0]))
+    assert lo[0] == 0 and hi[2] == pytest.approx(1) and lo[1] < 0.5 < hi[1] and np.isnan(lo[3])
+
+
+def test_clopper_pearson_matches_scipy():
+    for x, n in [(0, 20), (3, 20), (19, 20), (20, 20), (45, 200)]:
+        ci = stats.binomtest(x, n).proportion_ci(0.95, method="exact")
+        assert m.proportion_ci(x, n, method="clopper-pearson") == pytest.approx((ci.low, ci.high))
+    with pytest.raises(ValueError):
+        m.proportion_ci(1, 2, method="agresti")
+
+
+def test_bootstrap_ci_seeded_and_contains_estimate():
+    labels = ["A"] * 15 + ["B"] * 5
+    fd = lambda c: m.fairness_disparity(c)  # noqa: E731
+    a = m.bootstrap_ci(labels, ["A", "B"], fd, n_boot=500, seed=3)
+    b = m.bootstrap_ci(labels, ["A", "B"], fd, n_boot=500, seed=3)
+    assert a == b and a[0] <= 3.0 <= a[1] and a[0] < a[1]
+    vec = m.bootstrap_ci(labels, ["A", "B"], lambda c: m._fd(c, False), n_boot=500, seed=3, vectorized=True)
+    assert vec == pytest.approx(a)
+    # a vector statistic gives per-class intervals
+    lo, hi = m.bootstrap_ci(labels, ["A", "B"], lambda c: c / c.sum(), n_boot=500, seed=1)
+    assert lo[0] <= 0.75 <= hi[0] and lo[1] <= 0.25 <= hi[1]
+
+
+def test_goodness_of_fit():
+    chi2, p = m.goodness_of_fit(counts(10, 10), {"Male": 0.5, "Female": 0.5}, n_sim=2000)
+    assert chi2 == 0 and p == pytest.approx(1.0)
+    chi2, p = m.goodness_of_fit(counts(20, 0), {"Male": 0.5, "Female": 0.5}, n_sim=5000)
+    assert chi2 == pytest.approx(20.0) and p < 0.001
+    assert m.goodness_of_fit(counts(20, 0), {"Male": 0.5, "Female": 0.5}) == m.goodness_of_fit(
+        counts(20, 0), {"Male": 0.5, "Female": 0.5})
+    assert m.goodness_of_fit([1, 1], [0, 1]) == (math.inf, 0.0)
+
+
+def test_match_rate_and_confusion_matrix():
+    rate, lo, hi = m.match_rate(["Black"] * 19 + ["White"], "Black")
+    assert rate == 0.95 and (round(lo, 4), round(hi, 4)) == (0.7639, 0.9911)
+    cls = ["Black", "White", "Indian"]
+    cm = m.confusion_matrix(["Black", "Black", "White", "White"], ["Black", "White", "White", "White"], cls)
+    assert cm.index.tolist() == cls and cm.columns.tolist() == cls
+    assert cm.loc["Black"].tolist() == [1, 1, 0] and cm.loc["White"].tolist() == [0, 2, 0]
+    assert cm.loc["Indian"].sum() == 0
+
+
+# ---------------------------------------------------------------- audit_tables
+
+DOC_CLASSES = ("model, dataset, query_set, query_id, query, k, attribute, class, count, proportion, proportion_low, "
+               "proportion_high, dataset_proportion, rd, rd_low, rd_high, skew_uniform, skew_dataset").split(", ")
+DOC_SUMMARY = ("model, dataset, query_set, query_id, query, k, n, attribute, fd, fd_low, fd_high, fd_strict, "
+               "max_skew_uniform, min_skew_uniform, max_skew_dataset, min_skew_dataset, ndkl_uniform, ndkl_dataset, "
+               "ndkl_dataset_low, ndkl_dataset_high, chi2, p_value").split(", ")
+
+
+@pytest.fixture
+def tables():
+    doctor = pd.DataFrame({"query_id": "q0", "query": "a doctor", "rank": [1, 2, 3, 4],
+                           "gender": ["Male", "Male", "Female", "Male"], "race": ["White", "Black", "White", "White"],
+                           "names_attribute": None, "names_class": None})
+    person = pd.DataFrame({"query_id": "q1", "query": "a Black person", "rank": [1, 2, 3],  # only 3 rows
+                           "gender": ["Female", "Male", "Female"], "race": ["Black", "Black", "White"],
+                           "names_attribute": "race", "names_class": "Black"})
+    r = pd.concat([doctor, person], ignore_index=True).assign(model="m", dataset="d", query_set="s")
+    r["image_id"] = [f"img{i}" for i in range(len(r))]
+    r["score"] = 0.5
+    r = r.sample(frac=1.0, random_state=0)  # row order must not matter, rank does
+    dist = pd.DataFrame({"attribute": ["gender", "gender", "race", "race", "race"],
+                         "class": ["Male", "Female", "Black", "White", "Indian"],
+                         "count": [6, 4, 5, 5, 0], "percent": [60.0, 40.0, 50.0, 50.0, 0.0]})
+    return r, dist
+
+
+def test_audit_tables_cells_and_columns(tables):
+    r, dist = tables
+    cl, sm = m.audit_tables(r, dist, [2, 4], n_boot=200, seed=0)
+    assert cl.columns.tolist() == DOC_CLASSES
+    assert sm.columns.tolist() == DOC_SUMMARY + ["named_class", "match_rate", "match_low", "match_high"]
+    assert len(sm) == 2 * 2 * 2 and len(cl) == 2 * 2 * (2 + 3)
+
+    c = cl.set_index(["query", "k", "attribute", "class"])
+    s = sm.set_index(["query", "k", "attribute"])
+    # doctor, k=4: 3 Male 1 Female vs 60/40
+    assert c.loc[("a doctor", 4, "gender", "Male"), "count"] == 3
+    assert c.loc[("a doctor", 4, "gender", "Male"), "proportion"] == 0.75
+    assert c.loc[("a doctor", 4, "gender", "Male"), "rd"] == pytest.approx(25.0)
+    assert c.loc[("a doctor", 4, "gender", "Female"), "rd"] == pytest.approx(-37.5)
+    assert c.loc[("a doctor", 4, "gender", "Male"), "dataset_proportion"] == pytest.approx(0.6)
+    assert s.loc[("a doctor", 4, "gender"), ["n", "fd", "fd_strict"]].tolist() == [4, 3.0, 3.0]
+    # doctor, k=2 uses ranks 1-2 only: two Male
+    assert s.loc[("a doctor", 2, "gender"), ["fd", "fd_strict"]].tolist() == [1.0, math.inf]
+    assert c.loc[("a doctor", 2, "race", "Black"), "count"] == 1
+    # class absent from the dataset: proportion 0, RD and dataset Skew undefined
+    indian = c.loc[("a doctor", 4, "race", "Indian")]
+    assert indian["count"] == 0 and indian["dataset_proportion"] == 0
+    assert np.isnan(indian["rd"]) and np.isnan(indian["skew_dataset"]) and np.isfinite(indian["skew_uniform"])
+    # k larger than the ranking: all 3 rows, proportions over n = 3
+    assert s.loc[("a Black person", 4, "race"), "n"] == 3
+    assert c.loc[("a Black person", 4, "race", "Black"), "proportion"] == pytest.approx(2 / 3)
+    totals = cl.groupby(["query", "k", "attribute"])["count"].sum()
+    assert (totals == s["n"].reindex(totals.index)).all()
+    # named group: race row carries the match rate, gender row does not
+    row = s.loc[("a Black person", 4, "race")]
+    assert row["named_class"] == "Black" and row["match_rate"] == pytest.approx(2 / 3)
+    assert (row["match_low"], row["match_high"]) == pytest.approx(m.proportion_ci(2, 3))
+    assert pd.isna(s.loc[("a Black person", 4, "gender"), "named_class"])
+    assert s["named_class"].isna().sum() == 6
+    # intervals bracket the point estimates; proportion interval by the chosen method
+    assert (sm["fd_low"] <= sm["fd"]).all() and (sm["fd"] <= sm["fd_high"]).all()
+    assert (cl["proportion_low"] <= cl["proportion"]).all() and (cl["proportion"] <= cl["proportion_high"]).all()
+    assert sm["ndkl_dataset"].between(sm["ndkl_dataset_low"] - 1e-12, sm["ndkl_dataset_high"] + 1e-12).all()
+    assert s.loc[("a doctor", 4, "gender"), "ndkl_dataset"] == pytest.approx(
+        m.ndkl(["Male", "Male", "Female", "Male"], G, {"Male": 0.6, "Female": 0.4}))
+    # seeded: identical twice
+    cl2, sm2 = m.audit_tables(r, dist, [2, 4], n_boot=200, seed=0)
+    pd.testing.assert_frame_equal(sm, sm2)
+    pd.testing.assert_frame_equal(cl, cl2)
+
+
+def test_audit_tables_k1_attribute_choice_and_ci_method(tables):
+    r, dist = tables
+    cl, sm = m.audit_tables(r.drop(columns=["names_attribute", "names_class"]), dist, [1], attributes=["gender"],
+                            n_boot=100, ci_method="clopper-pearson")
+    assert set(sm["attribute"]) == {"gender"} and (sm["n"] == 1).all() and (sm["fd"] == 1.0).all()
+    assert sm["named_class"].isna().all()
+    one = cl[(cl["query"] == "a doctor") & (cl["class"] == "Male")].iloc[0]
+    assert (one["proportion_low"], one["proportion_high"]) == pytest.approx(m.proportion_ci(1, 1, method="exact"))
+
+
+def test_audit_tables_errors(tables):
+    r, dist = tables
+    with pytest.raises(ValueError, match="query_id"):
+        m.audit_tables(r.drop(columns=["query_id"]), dist, [2])
+    with pytest.raises(ValueError, match="attribute column"):
+        m.audit_tables(r.drop(columns=["race"]), dist, [2])
+    with pytest.raises(ValueError, match="empty"):
+        m.audit_tables(r.iloc[0:0], dist, [2])
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        m.audit_tables(r, dist, [0, 2])
+    with pytest.raises(ValueError, match="absent from the dataset distribution"):
+        m.audit_tables(r, dist, [2], attributes=["age"])
+    with pytest.raises(ValueError, match="distribution table lacks"):
+        m.audit_tables(r, dist.drop(columns=["percent"]), [2])
+
+
+def test_cli_writes_both_tables(tables, tmp_path):
+    r, dist = tables
+    r.to_parquet(tmp_path / "r.parquet")
+    dist.to_csv(tmp_path / "dist.csv", index=False)
+    m.main(["--rankings", str(tmp_path / "r.parquet"), "--distribution", str(tmp_path / "dist.csv"),
+            "--k", "2", "4", "--n-boot", "100", "--attributes", "--out-classes", str(tmp_path / "c.csv"),
+            "--out-summary", str(tmp_path / "s.csv")])
+    s = pd.read_csv(tmp_path / "s.csv")
+    assert set(s["k"]) == {2, 4} and set(s["attribute"]) == {"gender", "race"}
+    assert pd.read_csv(tmp_path / "c.csv").columns.tolist() == DOC_CLASSES

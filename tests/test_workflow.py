@@ -1,0 +1,95 @@
+"""End-to-end: the real Snakefile on generated data and a tiny model, in a temporary directory."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", "--quiet", "rules", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, fairface_dir, tiny_hf):
+    wd = tmp_path_factory.mktemp("wf")
+    config = {
+        "run_name": "smoke",
+        "datasets": {"ff": {"type": "fairface", "root": str(fairface_dir)}},
+        "models": {"tiny": {"backend": "hf", "name": str(tiny_hf)}},
+        "query_sets": {
+            "jobs": {"queries": ["a doctor", "a nurse"], "templates": ["{}", "a photo of {}"]},
+            "groups": {"queries": [{"text": "a Black person", "names": {"race": "Black"}}]},
+        },
+        "retrieval": {"k": [5, 20]},
+        "metrics": {"n_boot": 200},
+        "embed": {"num_workers": 0},
+        "figures": {"grid_k": 5},
+    }
+    (wd / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    run = snakemake(wd)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return wd
+
+
+def test_full_run_writes_every_artifact(workdir):
+    res = workdir / "results" / "smoke"
+    summary = pd.read_csv(res / "metrics/ff/tiny/jobs_summary.csv")
+    assert set(summary["query"]) == {"a doctor", "a nurse"} and set(summary["k"]) == {5, 20}
+    assert set(summary["attribute"]) == {"gender", "race", "age"}
+    classes = pd.read_csv(res / "metrics/ff/tiny/jobs_classes.csv")
+    # counts per (query, k, attribute) add up to k
+    sums = classes.groupby(["query", "k", "attribute"])["count"].sum().reset_index()
+    assert (sums["count"] == sums["k"]).all()
+    groups = pd.read_csv(res / "metrics/ff/tiny/groups_summary.csv")
+    assert groups.loc[groups.attribute == "race", "named_class"].eq("Black").all()
+    figs = sorted(p.name for p in (res / "figures/ff/tiny/jobs").glob("*.png"))
+    assert any(f.startswith("bars_gender") for f in figs) and sum(f.startswith("grid_") for f in figs) == 2
+    for rule in ("dataset_manifest", "embed_images", "embed_queries", "retrieve", "metrics", "figures"):
+        assert list((res / "logs" / rule).glob("*.log")), rule
+
+
+def test_changed_query_list_does_not_reembed_images(workdir):
+    res = workdir / "results" / "smoke"
+    images = res / "embeddings/ff/tiny/images.npy"
+    before = images.stat().st_mtime_ns
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["query_sets"]["jobs"]["queries"].append("a firefighter")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    run = snakemake(workdir)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert images.stat().st_mtime_ns == before
+    summary = pd.read_csv(res / "metrics/ff/tiny/jobs_summary.csv")
+    assert "a firefighter" in set(summary["query"])
+    assert "embed_images" not in run.stdout + run.stderr
+
+
+def test_bad_config_stops_before_any_job(workdir, tmp_path):
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["models"]["tiny"]["backend"] = "hff"
+    config["run_name"] = "bad"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(tmp_path)
+    assert run.returncode != 0
+    assert "at models.tiny.backend: 'hff' is not one of" in run.stderr + run.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_dataset_root_fails_cleanly(workdir, tmp_path):
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["datasets"]["ff"]["root"] = str(tmp_path / "nowhere")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(tmp_path)
+    assert run.returncode != 0
+    log = (tmp_path / "results/smoke/logs/dataset_manifest/ff.log").read_text()
+    assert "error: FairFace root not found" in log and "Traceback" not in log
+    assert not (tmp_path / "results/smoke/data/ff/manifest.parquet").exists()

@@ -1,0 +1,125 @@
+# The audit: dataset manifest -> image embeddings (once per dataset x model) -> query embeddings
+# (per model x query set) -> top-k rankings -> disparity metrics.
+
+
+rule dataset_manifest:
+    input:
+        dataset_inputs,
+    output:
+        manifest=f"{RES}/data/{{dataset}}/manifest.parquet",
+        distribution=f"{RES}/data/{{dataset}}/distribution.csv",
+        missing=f"{RES}/data/{{dataset}}/missing.csv",
+    params:
+        spec=lambda w: as_json(vconfig.dataset_spec(config, w.dataset)),
+        max_missing=lambda w: config["datasets"][w.dataset].get("max_missing_fraction", 0.0),
+    log:
+        f"{RES}/logs/dataset_manifest/{{dataset}}.log",
+    conda:
+        "../../envs/audit.yaml"
+    shell:
+        "{PY} -m vlmbias.data --spec-json {params.spec:q} --max-missing-fraction {params.max_missing}"
+        " --manifest {output.manifest} --distribution {output.distribution} --missing {output.missing} > {log} 2>&1"
+
+
+rule embed_images:
+    input:
+        manifest=rules.dataset_manifest.output.manifest,
+        model=model_inputs,
+    output:
+        npy=f"{RES}/embeddings/{{dataset}}/{{model}}/images.npy",
+        table=f"{RES}/embeddings/{{dataset}}/{{model}}/images.parquet",
+        skipped=f"{RES}/embeddings/{{dataset}}/{{model}}/skipped.csv",
+    params:
+        model=lambda w: as_json(vconfig.model_spec(config, w.model)),
+        device=config["device"],
+        precision=config["embed"]["precision"],
+        batch_size=config["embed"]["batch_size"],
+        workers=config["embed"]["num_workers"],
+        max_bad=config["embed"]["max_bad_fraction"],
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    log:
+        f"{RES}/logs/embed_images/{{dataset}}_{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/embed_images/{{dataset}}_{{model}}.tsv"
+    conda:
+        "../../envs/audit.yaml"
+    shell:
+        "{PY} -m vlmbias.embed images --model-json {params.model:q} --device {params.device}"
+        " --precision {params.precision} --threads {threads} --manifest {input.manifest}"
+        " --batch-size {params.batch_size} --num-workers {params.workers} --max-bad-fraction {params.max_bad}"
+        " --out-npy {output.npy} --out-table {output.table} --skipped {output.skipped} > {log} 2>&1"
+
+
+rule embed_queries:
+    input:
+        model=model_inputs,
+    output:
+        npy=f"{RES}/queries/{{model}}/{{qset}}.npy",
+        table=f"{RES}/queries/{{model}}/{{qset}}.parquet",
+    params:
+        model=lambda w: as_json(vconfig.model_spec(config, w.model)),
+        queries=lambda w: as_json(vconfig.query_set_spec(config, w.model, w.qset)),
+        device=config["device"],
+        precision=config["embed"]["precision"],
+    threads: config["threads"]
+    log:
+        f"{RES}/logs/embed_queries/{{model}}_{{qset}}.log",
+    conda:
+        "../../envs/audit.yaml"
+    shell:
+        "{PY} -m vlmbias.embed queries --model-json {params.model:q} --device {params.device}"
+        " --precision {params.precision} --threads {threads} --name {wildcards.qset}"
+        " --queries-json {params.queries:q} --out-npy {output.npy} --out-table {output.table} > {log} 2>&1"
+
+
+def image_embeddings(wildcards):
+    # a text-side mitigation reuses the base model's image embeddings instead of re-embedding
+    folder = f"{RES}/embeddings/{wildcards.dataset}/{vconfig.image_model(config, wildcards.model)}"
+    return {"images": f"{folder}/images.npy", "image_rows": f"{folder}/images.parquet"}
+
+
+rule retrieve:
+    input:
+        unpack(image_embeddings),
+        queries=rules.embed_queries.output.npy,
+        query_rows=rules.embed_queries.output.table,
+        manifest=rules.dataset_manifest.output.manifest,
+    output:
+        f"{RES}/retrieval/{{dataset}}/{{model}}/{{qset}}.parquet",
+    params:
+        k=max(config["retrieval"]["k"]),
+        method=config["retrieval"]["method"],
+    log:
+        f"{RES}/logs/retrieve/{{dataset}}_{{model}}_{{qset}}.log",
+    conda:
+        "../../envs/audit.yaml"
+    shell:
+        "{PY} -m vlmbias.retrieve --images-npy {input.images} --images-table {input.image_rows}"
+        " --queries-npy {input.queries} --queries-table {input.query_rows} --manifest {input.manifest}"
+        " --k {params.k} --method {params.method} --model {wildcards.model} --dataset {wildcards.dataset}"
+        " --query-set {wildcards.qset} --out {output} > {log} 2>&1"
+
+
+rule metrics:
+    input:
+        rankings=rules.retrieve.output[0],
+        distribution=rules.dataset_manifest.output.distribution,
+    output:
+        classes=f"{RES}/metrics/{{dataset}}/{{model}}/{{qset}}_classes.csv",
+        summary=f"{RES}/metrics/{{dataset}}/{{model}}/{{qset}}_summary.csv",
+    params:
+        k=config["retrieval"]["k"],
+        n_boot=config["metrics"]["n_boot"],
+        ci=config["metrics"]["ci_method"],
+        attributes=config["metrics"].get("attributes", []),
+        seed=config["seed"],
+    log:
+        f"{RES}/logs/metrics/{{dataset}}_{{model}}_{{qset}}.log",
+    conda:
+        "../../envs/audit.yaml"
+    shell:
+        "{PY} -m vlmbias.metrics --rankings {input.rankings} --distribution {input.distribution}"
+        " --k {params.k} --n-boot {params.n_boot} --ci-method {params.ci} --seed {params.seed}"
+        " --attributes {params.attributes} --out-classes {output.classes} --out-summary {output.summary} > {log} 2>&1"

@@ -1,0 +1,142 @@
+# Mitigation: acquire fine-tuning images -> label them -> balanced set -> LoRA adapters; each
+# method is then audited as the model "<base>~<method>" by the audit rules, its quality measured,
+# and everything compared with the base model.
+MIT = vconfig.mitigation_dir(config)
+
+
+def acquire_inputs(wildcards):
+    source = (config["mitigation"].get("acquire") or {}).get("source")
+    return [vconfig.world_data_dir(config)] if source == "world" else []
+
+
+rule acquire:
+    input:
+        acquire_inputs,
+    output:
+        f"{MIT}/acquired/acquired.parquet",
+    params:
+        spec=as_json(config.get("mitigation", {}).get("acquire", {})),
+        world=lambda w, input: f"--world {input[0]}" if input else "",
+        folder=f"{MIT}/acquired/images",
+    log:
+        f"{RES}/logs/acquire/acquire.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.acquire --spec-json {params.spec:q} --out-dir {params.folder} --manifest {output}"
+        " {params.world} > {log} 2>&1"
+
+
+rule label:
+    input:
+        rules.acquire.output[0],
+    output:
+        labels=f"{MIT}/labels/labels.parquet",
+        dropped=f"{MIT}/labels/dropped.csv",
+        distribution=f"{MIT}/labels/distribution.csv",
+        balanced=f"{MIT}/labels/balanced.parquet",
+    params:
+        spec=as_json(config.get("mitigation", {}).get("label", {})),
+    log:
+        f"{RES}/logs/label/label.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.label --spec-json {params.spec:q} --acquired {input} --out-labels {output.labels}"
+        " --out-dropped {output.dropped} --out-distribution {output.distribution}"
+        " --out-balanced {output.balanced} > {log} 2>&1"
+
+
+def finetune_inputs(wildcards):
+    base = config["mitigation"]["base_model"]
+    world = config["models"][base].get("world")
+    return {"train": rules.label.output.balanced, "model": [vconfig.world_model_dir(config, world)] if world else []}
+
+
+rule finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        directory(f"{MIT}/adapters/{{method}}"),
+    params:
+        base=lambda w: vconfig.model_spec(config, config["mitigation"]["base_model"])["name"],
+        spec=lambda w: as_json(vconfig.finetune_spec(config, w.method)),
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    log:
+        f"{RES}/logs/finetune/{{method}}.log",
+    benchmark:
+        f"{RES}/benchmarks/finetune/{{method}}.tsv"
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.finetune --base {params.base} --train {input.train} --spec-json {params.spec:q}"
+        " --out {output} --threads {threads} --no-progress > {log} 2>&1"
+
+
+def quality_inputs(wildcards):
+    ds = config["mitigation"]["dataset"]
+    folder = f"{RES}/embeddings/{ds}/{vconfig.image_model(config, wildcards.model)}"
+    inputs = {"images": f"{folder}/images.npy", "image_rows": f"{folder}/images.parquet",
+              "manifest": f"{RES}/data/{ds}/manifest.parquet", "model": model_inputs(wildcards)}
+    if config["datasets"][ds].get("world"):
+        inputs["world"] = vconfig.world_data_dir(config)
+    return inputs
+
+
+rule quality:
+    input:
+        unpack(quality_inputs),
+    output:
+        f"{MIT}/quality/{{model}}.csv",
+    params:
+        model=lambda w: as_json(vconfig.model_spec(config, w.model)),
+        world=lambda w, input: f"--world {input.world}" if "world" in input.keys() else "",
+        device=config["device"],
+    threads: config["threads"]
+    log:
+        f"{RES}/logs/quality/{{model}}.log",
+    conda:
+        "../../envs/audit.yaml"
+    shell:
+        "{PY} -m vlmbias.quality --model-json {params.model:q} --model-name {wildcards.model}"
+        " --images-npy {input.images} --images-table {input.image_rows} --manifest {input.manifest}"
+        " {params.world} --device {params.device} --out {output} > {log} 2>&1"
+
+
+def compare_inputs(wildcards):
+    mit, base = config["mitigation"], config["mitigation"]["base_model"]
+    summary = lambda model: [f"{RES}/metrics/{mit['dataset']}/{model}/{q}_summary.csv" for q in mit["query_sets"]]
+    models = [base, *vconfig.variant_names(config)]
+    return {"base": summary(base), "methods": [f for v in models[1:] for f in summary(v)],
+            "quality": [f"{MIT}/quality/{m}.csv" for m in models]}
+
+
+def method_args(wildcards, input):
+    mit = config["mitigation"]
+    n = len(mit["query_sets"])
+    files = list(input.methods)
+    return " ".join(f"--method {m} " + " ".join(files[i * n:(i + 1) * n]) for i, m in enumerate(mit["methods"]))
+
+
+rule compare:
+    input:
+        unpack(compare_inputs),
+    output:
+        table=report(f"{MIT}/comparison.csv", caption="../report/comparison.rst", category="Mitigation"),
+        summary=report(f"{MIT}/comparison_summary.csv", caption="../report/comparison.rst", category="Mitigation"),
+        quality=report(f"{MIT}/quality.csv", caption="../report/quality.rst", category="Mitigation"),
+        figures=report(directory(f"{MIT}/figures"), patterns=["{name}.png"], caption="../report/comparison.rst",
+                       category="Mitigation"),
+    params:
+        methods=method_args,
+        k=config.get("mitigation", {}).get("k", 20),
+    log:
+        f"{RES}/logs/compare/compare.log",
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "{PY} -m vlmbias.compare --base {input.base} {params.methods} --quality {input.quality} --k {params.k}"
+        " --out-table {output.table} --out-summary {output.summary} --out-quality {output.quality}"
+        " --out-figures {output.figures} > {log} 2>&1"

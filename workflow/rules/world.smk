@@ -1,0 +1,70 @@
+# The calibration world: a synthetic, seeded world with a planted bias, and a small CLIP trained on it.
+
+
+rule world_generate:
+    output:
+        directory(vconfig.world_data_dir(config)),
+    params:
+        spec=as_json(config.get("world", {})),
+    log:
+        f"{RES}/logs/world_generate.log",
+    conda:
+        "../../envs/audit.yaml"
+    shell:
+        "{PY} -m vlmbias.world generate --spec-json {params.spec:q} --out {output} > {log} 2>&1"
+
+
+rule world_train:
+    input:
+        vconfig.world_data_dir(config),
+    output:
+        directory(f"{RES}/world/models/{{wmodel}}"),  # wmodel: one of vconfig.WORLD_MODELS
+    params:
+        spec=as_json(config.get("world", {})),
+    threads: config["threads"]
+    log:
+        f"{RES}/logs/world_train/{{wmodel}}.log",
+    benchmark:
+        f"{RES}/benchmarks/world_train/{{wmodel}}.tsv"
+    conda:
+        "../../envs/audit.yaml"
+    shell:
+        "{PY} -m vlmbias.worldmodel train --world {input} --spec-json {params.spec:q}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+def calibration_inputs(wildcards):
+    cal, ds = config["calibration"], config["calibration"]["dataset"]
+    return {
+        "world": vconfig.world_data_dir(config),
+        "classes": [f"{RES}/metrics/{ds}/{wildcards.model}/{q}_classes.csv" for q in cal["query_sets"]],
+        "queries": [f"{RES}/queries/{wildcards.model}/{q}.npy" for q in cal["query_sets"]],
+        "images": f"{RES}/embeddings/{ds}/{wildcards.model}/images.npy",
+        "image_rows": f"{RES}/embeddings/{ds}/{wildcards.model}/images.parquet",
+        "manifest": f"{RES}/data/{ds}/manifest.parquet",
+    }
+
+
+rule calibrate:
+    input:
+        unpack(calibration_inputs),
+    output:
+        table=f"{RES}/calibration/{{model}}/calibration.csv",
+        checks=report(f"{RES}/calibration/{{model}}/checks.csv", caption="../report/calibration.rst",
+                      category="Calibration", subcategory="{model}"),
+        tracking=f"{RES}/calibration/{{model}}/metric_tracking.csv",
+        plot=report(f"{RES}/calibration/{{model}}/calibration.png", caption="../report/calibration.rst",
+                    category="Calibration", subcategory="{model}"),
+    params:
+        k=config.get("calibration", {}).get("k"),
+        strong=config.get("calibration", {}).get("strong", {}),
+    log:
+        f"{RES}/logs/calibrate/{{model}}.log",
+    conda:
+        "../../envs/audit.yaml"
+    shell:
+        "{PY} -m vlmbias.calibrate --world {input.world} --classes {input.classes} --queries {input.queries}"
+        " --images-npy {input.images} --images-table {input.image_rows} --manifest {input.manifest}"
+        " --k {params.k} --strong-gender {params.strong[gender]} --strong-race {params.strong[race]}"
+        " --out-table {output.table} --out-checks {output.checks} --out-tracking {output.tracking}"
+        " --out-plot {output.plot} > {log} 2>&1"
