@@ -30,7 +30,7 @@ def _python():
 
 
 # Every rule runs `{PY} -m vlmbias.<module>`: src/ on the path, so the package need not be installed in an env.
-PY = f"PYTHONPATH={workflow.basedir}/src:$PYTHONPATH {_python()}"
+PY = f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} {_python()}"
 
 
 wildcard_constraints:
