@@ -93,3 +93,42 @@ def test_missing_dataset_root_fails_cleanly(workdir, tmp_path):
     log = (tmp_path / "results/smoke/logs/dataset_manifest/ff.log").read_text()
     assert "error: FairFace root not found" in log and "Traceback" not in log
     assert not (tmp_path / "results/smoke/data/ff/manifest.parquet").exists()
+
+
+@pytest.fixture(scope="module")
+def small_world_run(tmp_path_factory):
+    """The default config (world -> audit -> calibration -> mitigation), shrunk to run in about a minute."""
+    wd = tmp_path_factory.mktemp("world")
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    w = config["world"]
+    w.update(images_per_concept=24, group_images=120, test_per_cell=6)
+    w["model"].update(epochs=1)
+    config["retrieval"]["k"] = [5, 20]
+    config["metrics"]["n_boot"] = 200
+    config["calibration"]["k"] = 20
+    config["embed"]["num_workers"] = 0
+    config["mitigation"]["acquire"]["limit"] = 12
+    config["mitigation"]["label"]["balanced"]["allow_missing"] = True  # 12 images may miss a gender
+    config["mitigation"]["finetune"].update(epochs=1, max_steps=2)
+    config["mitigation"]["k"] = 5
+    (wd / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    run = snakemake(wd)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return wd / "results" / config["run_name"]
+
+
+def test_default_chain_runs_end_to_end(small_world_run):
+    res = small_world_run
+    assert (res / "world/models/clip/config.json").is_file()
+    checks = pd.read_csv(res / "calibration/world-clip/checks.csv")
+    assert {"strong_gender_found", "dose_response_spearman"} <= set(checks["check"])
+    comparison = pd.read_csv(res / "mitigation/comparison.csv")
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert set(comparison["method"]) == set(config["mitigation"]["methods"])
+    quality = pd.read_csv(res / "mitigation/quality.csv")
+    assert {"zero_shot_accuracy", "concept_accuracy"} <= set(quality["metric"])
+    for method, spec in config["mitigation"]["methods"].items():
+        if spec["kind"] == "lora":
+            assert (res / f"mitigation/adapters/{method}/adapter_model.safetensors").is_file()
+    # text-side methods reuse the base model's image embeddings: nothing re-embedded per method
+    assert sorted(p.name for p in (res / "embeddings/world").iterdir()) == ["world-clip"]

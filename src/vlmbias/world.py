@@ -125,6 +125,7 @@ DEFAULTS: dict = {
     "evidence_rate": 0.4,
     "noise": 0.04,
     "clutter": 1.0,
+    "decoy_rate": 0.5,
     "images_per_concept": 150,
     "heldout_fraction": 0.1,
     "group_images": 1400,
@@ -310,7 +311,17 @@ def _glyphs(concepts: list[str], seed: int, size: int = 5, min_distance: int = 7
 
 # ------------------------------------------------------------------------------------------ rendering
 
-def _render(size: int, gender: str, race: str, age: str, glyph: np.ndarray | None,
+def _decoy(glyphs: dict[str, np.ndarray], rng: np.random.Generator, min_distance: int = 6) -> np.ndarray:
+    """A random glyph-like pattern at least min_distance bits from every concept's glyph: incidental
+    detail that resembles some concepts' evidence a little, never enough to be evidence."""
+    shape = next(iter(glyphs.values())).shape
+    while True:
+        d = rng.random(shape) < 0.5
+        if 9 <= d.sum() <= 16 and all((d != g).sum() >= min_distance for g in glyphs.values()):
+            return d
+
+
+def _render(size: int, gender: str, race: str, age: str, glyph: np.ndarray | None, decoy: np.ndarray | None,
             noise: float, clutter: float, rng: np.random.Generator) -> np.ndarray:
     """One abstract 'person' as uint8 HxWx3. Class -> signature mapping: see module docstring."""
     s = float(size)
@@ -335,14 +346,15 @@ def _render(size: int, gender: str, race: str, age: str, glyph: np.ndarray | Non
     hue = (_RACE_HUE_SLOT[race] / 7 + 0.04 + rng.normal(0, 0.012)) % 1.0
     rgb = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 0.85), rng.uniform(0.65, 0.92)), np.float32)
     img = img * (1 - mask) + rgb * mask
-    if glyph is not None:
-        g = glyph.shape[0]
-        corner = rng.integers(0, 4)
+    corners = list(rng.permutation(4))
+    ink = 0.95 if level < 0.5 else 0.05  # contrast with the background
+    for mark in (glyph, decoy):
+        if mark is None:
+            continue
+        g, corner = mark.shape[0], corners.pop()
         x0 = 1 if corner % 2 == 0 else size - 1 - g
         y0 = 1 if corner < 2 else size - 1 - g
-        ink = 0.95 if level < 0.5 else 0.05  # contrast with the background
-        patch = img[y0:y0 + g, x0:x0 + g]
-        patch[glyph] = ink
+        img[y0:y0 + g, x0:x0 + g][mark] = ink
     img += rng.normal(0, noise, img.shape).astype(np.float32)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -429,15 +441,15 @@ def _filler_rows(spec: dict, rows: list[dict]) -> list[dict]:
     Why: a contrastive model learns roughly the pointwise mutual information log P(x|caption)/P(x),
     so a concept is measured against the corpus' *overall* demographics, not against the base. If the
     planted skews leave the corpus 57% Male, a 50/50 control comes out female-leaning. With the
-    marginals balanced, the known answer is simply planted-vs-base.
-    Only images WITHOUT an evidence mark are balanced: once the model reads the glyphs, an image with
-    another concept's glyph hardly competes for a query, so the reference a query is measured against
-    is the evidence-free part of the corpus (which is also what the test split looks like)."""
+    marginals balanced, the known answer is simply planted-vs-base. (Balancing only the evidence-free
+    images was tried: controls then lean away from the classes the evidence images over-represent,
+    so images with another concept's glyph still compete for a query.)
+    Balanced per gender x race cell and per age class, for each split."""
     base = spec["base_resolved"]
     langs = [lang for lang in spec["group_languages"] if lang in FILLER_NAMES] or ["en"]
     out = []
     for split in ("train", "heldout"):
-        part = [r for r in rows if r["split"] == split and not r["evidence"]]
+        part = [r for r in rows if r["split"] == split]
         n = len(part)
         cell_p = {(g, r): base["gender"][g] * base["race"][r] for g in CLASSES["gender"] for r in CLASSES["race"]}
         cell_n = Counter((r["gender"], r["race"]) for r in part)
@@ -536,7 +548,8 @@ def _write_world(spec: dict, root: Path) -> None:
     for row in tqdm(corpus.itertuples(), total=len(corpus), desc="render corpus", unit="img", mininterval=2):
         rng = _rng(seed, "img", row.image_id)
         glyph = glyphs[row.concept] if row.evidence else None
-        _save_jpeg(_render(size, row.gender, row.race, row.age, glyph, spec["noise"], spec["clutter"], rng),
+        decoy = _decoy(glyphs, rng) if rng.random() < spec["decoy_rate"] else None
+        _save_jpeg(_render(size, row.gender, row.race, row.age, glyph, decoy, spec["noise"], spec["clutter"], rng),
                    root / row.path)
     corpus = corpus[CORPUS_COLUMNS]
     corpus.to_parquet(root / "corpus.parquet", index=False)
@@ -546,7 +559,8 @@ def _write_world(spec: dict, root: Path) -> None:
     (root / "fairface" / "val").mkdir(parents=True)
     for row in tqdm(test.itertuples(), total=len(test), desc="render test", unit="img", mininterval=2):
         rng = _rng(seed, "test-img", row.file)
-        _save_jpeg(_render(size, row.gender, row.race, row.age, None, spec["noise"], spec["clutter"], rng),
+        decoy = _decoy(glyphs, rng) if rng.random() < spec["decoy_rate"] else None
+        _save_jpeg(_render(size, row.gender, row.race, row.age, None, decoy, spec["noise"], spec["clutter"], rng),
                    root / "fairface" / row.file)
     test[["file", "age", "gender", "race", "service_test"]].to_csv(root / "fairface" / "fairface_label_val.csv",
                                                                    index=False)
