@@ -179,6 +179,7 @@ def test_k_larger_than_dataset_and_labelled_folder(tiny_hf, fairface_dir, cache,
     ({"--dataset": "MISSING"}, "dataset folder not found"),
     ({"--query": ""}, "--query number 1 is empty"),
     ({"--query": "   "}, "--query number 1 is empty"),
+    ({"--dataset-type": "fairface", "--query": "a doctor", "--k": "-3"}, "--k must be at least 1"),
     ({"--attributes": "religion"}, "unknown attribute(s) religion; this dataset has gender, race, age"),
     ({"--template": "a photo of"}, "must contain exactly one '{}'"),
     ({"--k": "0"}, "--k must be at least 1"),
@@ -194,6 +195,12 @@ def test_user_errors_are_one_line_exit_2(change, message, tiny_hf, fairface_dir,
     err = capsys.readouterr().err
     assert error_lines(err) == [error_lines(err)[0]] and message in error_lines(err)[0]
     assert "Traceback" not in err
+
+
+def test_repeated_query_is_an_error(fairface_dir, capsys):
+    assert main(["audit", "--model", "ViT-B-32:openai", "--dataset", str(fairface_dir),
+                 "--query", "a doctor", "--query", "a doctor "]) == 2
+    assert error_lines(capsys.readouterr().err) == ["error: --query 'a doctor' is given more than once"]
 
 
 def test_plain_folder_needs_csv(tmp_path, capsys):

@@ -135,6 +135,9 @@ def _check_queries(queries: list[str], templates: list[str]) -> None:
     for i, q in enumerate(queries, 1):
         if not q.strip():
             raise VlmbiasError(f"--query number {i} is empty; give the text to search for, e.g. --query \"a doctor\"")
+    dup = sorted({q.strip() for q in queries if sum(x.strip() == q.strip() for x in queries) > 1})
+    if dup:
+        raise VlmbiasError(f"--query {dup[0]!r} is given more than once")
     for t in templates:
         if t.count("{}") != 1:
             raise VlmbiasError(f"--template {t!r} must contain exactly one '{{}}' where the query goes")
