@@ -132,3 +132,12 @@ def test_default_chain_runs_end_to_end(small_world_run):
             assert (res / f"mitigation/adapters/{method}/adapter_model.safetensors").is_file()
     # text-side methods reuse the base model's image embeddings: nothing re-embedded per method
     assert sorted(p.name for p in (res / "embeddings/world").iterdir()) == ["world-clip"]
+
+
+def test_thesis_config_is_valid_and_plans_every_experiment(tmp_path):
+    """The real-data config cannot run offline, but it must validate and plan its whole DAG."""
+    (tmp_path / "config.yaml").write_text("{}\n")
+    run = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/thesis.yaml"), "--replace-workflow-config")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for rule in ("embed_images", "finetune", "compare", "quality"):
+        assert rule in run.stdout

@@ -63,13 +63,18 @@ CLASSES: dict[str, list[str]] = {
 }
 ATTRIBUTES = list(CLASSES)
 CORPUS_COLUMNS = ["image_id", "path", "caption", "lang", "concept", "evidence", "split", "gender", "race", "age",
-                  "names"]
+                  "names", "scene", "decoy"]
 BIAS_COLUMNS = ["concept", "lang", "attribute", "class", "planted"]
 
 # Hue of each race's figure: evenly spaced around the colour wheel, in a deliberately arbitrary order
 # so that no hue resembles a skin tone ordering.
 _RACE_HUE_SLOT = {"East Asian": 3, "Indian": 0, "Black": 5, "White": 1, "Middle Eastern": 6,
                   "Latino_Hispanic": 2, "Southeast Asian": 4}
+# Background scenes (mean-zero textures). Each concept has a preferred scene it shows in
+# `scene_affinity` of its images, the way professions favour settings in real photos; test images get
+# scenes at random. Why: it gives test images query-relevant variation that has nothing to do with
+# demographics, so a small accidental tilt of a query cannot decide a whole top-k on its own.
+SCENES = ["plain", "stripes", "rows", "checker"]
 _GENDER_SHAPE = {"Male": "tall diamond", "Female": "wide ellipse"}
 
 DEFAULT_TEMPLATES = {
@@ -126,6 +131,7 @@ DEFAULTS: dict = {
     "noise": 0.04,
     "clutter": 1.0,
     "decoy_rate": 0.5,
+    "scene_affinity": 0.5,
     "images_per_concept": 150,
     "heldout_fraction": 0.1,
     "group_images": 1400,
@@ -321,13 +327,18 @@ def _decoy(glyphs: dict[str, np.ndarray], rng: np.random.Generator, min_distance
             return d
 
 
-def _render(size: int, gender: str, race: str, age: str, glyph: np.ndarray | None, decoy: np.ndarray | None,
-            noise: float, clutter: float, rng: np.random.Generator) -> np.ndarray:
+def _render(size: int, gender: str, race: str, age: str, scene: str, glyph: np.ndarray | None,
+            decoy: np.ndarray | None, noise: float, clutter: float, rng: np.random.Generator) -> np.ndarray:
     """One abstract 'person' as uint8 HxWx3. Class -> signature mapping: see module docstring."""
     s = float(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     level = 0.15 + 0.08 * CLASSES["age"].index(age) + rng.normal(0, 0.015)
     img = np.full((size, size, 3), level, np.float32)
+    px, py = xx + rng.integers(0, 8), yy + rng.integers(0, 8)  # random phase of the texture
+    texture = {"plain": np.zeros_like(xx), "stripes": np.where((px // 2) % 2 == 0, 1.0, -1.0),
+               "rows": np.where((py // 2) % 2 == 0, 1.0, -1.0),
+               "checker": np.where(((px // 4) + (py // 4)) % 2 == 0, 1.0, -1.0)}[scene]
+    img += 0.07 * texture[..., None].astype(np.float32)
     img += (rng.normal(0, 0.02, 3)).astype(np.float32)  # slight colour cast of the background
     for _ in range(rng.poisson(clutter)):  # low-contrast distractor patches
         w, h = rng.integers(2, max(3, size // 8) + 1, 2)
@@ -373,6 +384,19 @@ def signatures_table() -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------- corpus
 
+def _scene_dist(spec: dict, concept: str | None) -> dict[str, float]:
+    """A concept's scenes: its preferred one (by position in the spec) with scene_affinity, else uniform."""
+    if concept is None:
+        return {sc: 1 / len(SCENES) for sc in SCENES}
+    pref = SCENES[list(spec["concepts"]).index(concept) % len(SCENES)]
+    aff = float(spec["scene_affinity"])
+    return {sc: aff if sc == pref else (1 - aff) / (len(SCENES) - 1) for sc in SCENES}
+
+
+def _decoy_dist(spec: dict) -> dict[bool, float]:
+    return {True: float(spec["decoy_rate"]), False: 1 - float(spec["decoy_rate"])}
+
+
 def _concept_rows(spec: dict) -> list[dict]:
     rows = []
     seed = int(spec["seed"])
@@ -386,14 +410,15 @@ def _concept_rows(spec: dict) -> list[dict]:
                 # quotas per split, so the heldout split carries the planted skew too; evidence is
                 # spread within each cell, so the evidence-free images carry it as well
                 rate = float(spec["evidence_rate"])
-                people = _people(planted, n, rng, evidence={True: rate, False: 1 - rate})
+                people = _people(planted, n, rng, evidence={True: rate, False: 1 - rate},
+                                 scene=_scene_dist(spec, concept), decoy=_decoy_dist(spec))
                 templates = spec["templates"][lang]
                 for p in people:
                     name = _names(names)[rng.integers(len(_names(names)))]
                     caption = templates[rng.integers(len(templates))].format(name)
                     rows.append({"caption": caption, "lang": lang, "concept": concept,
                                  "evidence": bool(p["evidence"]), "split": split,
-                                 **{a: p[a] for a in ATTRIBUTES}})
+                                 **{a: p[a] for a in ATTRIBUTES}, "scene": p["scene"], "decoy": bool(p["decoy"])})
     return rows
 
 
@@ -415,7 +440,8 @@ def _group_rows(spec: dict) -> list[dict]:
             # the named attribute(s) are balanced over their classes, whatever the base says
             named = ["gender", "race"] if kind == "gender_race" else [kind]
             dists = {a: _distribution(a, "uniform", "") if a in named else base[a] for a in ATTRIBUTES}
-            people = _people(dists, n, rng, lang={lang: 1 / len(langs) for lang in langs})
+            people = _people(dists, n, rng, lang={lang: 1 / len(langs) for lang in langs},
+                             scene=_scene_dist(spec, None), decoy=_decoy_dist(spec))
             for p in people:
                 lang, g, r, a = p["lang"], p["gender"], p["race"], p["age"]
                 if kind == "gender_race":
@@ -430,7 +456,8 @@ def _group_rows(spec: dict) -> list[dict]:
                 templates = spec["templates"][lang]
                 caption = templates[rng.integers(len(templates))].format(name)
                 rows.append({"caption": caption, "lang": lang, "concept": None, "evidence": False,
-                             "split": split, "gender": g, "race": r, "age": a, "names": named})
+                             "split": split, "gender": g, "race": r, "age": a, "names": named,
+                             "scene": p["scene"], "decoy": bool(p["decoy"])})
     return rows
 
 
@@ -467,11 +494,13 @@ def _filler_rows(spec: dict, rows: list[dict]) -> list[dict]:
             return {k: v / sum(d.values()) for k, v in d.items()}
 
         people = _people({"age": deficit(base["age"], age_n)}, f, rng, cells=deficit(cell_p, cell_n),
-                         lang={lang: 1 / len(langs) for lang in langs})
+                         lang={lang: 1 / len(langs) for lang in langs}, scene=_scene_dist(spec, None),
+                         decoy=_decoy_dist(spec))
         for p in people:
             names = FILLER_NAMES[p["lang"]]
             out.append({"caption": names[rng.integers(len(names))], "lang": p["lang"], "concept": None,
-                        "evidence": False, "split": split, **{a: p[a] for a in ATTRIBUTES}})
+                        "evidence": False, "split": split, **{a: p[a] for a in ATTRIBUTES},
+                        "scene": p["scene"], "decoy": bool(p["decoy"])})
     return out
 
 
@@ -499,11 +528,13 @@ def _test_rows(spec: dict) -> pd.DataFrame:
     rows = []
     for g in CLASSES["gender"]:
         for r in CLASSES["race"]:
-            ages = [CLASSES["age"][i % len(CLASSES["age"])] for i in range(per_cell)]
-            ages = list(rng.permutation(np.array(ages, dtype=object)))
-            for i, a in enumerate(ages):
+            ages = _spread(spec["base_resolved"]["age"], per_cell, rng)
+            scenes = _spread(_scene_dist(spec, None), per_cell, rng)
+            decoys = _spread(_decoy_dist(spec), per_cell, rng)
+            for i in range(per_cell):
                 # service_test: FairFace's flag for its balanced service-test subset; here half of each cell
-                rows.append({"age": a, "gender": g, "race": r, "service_test": i < per_cell // 2})
+                rows.append({"age": ages[i], "gender": g, "race": r, "service_test": i < per_cell // 2,
+                             "scene": scenes[i], "decoy": bool(decoys[i])})
     df = pd.DataFrame(rows).iloc[rng.permutation(len(rows))].reset_index(drop=True)
     df.insert(0, "file", [f"val/{i + 1}.jpg" for i in range(len(df))])
     return df
@@ -548,8 +579,9 @@ def _write_world(spec: dict, root: Path) -> None:
     for row in tqdm(corpus.itertuples(), total=len(corpus), desc="render corpus", unit="img", mininterval=2):
         rng = _rng(seed, "img", row.image_id)
         glyph = glyphs[row.concept] if row.evidence else None
-        decoy = _decoy(glyphs, rng) if rng.random() < spec["decoy_rate"] else None
-        _save_jpeg(_render(size, row.gender, row.race, row.age, glyph, decoy, spec["noise"], spec["clutter"], rng),
+        decoy = _decoy(glyphs, rng) if row.decoy else None
+        _save_jpeg(_render(size, row.gender, row.race, row.age, row.scene, glyph, decoy, spec["noise"],
+                           spec["clutter"], rng),
                    root / row.path)
     corpus = corpus[CORPUS_COLUMNS]
     corpus.to_parquet(root / "corpus.parquet", index=False)
@@ -559,9 +591,11 @@ def _write_world(spec: dict, root: Path) -> None:
     (root / "fairface" / "val").mkdir(parents=True)
     for row in tqdm(test.itertuples(), total=len(test), desc="render test", unit="img", mininterval=2):
         rng = _rng(seed, "test-img", row.file)
-        decoy = _decoy(glyphs, rng) if rng.random() < spec["decoy_rate"] else None
-        _save_jpeg(_render(size, row.gender, row.race, row.age, None, decoy, spec["noise"], spec["clutter"], rng),
+        decoy = _decoy(glyphs, rng) if row.decoy else None
+        _save_jpeg(_render(size, row.gender, row.race, row.age, row.scene, None, decoy, spec["noise"],
+                           spec["clutter"], rng),
                    root / "fairface" / row.file)
+    test[["file", "scene", "decoy"]].to_csv(root / "test_details.csv", index=False)
     test[["file", "age", "gender", "race", "service_test"]].to_csv(root / "fairface" / "fairface_label_val.csv",
                                                                    index=False)
     bias_table(spec).to_csv(root / "bias_table.csv", index=False)
