@@ -141,3 +141,10 @@ def test_thesis_config_is_valid_and_plans_every_experiment(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for rule in ("embed_images", "finetune", "compare", "quality"):
         assert rule in run.stdout
+
+
+def test_report_gathers_figures(workdir):
+    run = snakemake(workdir, "--report", "report.html")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "bars_gender" in html and "grid_" in html and "Audit" in html

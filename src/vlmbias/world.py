@@ -338,7 +338,10 @@ def _render(size: int, gender: str, race: str, age: str, scene: str, glyph: np.n
     texture = {"plain": np.zeros_like(xx), "stripes": np.where((px // 2) % 2 == 0, 1.0, -1.0),
                "rows": np.where((py // 2) % 2 == 0, 1.0, -1.0),
                "checker": np.where(((px // 4) + (py // 4)) % 2 == 0, 1.0, -1.0)}[scene]
-    img += 0.07 * texture[..., None].astype(np.float32)
+    # only in a border band, away from the figure, so the scene is not entangled with the shape
+    band = max(2, size // 8)
+    border = (np.minimum(np.minimum(xx, yy), np.minimum(s - xx, s - yy)) < band).astype(np.float32)
+    img += (0.08 * texture * border)[..., None].astype(np.float32)
     img += (rng.normal(0, 0.02, 3)).astype(np.float32)  # slight colour cast of the background
     for _ in range(rng.poisson(clutter)):  # low-contrast distractor patches
         w, h = rng.integers(2, max(3, size // 8) + 1, 2)
