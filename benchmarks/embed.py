@@ -7,6 +7,10 @@ how well bf16 rankings agree with fp32 (top-k overlap).
 
     python benchmarks/embed.py                       # ViT-B-32, random weights (offline)
     python benchmarks/embed.py --pretrained openai   # real weights, if they can be loaded
+    python benchmarks/embed.py --hf results/world/world/models/clip --dataset results/world/world/data/fairface
+
+Random weights give nearly equal similarities to every image, so bf16 rounding reorders them
+freely: the bf16 agreement is only meaningful with trained weights (the second and third forms).
 
 Targets (2-core CPU, ViT-B-32): pipeline bf16 >= 5x the thesis loop; top-20 overlap >= 0.95.
 """
@@ -64,16 +68,19 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--hf", help="a transformers CLIPModel directory or id instead of open_clip --model")
+    ap.add_argument("--dataset", help="a FairFace-layout folder instead of generated images")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_fairface_folder(Path(tmp), per_cell=max(1, a.images // 14), size=96)
-        paths = build_manifest({"type": "fairface", "root": str(root)})[0]["path"].tolist()
-        spec = {"backend": "open_clip", "name": a.model, "pretrained": a.pretrained}
+        root = a.dataset or make_fairface_folder(Path(tmp), per_cell=max(1, a.images // 14), size=96)
+        paths = build_manifest({"type": "fairface", "root": str(root)})[0]["path"].tolist()[: a.images]
+        spec = ({"backend": "hf", "name": a.hf} if a.hf else
+                {"backend": "open_clip", "name": a.model, "pretrained": a.pretrained})
         fp32 = load_encoder(spec, a.device, "fp32")
         q = fp32.encode_texts(QUERIES)
-        print(f"model {a.model}:{a.pretrained}, {len(paths)} images, {len(QUERIES)} queries, "
+        print(f"model {a.hf or f'{a.model}:{a.pretrained}'}, {len(paths)} images, {len(QUERIES)} queries, "
               f"{torch.get_num_threads()} threads, device {a.device}")
 
         t = time.perf_counter()

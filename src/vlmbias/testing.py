@@ -37,25 +37,16 @@ def make_fairface_folder(root: str | Path, per_cell: int = 2, size: int = 32, se
     return root
 
 
-def _byte_vocab() -> dict[str, int]:
-    # CLIP's byte-level alphabet: printable bytes map to themselves, the rest to U+0100 upwards.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    extra = [b for b in range(256) if b not in printable]
-    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}
-
-
 def make_tiny_hf_clip(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> Path:
     """A random-weight transformers CLIPModel small enough for unit tests, with a byte-level tokenizer."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
+    from vlmbias.worldmodel import _write_tokenizer_files
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    vocab = _byte_vocab()
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
+    _write_tokenizer_files(out, merges=[])  # CLIP's byte-level alphabet, no merges: any script encodes
+    vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
     tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"))
     torch.manual_seed(seed)
     cfg = CLIPConfig(

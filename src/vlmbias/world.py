@@ -243,6 +243,31 @@ def resolve_spec(spec: dict) -> dict:
         for lang in c["names"]:
             table[(concept, lang)] = _planted(common, (c.get("by_lang") or {}).get(lang), f"{where}.by_lang.{lang}")
     out["planted_resolved"] = {f"{k[0]}|{k[1]}": v for k, v in table.items()}
+    out["scene_resolved"] = _assign_scenes(out, base)
+    return out
+
+
+def _assign_scenes(spec: dict, base: dict) -> dict[str, str]:
+    """Each concept's preferred scene, chosen greedily so that every scene's concepts together stay
+    close to the base demographics (strongest skews first, each to the scene whose summed skew it
+    offsets best; ties to the scene with fewer concepts). The filler then balances the remainder."""
+    vec = {}
+    for concept, c in spec["concepts"].items():
+        v = np.zeros(sum(len(CLASSES[a]) for a in ("gender", "race")))
+        for lang in c["names"]:
+            planted = spec["planted_resolved"][f"{concept}|{lang}"]
+            n = int((c.get("images") or {}).get(lang, spec["images_per_concept"]))
+            v += n * np.array([planted[a][k] - base[a][k] for a in ("gender", "race") for k in CLASSES[a]])
+        vec[concept] = v
+    load = {sc: np.zeros_like(next(iter(vec.values()))) for sc in SCENES}
+    count = dict.fromkeys(SCENES, 0)
+    out = {}
+    for concept in sorted(vec, key=lambda k: (-np.abs(vec[k]).sum(), list(vec).index(k))):
+        best = min(SCENES, key=lambda sc: (round(float(np.square(load[sc] + vec[concept]).sum()
+                                                      - np.square(load[sc]).sum()), 6), count[sc]))
+        load[best] += vec[concept]
+        count[best] += 1
+        out[concept] = best
     return out
 
 
@@ -270,6 +295,27 @@ def _quota(dist: dict, n: int, rng: np.random.Generator) -> list:
     return list(rng.permutation(labels))
 
 
+def _table_counts(rows: dict, cols: dict, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A rows x cols count table for independent attributes whose row sums and column sums are both the
+    exact quotas (controlled rounding), so neither marginal drifts from the plan by rounding cells."""
+    r, c = _quota_counts(rows, n, rng), _quota_counts(cols, n, rng)
+    expected = np.outer(r, c) / max(n, 1)
+    table = np.floor(expected + 1e-9).astype(int)
+    frac = expected - table
+    need_r, need_c = r - table.sum(1), c - table.sum(0)
+    # cells with the largest fractional part first (random among ties), while both margins need one
+    order = np.lexsort((rng.random(frac.size), -frac.ravel()))
+    for rounds in range(2):  # second round: any cell, in case the greedy pass got stuck
+        for k in order:
+            i, j = divmod(int(k), table.shape[1])
+            if need_r[i] > 0 and need_c[j] > 0 and (rounds or frac[i, j] > 1e-9):
+                table[i, j] += 1
+                need_r[i] -= 1
+                need_c[j] -= 1
+    assert not need_r.any() and not need_c.any()
+    return table
+
+
 def _spread(dist: dict, n: int, rng: np.random.Generator) -> list:
     """Exactly n labels matching `dist`, in a low-discrepancy order: every contiguous run holds the
     classes in about their proportions, so cutting the sequence into groups balances each group."""
@@ -282,7 +328,7 @@ def _spread(dist: dict, n: int, rng: np.random.Generator) -> list:
 
 
 def _people(dists: dict[str, dict], n: int, rng: np.random.Generator, cells: dict | None = None,
-            **spread: dict) -> list[dict]:
+            cell_attrs: tuple = ("gender", "race"), **spread: dict) -> list[dict]:
     """n people whose gender x race cells match the product of the marginals exactly (or the given
     cell distribution), with age and every extra label (evidence, lang) spread evenly within cells.
     Why joint, not per-attribute quotas: a model can fit whatever gender x race (x evidence) cell
@@ -290,13 +336,15 @@ def _people(dists: dict[str, dict], n: int, rng: np.random.Generator, cells: dic
     amplifies that accident into a 'bias' the table never planted."""
     if cells is None:
         cells = {(g, r): dists["gender"][g] * dists["race"][r] for g in CLASSES["gender"] for r in CLASSES["race"]}
-    counts = _quota_counts(cells, n, rng)
+        counts = _table_counts(dists["gender"], dists["race"], n, rng).ravel()
+    else:
+        counts = _quota_counts(cells, n, rng)
     order = rng.permutation(len(cells))  # cells in random order, each one contiguous
     keys = list(cells)
     members = [keys[i] for i in order for _ in range(counts[i])]
     extra = {"age": dists["age"], **spread}
     seqs = {k: _spread(d, n, rng) for k, d in extra.items()}
-    people = [{"gender": g, "race": r, **{k: seqs[k][i] for k in seqs}} for i, (g, r) in enumerate(members)]
+    people = [{**dict(zip(cell_attrs, key)), **{k: seqs[k][i] for k in seqs}} for i, key in enumerate(members)]
     return [people[i] for i in rng.permutation(n)]
 
 
@@ -388,10 +436,10 @@ def signatures_table() -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------- corpus
 
 def _scene_dist(spec: dict, concept: str | None) -> dict[str, float]:
-    """A concept's scenes: its preferred one (by position in the spec) with scene_affinity, else uniform."""
+    """A concept's scenes: its preferred one with scene_affinity, the others share the rest."""
     if concept is None:
         return {sc: 1 / len(SCENES) for sc in SCENES}
-    pref = SCENES[list(spec["concepts"]).index(concept) % len(SCENES)]
+    pref = spec["scene_resolved"][concept]
     aff = float(spec["scene_affinity"])
     return {sc: aff if sc == pref else (1 - aff) / (len(SCENES) - 1) for sc in SCENES}
 
@@ -474,17 +522,20 @@ def _filler_rows(spec: dict, rows: list[dict]) -> list[dict]:
     marginals balanced, the known answer is simply planted-vs-base. (Balancing only the evidence-free
     images was tried: controls then lean away from the classes the evidence images over-represent,
     so images with another concept's glyph still compete for a query.)
-    Balanced per gender x race cell and per age class, for each split."""
+    Balanced per gender x race x scene cell and per age class, for each split: scenes are shared by
+    several concepts, so without the scene in the cell a control inherits the skew of the concepts
+    that share its preferred scene."""
     base = spec["base_resolved"]
     langs = [lang for lang in spec["group_languages"] if lang in FILLER_NAMES] or ["en"]
     out = []
     for split in ("train", "heldout"):
         part = [r for r in rows if r["split"] == split]
         n = len(part)
-        cell_p = {(g, r): base["gender"][g] * base["race"][r] for g in CLASSES["gender"] for r in CLASSES["race"]}
-        cell_n = Counter((r["gender"], r["race"]) for r in part)
+        cell_p = {(g, r, sc): base["gender"][g] * base["race"][r] / len(SCENES)
+                  for g in CLASSES["gender"] for r in CLASSES["race"] for sc in SCENES}
+        cell_n = Counter((r["gender"], r["race"], r["scene"]) for r in part)
         age_n = Counter(r["age"] for r in part)
-        # smallest total T with base share * T >= count for every gender x race cell and every age
+        # smallest total T with base share * T >= count for every gender x race x scene cell and every age
         total = max([cell_n[c] / p for c, p in cell_p.items() if p > 0]
                     + [age_n[a] / p for a, p in base["age"].items() if p > 0])
         f = int(np.ceil(total - n - 1e-9)) if n else 0
@@ -497,7 +548,7 @@ def _filler_rows(spec: dict, rows: list[dict]) -> list[dict]:
             return {k: v / sum(d.values()) for k, v in d.items()}
 
         people = _people({"age": deficit(base["age"], age_n)}, f, rng, cells=deficit(cell_p, cell_n),
-                         lang={lang: 1 / len(langs) for lang in langs}, scene=_scene_dist(spec, None),
+                         cell_attrs=("gender", "race", "scene"), lang={lang: 1 / len(langs) for lang in langs},
                          decoy=_decoy_dist(spec))
         for p in people:
             names = FILLER_NAMES[p["lang"]]
