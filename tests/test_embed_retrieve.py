@@ -52,6 +52,15 @@ def test_query_sets():
         expand_query_set("t", {"queries": ["a"], "templates": ["a photo"]})
 
 
+def test_templates_per_language():
+    spec = {"templates": {"en": ["{}", "a photo of {}"], "zh": ["{}的照片"]},
+            "queries": ["a doctor", {"text": "医生", "lang": "zh"}]}
+    q = expand_query_set("multi", spec)
+    assert q["texts"].tolist() == [["a doctor", "a photo of a doctor"], ["医生的照片"]]
+    with pytest.raises(VlmbiasError, match="language 'ar', which has no templates"):
+        expand_query_set("multi", {**spec, "queries": [{"text": "طبيب", "lang": "ar"}]})
+
+
 def test_template_ensemble_is_normalised_mean(hf_encoder):
     emb, table = embed_queries("s", {"queries": ["a nurse"], "templates": ["{}", "a photo of {}"]}, hf_encoder)
     parts = hf_encoder.encode_texts(["a nurse", "a photo of a nurse"]).mean(0)

@@ -96,42 +96,51 @@ def test_missing_dataset_root_fails_cleanly(workdir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_world_run(tmp_path_factory):
-    """The default config (world -> audit -> calibration -> mitigation), shrunk to run in about a minute."""
-    wd = tmp_path_factory.mktemp("world")
+def default_run(tmp_path_factory):
+    """The default config as shipped (world -> audit -> calibration), with only the LoRA training
+    cut to a few steps so that the mitigation chain is exercised within the test budget."""
+    wd = tmp_path_factory.mktemp("default")
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    w = config["world"]
-    w.update(images_per_concept=24, group_images=120, test_per_cell=6)
-    w["model"].update(epochs=1)
-    config["retrieval"]["k"] = [5, 20]
-    config["metrics"]["n_boot"] = 200
-    config["calibration"]["k"] = 20
-    config["embed"]["num_workers"] = 0
-    config["mitigation"]["acquire"]["limit"] = 12
-    config["mitigation"]["label"]["balanced"]["allow_missing"] = True  # 12 images may miss a gender
-    config["mitigation"]["finetune"].update(epochs=1, max_steps=2)
-    config["mitigation"]["k"] = 5
+    mit = config["mitigation"]
+    mit["acquire"]["limit"] = 40
+    mit["label"]["balanced"]["allow_missing"] = True
+    mit["finetune"].update(max_steps=3)
     (wd / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
     run = snakemake(wd)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return wd / "results" / config["run_name"]
 
 
-def test_default_chain_runs_end_to_end(small_world_run):
-    res = small_world_run
-    assert (res / "world/models/clip/config.json").is_file()
-    checks = pd.read_csv(res / "calibration/world-clip/checks.csv")
-    assert {"strong_gender_found", "dose_response_spearman"} <= set(checks["check"])
-    comparison = pd.read_csv(res / "mitigation/comparison.csv")
+def test_known_answer_calibration(default_run):
+    """The audit must find the bias planted in the world, with the planted sign, and none on controls."""
+    checks = pd.read_csv(default_run / "calibration/world-clip/checks.csv").set_index("check")
+    must_pass = ["strong_gender_found", "strong_race_found", "controls_closer_than_strong",
+                 "controls_closer_than_strong_similarity", "dose_response_spearman", "language_CEO_zh",
+                 "language_CEO_ar"]
+    failed = [c for c in must_pass if not checks.loc[c, "passed"]]
+    assert not failed, checks.loc[failed, ["value", "threshold", "detail"]].to_string()
+    assert checks.loc["dose_response_spearman", "value"] >= 0.9
+    table = pd.read_csv(default_run / "calibration/world-clip/calibration.csv")
+    nurse = table[(table.query == "a nurse") & (table.attribute == "gender") & (table["class"] == "Female")]
+    assert (nurse["low"] > nurse["parity"]).all() and (nurse["sim_diff_low"] > 0).all()
+
+
+def test_default_chain_runs_mitigation(default_run):
+    res = default_run
     config = yaml.safe_load((REPO / "config.yaml").read_text())
+    comparison = pd.read_csv(res / "mitigation/comparison.csv")
     assert set(comparison["method"]) == set(config["mitigation"]["methods"])
     quality = pd.read_csv(res / "mitigation/quality.csv")
     assert {"zero_shot_accuracy", "concept_accuracy"} <= set(quality["metric"])
     for method, spec in config["mitigation"]["methods"].items():
         if spec["kind"] == "lora":
             assert (res / f"mitigation/adapters/{method}/adapter_model.safetensors").is_file()
-    # text-side methods reuse the base model's image embeddings: nothing re-embedded per method
+    # text-side methods reuse the base model's image embeddings: nothing is re-embedded per method
     assert sorted(p.name for p in (res / "embeddings/world").iterdir()) == ["world-clip"]
+    # the projection removes the gender direction: its mean gender disparity is lower than the base's
+    summary = pd.read_csv(res / "mitigation/comparison_summary.csv")
+    proj = summary[(summary.method == "projection") & (summary.attribute == "gender") & (summary.metric == "tvd")]
+    assert (proj["mean_after"] < proj["mean_before"]).all()
 
 
 def test_thesis_config_is_valid_and_plans_every_experiment(tmp_path):

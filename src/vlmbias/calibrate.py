@@ -5,9 +5,11 @@ world query set, plus image and query embeddings) and the world's ground truth (
 `concepts.csv`), and writes:
 
 - `calibration.csv`: one row per (concept, lang, attribute, class): planted share, measured top-k
-  share with its interval (from the metrics stage), and an embedding association score that is
-  not limited by the top-k cut: Cohen's d of the query's cosine similarity between images of the
-  class and all other images (normal-approximation 95% interval).
+  share with its interval (from the metrics stage), and two embedding association scores that are
+  not limited by the top-k cut, both over the query's cosine similarity to every test image:
+  `sim_diff`, the difference of mean similarity between images of the class and all other images,
+  and `assoc_d`, the same difference standardised by the pooled within-group sd (Cohen's d); each
+  with a normal-approximation 95% interval.
 - `checks.csv`: the acceptance checks (strong plants found with the planted sign, controls near
   parity, dose-response, language), each with its value, threshold and verdict.
 - `metric_tracking.csv`: how well each measurement tracks the planted share (Spearman rho).
@@ -34,16 +36,21 @@ DEFAULT_STRONG = {"gender": 0.8, "race": 0.5}
 Z95 = 1.959964
 
 
-def association(sims: np.ndarray, member: np.ndarray) -> tuple[float, float, float]:
-    """Cohen's d of similarities of members vs non-members, with a normal-approximation 95% interval."""
+def association(sims: np.ndarray, member: np.ndarray) -> tuple[float, ...]:
+    """Mean-similarity difference of members vs non-members and Cohen's d, each with a
+    normal-approximation 95% interval: (diff, low, high, d, low, high).
+    Why both: d divides by the within-group spread, which shrinks as the model sorts by the attribute,
+    so d flattens for strong plants (0.8 and 0.95 look alike); the raw difference keeps rising."""
     a, b = sims[member], sims[~member]
     n1, n2 = len(a), len(b)
     if n1 < 2 or n2 < 2:
-        return np.nan, np.nan, np.nan
+        return (np.nan,) * 6
+    diff = float(a.mean() - b.mean())
+    se_diff = np.sqrt(a.var(ddof=1) / n1 + b.var(ddof=1) / n2)
     pooled = np.sqrt(((n1 - 1) * a.var(ddof=1) + (n2 - 1) * b.var(ddof=1)) / (n1 + n2 - 2))
-    d = float((a.mean() - b.mean()) / pooled) if pooled > 0 else 0.0
+    d = diff / pooled if pooled > 0 else 0.0
     se = np.sqrt((n1 + n2) / (n1 * n2) + d * d / (2 * (n1 + n2)))
-    return d, d - Z95 * se, d + Z95 * se
+    return diff, diff - Z95 * se_diff, diff + Z95 * se_diff, d, d - Z95 * se, d + Z95 * se
 
 
 def calibration_table(classes: pd.DataFrame, bias: pd.DataFrame, query_emb: dict[str, np.ndarray],
@@ -63,11 +70,12 @@ def calibration_table(classes: pd.DataFrame, bias: pd.DataFrame, query_emb: dict
         raise VlmbiasError("no measured query matches a (concept, lang) of the bias table")
     assoc = [association(image_emb @ query_emb[qid], (image_labels[attr] == cls).to_numpy())
              for qid, attr, cls in zip(out["query_id"], out["attribute"], out["class"])]
-    out[["assoc_d", "assoc_low", "assoc_high"]] = np.array(assoc)
+    out[["sim_diff", "sim_diff_low", "sim_diff_high", "assoc_d", "assoc_low", "assoc_high"]] = np.array(assoc)
     out = out.rename(columns={"proportion": "measured", "proportion_low": "low", "proportion_high": "high",
                               "dataset_proportion": "parity"})
     return out[["concept", "lang", "query", "query_id", "attribute", "class", "planted", "parity", "k",
-                "measured", "low", "high", "assoc_d", "assoc_low", "assoc_high"]].reset_index(drop=True)
+                "measured", "low", "high", "sim_diff", "sim_diff_low", "sim_diff_high", "assoc_d", "assoc_low",
+                "assoc_high"]].reset_index(drop=True)
 
 
 def focal_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -93,18 +101,25 @@ def checks(table: pd.DataFrame, families: pd.DataFrame, strong: dict[str, float]
     ctrl = g[g["family"] == "control"]
     strong_g = g[g.planted >= strong.get("gender", 0.8)]
     if len(ctrl) and len(strong_g):
-        ctrl_dev = (ctrl.measured - ctrl.parity).abs()
-        strong_dev = (strong_g.measured - strong_g.parity).abs()
-        add("controls_closer_than_strong", float(ctrl_dev.max()), float(strong_dev.min()),
-            ctrl_dev.max() < strong_dev.min(), "largest control deviation vs smallest strong-plant deviation")
+        for name, col, zero in (("", "measured", "parity"), ("_similarity", "sim_diff", None)):
+            ctrl_dev = (ctrl[col] - (ctrl[zero] if zero else 0)).abs()
+            strong_dev = (strong_g[col] - (strong_g[zero] if zero else 0)).abs()
+            add(f"controls_closer_than_strong{name}", float(ctrl_dev.max()), float(strong_dev.min()),
+                ctrl_dev.max() < strong_dev.min(),
+                f"largest control deviation from {'parity' if zero else 0} ({ctrl.loc[ctrl_dev.idxmax(), 'query']}) vs "
+                f"smallest strong-plant deviation ({strong_g.loc[strong_dev.idxmin(), 'query']}), {col}")
         inside = ((ctrl.low <= ctrl.parity) & (ctrl.parity <= ctrl.high))
         add("controls_within_interval", int(inside.sum()), len(ctrl), inside.sum() >= np.ceil(len(ctrl) / 2),
             "; ".join(f"{r.query}: {r.measured:.2f} ({r.low:.2f}-{r.high:.2f})" for _, r in ctrl.iterrows()))
     dose = g[g["family"] == "dose"]
     if len(dose) >= 3:
-        rho = stats.spearmanr(dose.planted, dose.measured).statistic
+        # on the similarity difference: the top-k share saturates near 1 once a plant reaches ~0.8,
+        # so it cannot order 0.8, 0.9 and 0.95 (its rho is in metric_tracking.csv and the detail)
+        rho = stats.spearmanr(dose.planted, dose.sim_diff).statistic
+        rho_k = stats.spearmanr(dose.planted, dose.measured).statistic
         add("dose_response_spearman", float(rho), 0.9, rho >= 0.9,
-            "; ".join(f"{r.planted:.2f}->{r.measured:.2f}" for _, r in dose.sort_values("planted").iterrows()))
+            f"sim_diff (top-k share rho {rho_k:.2f}): " + "; ".join(
+                f"{r.planted:.2f}->{r.sim_diff:+.3f} ({r.measured:.2f})" for _, r in dose.sort_values("planted").iterrows()))
     r = foc[foc.attribute == "race"]
     for concept, grp in r.groupby("concept"):
         if grp["lang"].nunique() < 2 or grp["planted"].max() <= grp["parity"].max() + 1e-9:
@@ -123,6 +138,7 @@ def metric_tracking(table: pd.DataFrame, extra: dict[str, pd.DataFrame] | None =
     """Spearman rho between planted share and each measurement, over every (concept, lang, attribute, class)."""
     rows = []
     sources = {f"top{int(table.k.iat[0])}_share": table.assign(value=table.measured)}
+    sources["similarity_difference"] = table.assign(value=table.sim_diff)
     sources["association_d"] = table.assign(value=table.assoc_d)
     for name, t in (extra or {}).items():
         sources[name] = t.assign(value=t.measured)

@@ -1,6 +1,8 @@
 """Named query sets from config -> a table of queries.
 
-A query set is `{queries: [...], templates: ["a photo of {}"], transform: {...}}`. Each query is a
+A query set is `{queries: [...], templates: ["a photo of {}"], transform: {...}}`. `templates` is one
+list for every query, or a mapping language -> list (a query takes its `lang`'s list, "en" by default),
+so a multilingual set can ensemble each query over templates in its own language. Each query is a
 string or `{text, id, lang, concept, names: {attribute: class}}`; `names` marks queries that name
 a group ("a Black person" names race=Black) for the aggregation-bias metrics.
 """
@@ -19,7 +21,8 @@ def expand_query_set(name: str, spec: dict) -> pd.DataFrame:
     if not entries:
         raise VlmbiasError(f"query set {name!r} has no queries")
     templates = spec.get("templates") or ["{}"]
-    for t in templates:
+    by_lang = templates if isinstance(templates, dict) else None
+    for t in [t for ts in (by_lang or {"": templates}).values() for t in ts]:
         if t.count("{}") != 1:
             raise VlmbiasError(f"query set {name!r}: template {t!r} must contain exactly one '{{}}'")
     suffix = (spec.get("transform") or {}).get("suffix", "")
@@ -33,10 +36,15 @@ def expand_query_set(name: str, spec: dict) -> pd.DataFrame:
         if len(names) > 1:
             raise VlmbiasError(f"query set {name!r}: query {text!r} names more than one attribute: {names}")
         (attr, cls), = names.items() if names else ((None, None),)
+        lang = e.get("lang", "en")
+        if by_lang is not None and lang not in by_lang:
+            raise VlmbiasError(f"query set {name!r}: query {text!r} is in language {lang!r}, which has no "
+                               f"templates (have {sorted(by_lang)})")
+        own = by_lang[lang] if by_lang is not None else templates
         rows.append({
             "query_id": str(e.get("id", text)), "query": text,
-            "texts": [t.format(text + suffix) for t in templates],
-            "lang": e.get("lang", "en"), "concept": e.get("concept"),
+            "texts": [t.format(text + suffix) for t in own],
+            "lang": lang, "concept": e.get("concept"),
             "names_attribute": attr, "names_class": None if cls is None else str(cls),
         })
     df = pd.DataFrame(rows, columns=QUERY_COLUMNS)

@@ -21,7 +21,7 @@ Layout of a generated world (`generate_world(spec, out_dir)`):
                                    evidence, split, gender, race, age, names; concept is null for
                                    captions that name a group ("a photo of a woman"), whose `names`
                                    says which ("gender=Female", "gender=Male;race=Black"), and for
-                                   the uninformative filler captions ("untitled")
+                                   the uninformative filler captions ("a photo of someone")
     fairface/val/<n>.jpg           the balanced test split, no evidence marks, FairFace layout
     fairface/fairface_label_val.csv   file, age, gender, race, service_test
     bias_table.csv                 concept, lang, attribute, class, planted (every concept/lang/attribute)
@@ -51,16 +51,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from vlmbias import VlmbiasError
+from vlmbias.data import FAIRFACE_CLASSES
 from vlmbias.io import run_cli
 
 log = logging.getLogger(__name__)
 
-# FairFace's schema, class names and order exactly (data.FAIRFACE_CLASSES holds the same lists).
-CLASSES: dict[str, list[str]] = {
-    "gender": ["Male", "Female"],
-    "race": ["East Asian", "Indian", "Black", "White", "Middle Eastern", "Latino_Hispanic", "Southeast Asian"],
-    "age": ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"],
-}
+# FairFace's schema, class names and order exactly, so the audit reads the world like FairFace.
+CLASSES = FAIRFACE_CLASSES
 ATTRIBUTES = list(CLASSES)
 CORPUS_COLUMNS = ["image_id", "path", "caption", "lang", "concept", "evidence", "split", "gender", "race", "age",
                   "names", "scene", "decoy"]
@@ -120,8 +117,11 @@ _RACE_ADJ = {"en": {"East Asian": "East Asian", "Indian": "Indian", "Black": "Bl
              "zh": {"East Asian": "东亚", "Indian": "印度", "Black": "黑人", "White": "白人",
                     "Middle Eastern": "中东", "Latino_Hispanic": "拉丁裔", "Southeast Asian": "东南亚"}}
 _GENDER_NOUN = {"en": {"Male": "man", "Female": "woman"}, "zh": {"Male": "男性", "Female": "女性"}}
-# Uninformative captions of the balancing filler (web junk like "untitled"); words no concept uses.
-FILLER_NAMES = {"en": ["untitled", "no caption", "img", "unnamed upload"], "zh": ["无标题", "未命名图片"]}
+# Nouns of the balancing filler's uninformative captions ("a photo of someone"), words no concept or
+# group name uses. They go through the same templates as every other caption: template words
+# ("a photo of") then co-occur with a balanced corpus. Without that they soaked up the average
+# concept skew (mostly Male), and a bare query ("an accountant") came out with the opposite lean.
+FILLER_NAMES = {"en": ["someone", "somebody", "a subject"], "zh": ["无名者", "某位"], "ar": ["شخص ما"]}
 
 # Every key the `world` block may hold (the JSON schema mirrors this), with its default.
 DEFAULTS: dict = {
@@ -513,48 +513,58 @@ def _group_rows(spec: dict) -> list[dict]:
 
 
 def _filler_rows(spec: dict, rows: list[dict]) -> list[dict]:
-    """Images with uninformative captions whose demographics bring each split's overall marginals
-    back to the base distribution.
+    """Images with uninformative captions ("a photo of someone") whose demographics bring the corpus back to the
+    base distribution.
 
     Why: a contrastive model learns roughly the pointwise mutual information log P(x|caption)/P(x),
     so a concept is measured against the corpus' *overall* demographics, not against the base. If the
     planted skews leave the corpus 57% Male, a 50/50 control comes out female-leaning. With the
-    marginals balanced, the known answer is simply planted-vs-base. (Balancing only the evidence-free
-    images was tried: controls then lean away from the classes the evidence images over-represent,
-    so images with another concept's glyph still compete for a query.)
-    Balanced per gender x race x scene cell and per age class, for each split: scenes are shared by
-    several concepts, so without the scene in the cell a control inherits the skew of the concepts
-    that share its preferred scene."""
+    corpus balanced, the known answer is simply planted-vs-base. Balanced per split, per
+    gender x race x scene cell and per age class: scenes are shared by several concepts, so a control
+    would otherwise inherit the skew of its scene-mates. Tried and dropped: balancing only the
+    evidence-free images (controls then lean away from what the evidence images over-represent: an
+    image with another concept's glyph still competes for a query), and balancing each language on
+    its own (twice the filler, no measurable gain)."""
     base = spec["base_resolved"]
-    langs = [lang for lang in spec["group_languages"] if lang in FILLER_NAMES] or ["en"]
+    langs = [lang for lang in spec["group_languages"] if any(r["lang"] == lang for r in rows)]
+    gr = {(g, r): base["gender"][g] * base["race"][r] for g in CLASSES["gender"] for r in CLASSES["race"]}
+    grs = {(g, r, sc): p / len(SCENES) for (g, r), p in gr.items() for sc in SCENES}
     out = []
-    for split in ("train", "heldout"):
-        part = [r for r in rows if r["split"] == split]
+
+    def top_up(part: list[dict], shares: dict, attrs: tuple, key: str, with_age: bool, **spread) -> list[dict]:
+        """Filler for `part`: the fewest images that make every cell (and age class) its base share."""
         n = len(part)
-        cell_p = {(g, r, sc): base["gender"][g] * base["race"][r] / len(SCENES)
-                  for g in CLASSES["gender"] for r in CLASSES["race"] for sc in SCENES}
-        cell_n = Counter((r["gender"], r["race"], r["scene"]) for r in part)
-        age_n = Counter(r["age"] for r in part)
-        # smallest total T with base share * T >= count for every gender x race x scene cell and every age
-        total = max([cell_n[c] / p for c, p in cell_p.items() if p > 0]
-                    + [age_n[a] / p for a, p in base["age"].items() if p > 0])
+        have = Counter(tuple(r[a] for a in attrs) for r in part)
+        ages = Counter(r["age"] for r in part)
+        # smallest total T with share * T >= count for every cell (and age class)
+        total = max([have[c] / p for c, p in shares.items() if p > 0]
+                    + ([ages[a] / p for a, p in base["age"].items() if p > 0] if with_age else [0]))
         f = int(np.ceil(total - n - 1e-9)) if n else 0
         if f <= 0:
-            continue
-        rng = _rng(int(spec["seed"]), "filler", split)
+            return []
 
-        def deficit(shares: dict, have: Counter) -> dict:
-            d = {k: max(0.0, p * (n + f) - have[k]) for k, p in shares.items()}
+        def deficit(sh: dict, got: Counter) -> dict:
+            d = {k: max(0.0, p * (n + f) - got[k]) for k, p in sh.items()}
             return {k: v / sum(d.values()) for k, v in d.items()}
 
-        people = _people({"age": deficit(base["age"], age_n)}, f, rng, cells=deficit(cell_p, cell_n),
-                         cell_attrs=("gender", "race", "scene"), lang={lang: 1 / len(langs) for lang in langs},
-                         decoy=_decoy_dist(spec))
+        rng = _rng(int(spec["seed"]), "filler", key)
+        people = _people({"age": deficit(base["age"], ages) if with_age else base["age"]}, f, rng,
+                         cells=deficit(shares, have), cell_attrs=attrs, decoy=_decoy_dist(spec), **spread)
+        filled = []
         for p in people:
-            names = FILLER_NAMES[p["lang"]]
-            out.append({"caption": names[rng.integers(len(names))], "lang": p["lang"], "concept": None,
-                        "evidence": False, "split": split, **{a: p[a] for a in ATTRIBUTES},
-                        "scene": p["scene"], "decoy": bool(p["decoy"])})
+            lang = p.pop("lang")
+            names = FILLER_NAMES.get(lang, FILLER_NAMES["en"])
+            templates = spec["templates"][lang]
+            caption = templates[rng.integers(len(templates))].format(names[rng.integers(len(names))])
+            filled.append({"caption": caption, "lang": lang, "concept": None,
+                           "evidence": False, **p, "decoy": bool(p["decoy"])})
+        return filled
+
+    for split in ("train", "heldout"):
+        part = [r for r in rows if r["split"] == split]
+        added = top_up(part, grs, ("gender", "race", "scene"), split, True,
+                       lang={lang: 1 / len(langs) for lang in langs or ["en"]})
+        out += [{**r, "split": split} for r in added]
     return out
 
 

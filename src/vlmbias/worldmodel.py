@@ -43,7 +43,7 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MODEL_DEFAULTS: dict = {
     "seed": None,            # None: the world's seed
     "epochs": 30,
-    "batch_size": 128,
+    "batch_size": 256,
     "lr": 1.0e-3,
     "weight_decay": 0.1,
     "warmup_steps": 50,
@@ -51,7 +51,8 @@ MODEL_DEFAULTS: dict = {
     "bpe_merges": 400,
     "max_length": 32,        # text context length = max_position_embeddings
     "projection_dim": 64,
-    "vision": {"patch_size": 4, "hidden_size": 64, "layers": 2, "heads": 4, "intermediate_size": 256},
+    "logit_scale_init": 14.3,  # initial 1/temperature (CLIP: 1/0.07); learnable, clamped at 100
+    "vision": {"patch_size": 8, "hidden_size": 64, "layers": 2, "heads": 4, "intermediate_size": 256},
     "text": {"hidden_size": 64, "layers": 2, "heads": 4, "intermediate_size": 256},
     # Which captions in a batch count as positives of one another: "caption" = identical text;
     # "meaning" = the same concept in the same language, or the same named group in the same
@@ -110,12 +111,28 @@ def learn_bpe(texts: list[str], n_merges: int) -> list[tuple[str, str]]:
         for piece, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(t)):
             freq[piece] += 1
     words = {tuple(w[:-1]) + (w[-1] + "</w>",): n for w, n in freq.items() if w}
+    to_byte = {ch: b for b, ch in enumerate(_byte_symbols())}
+    allowed: dict[tuple[str, str], bool] = {}
+
+    def ok(pair: tuple[str, str]) -> bool:
+        # At most one multi-byte (non-ASCII) character per token. Chinese has no spaces, so a whole
+        # caption is one pre-token and plain BPE learns "一位音乐家" and "音乐家的照片" as unrelated
+        # tokens, each seen a few dozen times; per-character tokens are shared by every wording.
+        if pair not in allowed:
+            raw = [to_byte[ch] for ch in (pair[0] + pair[1]).replace("</w>", "")]
+            ascii_only = all(b < 0x80 for b in raw)
+            # otherwise: one character's bytes (a lead byte only in front, no ASCII mixed in)
+            one_char = all(b >= 0x80 for b in raw) and all(b < 0xC0 for b in raw[1:])
+            allowed[pair] = ascii_only or one_char
+        return allowed[pair]
+
     merges: list[tuple[str, str]] = []
     for _ in range(n_merges):
         pairs: Counter = Counter()
         for w, n in words.items():
             for p in zip(w, w[1:]):
-                pairs[p] += n
+                if ok(p):
+                    pairs[p] += n
         if not pairs:
             break
         # most frequent; ties broken by the pair itself, so the merges are deterministic
@@ -195,6 +212,7 @@ def _clip_config(m: dict, vocab_size: int, bos: int, eos: int, image_size: int):
                            intermediate_size=v["intermediate_size"], num_hidden_layers=v["layers"],
                            num_attention_heads=v["heads"], projection_dim=m["projection_dim"], num_channels=3),
         projection_dim=m["projection_dim"],
+        logit_scale_init_value=float(np.log(m["logit_scale_init"])),
     )
 
 

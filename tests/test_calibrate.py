@@ -1,0 +1,83 @@
+"""Calibration: association scores by hand, and the acceptance checks on planted tables."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlmbias.calibrate import association, checks, metric_tracking
+
+
+def test_association_by_hand():
+    sims = np.array([0.3, 0.5, 0.1, 0.2, 0.3])
+    member = np.array([True, True, False, False, False])
+    diff, lo, hi, d, dlo, dhi = association(sims, member)
+    assert diff == pytest.approx(0.4 - 0.2)
+    # se = sqrt(var(a)/2 + var(b)/3), var(a) = 0.02, var(b) = 0.01 (ddof 1)
+    se = np.sqrt(0.02 / 2 + 0.01 / 3)
+    assert (lo, hi) == pytest.approx((0.2 - 1.959964 * se, 0.2 + 1.959964 * se))
+    pooled = np.sqrt((1 * 0.02 + 2 * 0.01) / 3)
+    assert d == pytest.approx(0.2 / pooled) and dlo < d < dhi
+    assert np.isnan(association(sims, np.array([True, False, False, False, False]))[0])  # one member: no spread
+
+
+def _table(rows):
+    """rows: (concept, family, planted Male share, measured Male share, low, high, sim_diff)."""
+    out = []
+    for concept, family, planted, measured, low, high, sim in rows:
+        for cls, sign in (("Male", 1), ("Female", -1)):
+            out.append({"concept": concept, "lang": "en", "query": f"a {concept}", "attribute": "gender",
+                        "class": cls, "planted": planted if sign > 0 else 1 - planted, "parity": 0.5,
+                        "measured": measured if sign > 0 else 1 - measured,
+                        "low": low if sign > 0 else 1 - high, "high": high if sign > 0 else 1 - low,
+                        "sim_diff": sign * sim, "assoc_d": sign * sim * 10})
+    table = pd.DataFrame(out)
+    families = pd.DataFrame([(r[0], "en", r[1]) for r in rows], columns=["concept", "lang", "family"])
+    return table, families
+
+
+WORLD = [  # a world whose audit recovered everything
+    ("doctor", "dose", 0.8, 0.93, 0.89, 0.96, 0.08),
+    ("soldier", "dose", 0.9, 0.95, 0.91, 0.97, 0.10),
+    ("accountant", "dose", 0.5, 0.48, 0.41, 0.55, 0.00),
+    ("architect", "dose", 0.6, 0.70, 0.63, 0.76, 0.02),
+    ("scientist", "dose", 0.7, 0.85, 0.80, 0.89, 0.05),
+    ("nurse", "gender", 0.1, 0.03, 0.01, 0.06, -0.11),
+    ("chef", "control", 0.5, 0.53, 0.46, 0.60, 0.004),
+    ("musician", "control", 0.5, 0.40, 0.33, 0.47, -0.01),
+]
+
+
+def _result(rows):
+    table, families = _table(rows)
+    return checks(table, families, {"gender": 0.8}).set_index("check")
+
+
+def test_checks_pass_on_a_recovered_world():
+    res = _result(WORLD)
+    assert res["passed"].all(), res
+    assert res.loc["strong_gender_found", "value"] == 3  # doctor, soldier, nurse (Female 0.9)
+    assert res.loc["controls_within_interval", "value"] == 1  # musician's interval misses parity
+    assert res.loc["controls_closer_than_strong", "value"] == pytest.approx(0.10)
+    assert res.loc["controls_closer_than_strong", "threshold"] == pytest.approx(0.43)
+    assert res.loc["dose_response_spearman", "value"] == pytest.approx(1.0)
+
+
+def test_checks_fail_when_the_audit_misses_or_invents_bias():
+    missed = [r if r[0] != "soldier" else ("soldier", "dose", 0.9, 0.55, 0.48, 0.62, 0.01) for r in WORLD]
+    res = _result(missed)
+    assert not res.loc["strong_gender_found", "passed"]  # interval holds parity
+    assert not res.loc["dose_response_spearman", "passed"]
+    invented = [r if r[0] != "chef" else ("chef", "control", 0.5, 0.97, 0.94, 0.99, 0.2) for r in WORLD]
+    res = _result(invented)
+    assert not res.loc["controls_closer_than_strong", "passed"]
+    assert not res.loc["controls_closer_than_strong_similarity", "passed"]
+    assert not res.loc["controls_within_interval", "passed"]
+
+
+def test_metric_tracking_ranks_measurements():
+    table, _ = _table(WORLD)
+    track = metric_tracking(table.assign(k=200)).set_index("metric")
+    assert track.loc["top200_share", "spearman_rho"] > 0.9
+    assert track.loc["similarity_difference", "spearman_rho"] > 0.9
+    assert set(track.index) == {"top200_share", "similarity_difference", "association_d"}
