@@ -1,5 +1,7 @@
 """End-to-end: the real Snakefile on generated data and a tiny model, in a temporary directory."""
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +143,42 @@ def test_default_chain_runs_mitigation(default_run):
     summary = pd.read_csv(res / "mitigation/comparison_summary.csv")
     proj = summary[(summary.method == "projection") & (summary.attribute == "gender") & (summary.metric == "tvd")]
     assert (proj["mean_after"] < proj["mean_before"]).all()
+    arch = pd.read_csv(res / "experiments/architecture.csv")
+    assert set(arch["model_b"]) == set(config["experiments"]["architecture"]["models"][1:])
+    assert arch["p_holm"].between(0, 1).all() and arch["significant"].any()
+    web = pd.read_csv(res / "experiments/training_data.csv")
+    assert set(web["keyword"]) >= {"doctor", "nurse"} and web["tvd"].between(0, 1).all()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="needs Chromium (README: apt-get install chromium)")
+def test_report_renders_in_headless_chromium(default_run):
+    """Open the default run's report as a reader would: the rendered page (after its JavaScript
+    ran) must list every category, the calibration and comparison tables and the image grids."""
+    workdir = default_run.parents[1]
+    run = snakemake(workdir, "--report", "report.html")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={workdir / 'chromium'}",
+             "--virtual-time-budget=15000", "--window-size=1400,1000"]
+    page = (workdir / "report.html").as_uri()
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=300)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # what the page's JavaScript rendered (scripts and styles removed): the navigation by category
+    rendered = re.sub(r"<(script|style)\b.*?</\1>", "", dom.stdout, flags=re.S)
+    assert "Loading Snakemake Report" not in rendered or 'id="app"><div' in rendered
+    for category in ("Audit", "Calibration", "Mitigation", "Experiments", "Workflow", "Statistics"):
+        assert category in rendered, category
+    # the embedded results the categories open onto
+    html = (workdir / "report.html").read_text(errors="replace")
+    for name in ("checks.csv", "calibration.png", "comparison.csv", "architecture.csv", "training_data.csv",
+                 "grid_", "bars_gender"):
+        assert name in html, name
+    shot = subprocess.run([CHROMIUM, *flags, f"--screenshot={workdir / 'report.png'}", page],
+                          capture_output=True, text=True, timeout=300)
+    assert shot.returncode == 0 and (workdir / "report.png").stat().st_size > 10_000, shot.stderr[-2000:]
 
 
 def test_thesis_config_is_valid_and_plans_every_experiment(tmp_path):

@@ -72,6 +72,18 @@ def check_config(config: dict) -> None:
             raise VlmbiasError(f"LoRA methods {lora} need an 'hf' base model; {mit['base_model']!r} is not")
         if lora and not (mit.get("acquire") and mit.get("label")):
             raise VlmbiasError(f"LoRA methods {lora} need mitigation.acquire and mitigation.label blocks")
+    for exp, spec in (config.get("experiments") or {}).items():
+        models = spec.get("models") or [spec.get("model")]
+        known = [*config.get("models", {}), *variant_names(config)]
+        checks = [("dataset", [spec["dataset"]], list(config.get("datasets", {}))), ("models", models, known),
+                  ("query_sets", spec["query_sets"], list(config.get("query_sets", {})))]
+        for key, names, have in checks:
+            unknown = [n for n in names if n not in have]
+            if unknown:
+                raise VlmbiasError(f"experiments.{exp}: {key} {unknown} not configured (known: {have})")
+        if exp == "training_data" and not (mit and mit.get("acquire") and mit.get("label")):
+            raise VlmbiasError("experiments.training_data compares web-search images with retrievals; it needs "
+                               "mitigation.acquire and mitigation.label blocks")
     world_models = list(WORLD_MODELS)
     for name, spec in config.get("models", {}).items():
         if spec.get("world"):
