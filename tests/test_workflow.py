@@ -169,12 +169,12 @@ def test_report_renders_in_headless_chromium(default_run):
     # what the page's JavaScript rendered (scripts and styles removed): the navigation by category
     rendered = re.sub(r"<(script|style)\b.*?</\1>", "", dom.stdout, flags=re.S)
     assert "Loading Snakemake Report" not in rendered or 'id="app"><div' in rendered
-    for category in ("Audit", "Calibration", "Mitigation", "Experiments", "Workflow", "Statistics"):
+    for category in ("Audit", "Calibration", "Mitigation", "Experiments", "Run", "Workflow", "Statistics"):
         assert category in rendered, category
     # the embedded results the categories open onto
     html = (workdir / "report.html").read_text(errors="replace")
     for name in ("checks.csv", "calibration.png", "comparison.csv", "architecture.csv", "training_data.csv",
-                 "grid_", "bars_gender"):
+                 "grid_", "bars_gender", "versions.csv", "config.yaml"):
         assert name in html, name
     shot = subprocess.run([CHROMIUM, *flags, f"--screenshot={workdir / 'report.png'}", page],
                           capture_output=True, text=True, timeout=300)

@@ -123,3 +123,18 @@ rule metrics:
         "{PY} -m vlmbias.metrics --rankings {input.rankings} --distribution {input.distribution}"
         " --k {params.k} --n-boot {params.n_boot} --ci-method {params.ci} --seed {params.seed}"
         " --attributes {params.attributes} --out-classes {output.classes} --out-summary {output.summary} > {log} 2>&1"
+
+
+rule run_info:
+    output:
+        config=report(f"{RES}/run_info/config.yaml", caption="../report/run_info.rst", category="Run"),
+        versions=report(f"{RES}/run_info/versions.csv", caption="../report/run_info.rst", category="Run"),
+    params:
+        config=as_json(config),
+    log:
+        f"{RES}/logs/run_info.log",
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "{PY} -m vlmbias.report run-info --config-json {params.config:q} --out-config {output.config}"
+        " --out-versions {output.versions} > {log} 2>&1"

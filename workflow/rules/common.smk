@@ -64,4 +64,5 @@ def audit_targets():
         qset=SELECTED["query_sets"],
     ) + expand(f"{RES}/calibration/{{model}}/checks.csv", model=vconfig.calibration_models(config)) + (
         [f"{vconfig.mitigation_dir(config)}/comparison.csv"] if config.get("mitigation") else []
-    ) + [f"{RES}/experiments/{name}.csv" for name in (config.get("experiments") or {})]
+    ) + [f"{RES}/experiments/{name}.csv" for name in (config.get("experiments") or {})] + [
+        f"{RES}/run_info/versions.csv"]

@@ -1,0 +1,38 @@
+"""Config validation: the shipped configs pass; a wrong name anywhere is named in the error."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlmbias import VlmbiasError
+from vlmbias.config import load_config, validate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", ["config.yaml", "config/thesis.yaml"])
+def test_shipped_configs_validate(path):
+    config = load_config(REPO / path)
+    assert config["experiments"]["architecture"]["models"]
+
+
+def _default():
+    return yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["experiments"]["architecture"].update(models=["world-clip", "world-clipp"]),
+     r"experiments.architecture: models \['world-clipp'\] not configured"),
+    (lambda c: c["experiments"]["training_data"].update(query_sets=["world_gendr"]),
+     r"experiments.training_data: query_sets \['world_gendr'\]"),
+    (lambda c: c["experiments"]["architecture"].update(models=["world-clip"]), "at experiments.architecture.models"),
+    (lambda c: c["experiments"].update(archtecture={}), "archtecture"),
+    (lambda c: (c.pop("mitigation"), c["experiments"].pop("architecture")),
+     "experiments.training_data .* needs mitigation.acquire"),
+    (lambda c: c["query_sets"]["world_table"].update(templates={"en": []}), "world_table.templates"),
+])
+def test_wrong_names_are_named(edit, message):
+    config = _default()
+    edit(config)
+    with pytest.raises(VlmbiasError, match=message):
+        validate(config)
