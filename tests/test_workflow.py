@@ -99,8 +99,8 @@ def test_missing_dataset_root_fails_cleanly(workdir, tmp_path):
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    """The default config as shipped (world -> audit -> calibration), with only the LoRA training
-    cut to a few steps so that the mitigation chain is exercised within the test budget."""
+    """The default config as shipped (world, audit, calibration, mitigation, experiments), with only
+    the LoRA training cut to a few steps so that the whole chain runs within the test budget."""
     wd = tmp_path_factory.mktemp("default")
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     mit = config["mitigation"]
