@@ -8,6 +8,7 @@ import pytest
 from vlmbias import VlmbiasError
 from vlmbias import experiments as ex
 from vlmbias.io import read_table, run_cli
+from vlmbias.queries import caption_key
 
 
 def classes_table(queries: dict, k: int = 20, query_set: str = "qs") -> pd.DataFrame:
@@ -117,10 +118,10 @@ def test_architecture_bad_input():
 
 # ---------------------------------------------------------------- training data
 
-def test_normalise_text():
-    assert ex.normalise_text("  A   Doctor ") == "doctor"
-    assert ex.normalise_text("an accountant") == ex.normalise_text("Accountant") == "accountant"
-    assert ex.normalise_text("the CEO") == "ceo" and ex.normalise_text("apple") == "apple"
+def test_caption_key():
+    assert caption_key("  A   Doctor ") == "doctor"
+    assert caption_key("an accountant") == caption_key("Accountant") == "accountant"
+    assert caption_key("the CEO") == "ceo" and caption_key("apple") == "apple"
 
 
 def test_tvd_js_and_chi2_by_hand():

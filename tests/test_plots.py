@@ -14,7 +14,7 @@ from PIL import Image
 
 from vlmbias import VlmbiasError
 from vlmbias import plots
-from vlmbias.plots import (PlotInputError, grid_size, image_grid, plot_before_after, plot_calibration,
+from vlmbias.plots import (grid_size, image_grid, plot_before_after, plot_calibration,
                            plot_disparity_heatmap, plot_distributions, plot_losses, query_grids, safe_name)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -69,6 +69,7 @@ from tqdm import tqdm
 
 from vlmbias import VlmbiasError
 from vlmbias.io import atomic_path, parse_json_arg, run_cli, write_table
+from vlmbias.queries import strip_article
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +358,7 @@ def world_search(world_dir: Path, keyword: str, opts: dict) -> SearchResult:
 # ------------------------------------------------------------------------------------------- spec
 
 def default_concept(keyword: str) -> str:
-    return re.sub(r"^(a|an|the)\s+", "", " ".join(keyword.split()), flags=re.IGNORECASE)
+    return strip_article(keyword)
 
 
 def resolve_spec(spec: dict) -> tuple[dict, list[dict]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import warnings
 
 import numpy as np
@@ -22,7 +21,7 @@ from vlmbias import VlmbiasError
 from vlmbias.debias import apply_projection, projection_for
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_npy, write_table
 from vlmbias.models import Encoder, load_encoder
-from vlmbias.queries import expand_query_set
+from vlmbias.queries import expand_query_set, strip_article
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -103,7 +102,7 @@ def embed_queries(qset_name: str, qset_spec: dict, encoder: Encoder) -> tuple[np
     projection = (qset_spec.get("transform") or {}).get("projection")
     if projection:
         # calibration pairs are built per concept ("a photo of a male doctor"); fall back to the query text
-        concepts = sorted({c if isinstance(c, str) and c else re.sub(r"^(a|an|the)\s+", "", q)
+        concepts = sorted({c if isinstance(c, str) and c else strip_article(q)
                            for c, q in zip(queries["concept"], queries["query"])})
         out = apply_projection(out, projection_for(encoder, projection, concepts))
     table = queries.assign(row=np.arange(len(queries)), text=queries["texts"].map(" | ".join)).drop(columns="texts")

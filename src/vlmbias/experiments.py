@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import re
 
 import numpy as np
 import pandas as pd
@@ -38,6 +37,7 @@ from scipy.spatial.distance import jensenshannon
 from vlmbias import VlmbiasError
 from vlmbias.io import read_table, run_cli, write_table
 from vlmbias.metrics import goodness_of_fit, proportion_ci
+from vlmbias.queries import caption_key
 
 log = logging.getLogger(__name__)
 CLASS_NEED = ["query_id", "query", "k", "attribute", "class", "count"]
@@ -151,11 +151,6 @@ def architecture_table(tables: dict[str, pd.DataFrame], k: int, n_sim: int = N_S
     return pd.concat(out, ignore_index=True)[cols]
 
 
-def normalise_text(text: str) -> str:
-    """Case-, space- and leading-article-insensitive form of a caption: 'A  Doctor' -> 'doctor'."""
-    return re.sub(r"^(a|an|the) ", "", " ".join(str(text).lower().split()))
-
-
 def _match(keywords, classes: pd.DataFrame, keys: list[str], match: dict[str, str] | None) -> pd.DataFrame:
     """(keyword, *keys) pairs: explicit `match` keyword -> query_id first, the rest by normalised text."""
     queries = classes[keys].drop_duplicates()
@@ -163,11 +158,11 @@ def _match(keywords, classes: pd.DataFrame, keys: list[str], match: dict[str, st
     unknown = sorted(set(match.values()) - set(queries["query_id"].astype(str)))
     if unknown:
         raise VlmbiasError(f"match names query_id(s) {unknown} absent from the classes table at this k")
-    by_text = queries.assign(_norm=queries["query"].map(normalise_text))
+    by_text = queries.assign(_norm=queries["query"].map(caption_key))
     rows = []
     for kw in keywords:
         hit = (queries[queries["query_id"].astype(str) == match[kw]] if kw in match
-               else by_text[by_text["_norm"] == normalise_text(kw)])
+               else by_text[by_text["_norm"] == caption_key(kw)])
         rows.append(hit[keys].assign(keyword=kw))
     return pd.concat(rows, ignore_index=True)
 

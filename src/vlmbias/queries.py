@@ -8,9 +8,25 @@ a group ("a Black person" names race=Black) for the aggregation-bias metrics.
 """
 from __future__ import annotations
 
+import re
+import unicodedata
+
 import pandas as pd
 
 from vlmbias import VlmbiasError
+
+# A leading article (English, with its space) or Chinese measure word ("一位医生" = "a doctor").
+_ARTICLE = re.compile(r"^(?:(?:a|an|the)\s+|一位|一个|一名)", re.IGNORECASE)
+
+
+def strip_article(text: str) -> str:
+    """'a  doctor' -> 'doctor' (spaces collapsed, case kept): the concept a caption names."""
+    return _ARTICLE.sub("", " ".join(str(text).split()))
+
+
+def caption_key(text: str) -> str:
+    """Case-, space-, Unicode-form- and article-insensitive form for matching captions and keywords."""
+    return strip_article(unicodedata.normalize("NFC", str(text))).lower()
 
 QUERY_COLUMNS = ["query_id", "query", "texts", "lang", "concept", "names_attribute", "names_class"]
 

@@ -36,10 +36,8 @@ import colorsys
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
-import unicodedata
 import zlib
 from collections import Counter
 from copy import deepcopy
@@ -53,6 +51,7 @@ from tqdm import tqdm
 from vlmbias import VlmbiasError
 from vlmbias.data import FAIRFACE_CLASSES
 from vlmbias.io import run_cli
+from vlmbias.queries import caption_key
 
 log = logging.getLogger(__name__)
 
@@ -690,14 +689,6 @@ def load_corpus(world_dir: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-_ARTICLES = re.compile(r"^(a|an|the|一位|一个|一名)\s*")
-
-
-def _norm_keyword(text: str) -> str:
-    text = " ".join(unicodedata.normalize("NFC", str(text)).lower().split())
-    return _ARTICLES.sub("", text).strip()
-
-
 def search(world_dir: str | os.PathLike, keyword: str, limit: int, seed: int = 0,
            lang: str | None = None) -> pd.DataFrame:
     """Search-engine stand-in: corpus images of the concept the keyword names, in any language.
@@ -710,9 +701,9 @@ def search(world_dir: str | os.PathLike, keyword: str, limit: int, seed: int = 0
     """
     world_dir = Path(world_dir)
     names = pd.read_csv(world_dir / "concepts.csv", dtype=str, keep_default_na=False)
-    key = _norm_keyword(keyword)
-    hits = names[names["name"].map(_norm_keyword) == key][["concept", "lang"]]
-    by_key = names[(names["concept"].map(_norm_keyword) == key) & (names["lang"] == "en")][["concept", "lang"]]
+    key = caption_key(keyword)
+    hits = names[names["name"].map(caption_key) == key][["concept", "lang"]]
+    by_key = names[(names["concept"].map(caption_key) == key) & (names["lang"] == "en")][["concept", "lang"]]
     hits = pd.concat([hits, by_key]).drop_duplicates()
     if lang is not None:
         hits = names[names["concept"].isin(hits["concept"]) & (names["lang"] == lang)][["concept", "lang"]]
