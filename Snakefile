@@ -11,8 +11,9 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/world.smk"
 include: "workflow/rules/audit.smk"
-include: "workflow/rules/figures.smk"
 include: "workflow/rules/mitigate.smk"
+include: "workflow/rules/experiments.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

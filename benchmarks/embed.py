@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmbias.data import build_manifest
-from vlmbias.embed import embed_image_files, open_rgb
-from vlmbias.models import load_encoder
-from vlmbias.retrieve import top_k
+from vlmbias.audit.data import build_manifest
+from vlmbias.audit.embed import embed_image_files, open_rgb
+from vlmbias.audit.models import load_encoder
+from vlmbias.audit.retrieve import top_k
 from vlmbias.testing import make_fairface_folder
 
 QUERIES = ["a doctor", "a nurse", "a teacher", "a scientist", "a software engineer", "a construction worker",

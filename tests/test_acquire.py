@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from vlmbias import VlmbiasError
-from vlmbias.acquire import (FetchError, Response, acquire, check_image, extract_image_links, main, search_url,
-                             slugify, urllib_fetch)
 from vlmbias.io import run_cli
+from vlmbias.mitigate.acquire import acquire, check_image, main, slugify
+from vlmbias.mitigate.websearch import FetchError, Response, extract_image_links, search_url, urllib_fetch
 
 
 def image_bytes(colour, fmt="PNG", size=(16, 16)) -> bytes:
@@ -267,7 +267,7 @@ def test_folder_source(tmp_path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from vlmbias.world import generate_world
+    from vlmbias.world.generate import generate_world
 
     out = tmp_path_factory.mktemp("world") / "w"
     generate_world({"seed": 0, "image_size": 16, "images_per_concept": 12, "group_images": 0, "test_per_cell": 1,

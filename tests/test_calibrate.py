@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlmbias.calibrate import association, checks, metric_tracking
+from vlmbias.world.calibrate import association, checks, metric_tracking
 
 
 def test_association_by_hand():

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from vlmbias import VlmbiasError, __version__
-from vlmbias.cli import cache_key, main, parse_model_spec
+from vlmbias.cli import main
+from vlmbias.cli.audit import parse_model_spec
+from vlmbias.cli.cache import cache_key
 
 CLASS_ROW = re.compile(r"^    (\S.*?)\s+(\d+)\s+[\d.]+%\s+\[[\d.]+, [\d.]+\]\s+[\d.]+%$")
 
@@ -107,11 +109,11 @@ def test_audit_prints_tables_for_each_query(tiny_hf, fairface_dir, cache, capsys
 
 
 def test_second_run_uses_cache_and_json(tiny_hf, fairface_dir, tmp_path, monkeypatch, capsys):
-    import vlmbias.embed
+    import vlmbias.audit.embed
 
     calls = []
-    real = vlmbias.embed.embed_images
-    monkeypatch.setattr(vlmbias.embed, "embed_images", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = vlmbias.audit.embed.embed_images
+    monkeypatch.setattr(vlmbias.audit.embed, "embed_images", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     monkeypatch.setenv("VLMBIAS_CACHE", str(tmp_path / "envcache"))  # no --cache: the variable decides
     args = ["audit", "--model", f"hf:{tiny_hf}", "--dataset", str(fairface_dir), "--workers", "0",
             "--n-boot", "100", "--query", "a doctor", "--query", "a CEO", "--k", "10", "--json"]

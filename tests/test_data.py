@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vlmbias import VlmbiasError
-from vlmbias.data import FAIRFACE_CLASSES, build_manifest, hub_parquet_manifest
+from vlmbias.audit.data import FAIRFACE_CLASSES, build_manifest, hub_parquet_manifest
 
 
 def test_fairface_manifest_and_distribution(fairface_dir):

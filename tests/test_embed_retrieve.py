@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 
 from vlmbias import VlmbiasError
-from vlmbias.data import build_manifest
-from vlmbias.embed import embed_images, embed_queries
-from vlmbias.models import load_encoder
-from vlmbias.queries import expand_query_set
-from vlmbias.retrieve import rankings_table, top_k
+from vlmbias.audit.data import build_manifest
+from vlmbias.audit.embed import embed_images, embed_queries
+from vlmbias.audit.models import load_encoder
+from vlmbias.audit.queries import expand_query_set
+from vlmbias.audit.retrieve import rankings_table, top_k
 
 
 @pytest.fixture(scope="module")

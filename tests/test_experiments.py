@@ -7,8 +7,8 @@ import pytest
 
 from vlmbias import VlmbiasError
 from vlmbias import experiments as ex
+from vlmbias.audit.queries import caption_key
 from vlmbias.io import read_table, run_cli
-from vlmbias.queries import caption_key
 
 
 def classes_table(queries: dict, k: int = 20, query_set: str = "qs") -> pd.DataFrame:

@@ -19,8 +19,15 @@ from PIL import Image
 
 from vlmbias import VlmbiasError
 from vlmbias.io import run_cli
-from vlmbias.label import (DEEPFACE_WEIGHTS, age_bin, add_label_noise, balanced_set, distribution_by_keyword,
-                           label_images, main)
+from vlmbias.mitigate.label import (
+    DEEPFACE_WEIGHTS,
+    add_label_noise,
+    age_bin,
+    balanced_set,
+    distribution_by_keyword,
+    label_images,
+    main,
+)
 
 DF_RACES = ["asian", "indian", "black", "white", "middle eastern", "latino hispanic"]
 
@@ -239,8 +246,8 @@ def test_deepface_bad_options(deepface_env, tmp_path):
 
 @pytest.fixture(scope="module")
 def world_acquired(tmp_path_factory):
-    from vlmbias.acquire import acquire
-    from vlmbias.world import generate_world
+    from vlmbias.mitigate.acquire import acquire
+    from vlmbias.world.generate import generate_world
 
     root = tmp_path_factory.mktemp("world")
     generate_world({"seed": 0, "image_size": 16, "images_per_concept": 40, "group_images": 0, "test_per_cell": 1,

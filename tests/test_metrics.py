@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from vlmbias import metrics as m
+from vlmbias.audit import metrics as m
 
 G = ["Male", "Female"]
 # Thesis Table 4.1: gender counts among the top 20 of each query (Male, Female).

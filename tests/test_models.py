@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from vlmbias import VlmbiasError
-from vlmbias.models import load_encoder
+from vlmbias.audit.models import load_encoder
 
 
 @pytest.fixture(params=["hf", "open_clip"])

@@ -12,10 +12,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlmbias import VlmbiasError
-from vlmbias import plots
-from vlmbias.plots import (grid_size, image_grid, plot_before_after, plot_calibration,
-                           plot_disparity_heatmap, plot_distributions, plot_losses, query_grids, safe_name)
+from vlmbias import VlmbiasError, plots
+from vlmbias.plots import base as plot_base
+from vlmbias.plots import (
+    grid_size,
+    grids,
+    image_grid,
+    plot_before_after,
+    plot_calibration,
+    plot_disparity_heatmap,
+    plot_distributions,
+    plot_losses,
+    query_grids,
+    safe_name,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GENDER = ["Male", "Female"]
@@ -210,12 +220,12 @@ def test_image_grid_corrupt_images_become_grey_tiles(tmp_path, images, caplog):
         out = image_grid(r, "q_doctor", 6, tmp_path / "g.png", ncols=6, thumb=thumb, paths=images)
     assert "corrupt.jpg" in caplog.text and "truncated.jpg" in caplog.text and "does-not-exist" in caplog.text
     im = np.asarray(Image.open(out).convert("RGB"))
-    top = 2 * (plots._grid_fonts(thumb)[1] + 2) + plots.GRID_PAD
+    top = 2 * (grids._grid_fonts(thumb)[1] + 2) + grids.GRID_PAD
     for i in (1, 2, 3, 5):  # the unreadable, truncated, unknown and missing files
-        x = plots.GRID_PAD + i * (thumb + plots.GRID_PAD)
+        x = grids.GRID_PAD + i * (thumb + grids.GRID_PAD)
         corner = im[top + 3: top + 12, x + 20: x + 44]  # away from the diagonals and the label
         assert (np.abs(corner.astype(int) - 128) <= 25).all(), i
-    x0 = plots.GRID_PAD
+    x0 = grids.GRID_PAD
     tile0 = im[top + 5: top + 20, x0 + 5: x0 + 20].astype(int)
     assert (np.abs(tile0 - np.array([0, 255, 120])) <= 12).all()  # the readable image is drawn
 
@@ -318,17 +328,17 @@ def test_audit_cli(tmp_path, images):
 
 
 def test_font_fallback_and_missing_glyph_warning(caplog):
-    fonts = plots._installed_fonts()
-    preferred = set().union(*(plots._charmap(p) for _, p, pref in fonts if pref))
+    fonts = plot_base._installed_fonts()
+    preferred = set().union(*(plot_base._charmap(p) for _, p, pref in fonts if pref))
     extra = [(name, c) for name, p, pref in fonts if not pref
-             for c in sorted(plots._charmap(p) - preferred)
-             if c > 127 and plots._needed_chars([chr(c)])]
+             for c in sorted(plot_base._charmap(p) - preferred)
+             if c > 127 and plot_base._needed_chars([chr(c)])]
     if extra:  # a glyph only a non-preferred font has: that font joins the family list
         name, c = extra[0]
-        assert name in plots._families_for([chr(c)])
+        assert name in plot_base._families_for([chr(c)])
     rare = "\U00010C80\U00010C81"  # Old Hungarian: almost never installed
-    if not any(ord(rare[0]) in plots._charmap(p) for _, p, _ in fonts):
+    if not any(ord(rare[0]) in plot_base._charmap(p) for _, p, _ in fonts):
         with caplog.at_level(logging.WARNING, logger="vlmbias.plots"):
-            plots._families_for([rare])
-            plots._families_for([rare])
+            plot_base._families_for([rare])
+            plot_base._families_for([rare])
         assert caplog.text.count("no installed font has glyphs") == 1

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from vlmbias import VlmbiasError
-from vlmbias.data import build_manifest
-from vlmbias.world import CLASSES, generate_world, load_bias_table, load_corpus, resolve_spec, search
+from vlmbias.audit.data import build_manifest
+from vlmbias.world.generate import CLASSES, generate_world, load_bias_table, load_corpus, resolve_spec, search
 
 SPEC = {
     "seed": 3, "image_size": 16, "images_per_concept": 40, "group_images": 60, "test_per_cell": 4,
@@ -113,7 +113,7 @@ def test_bad_spec_names_the_problem(bad, message, tmp_path):
 
 
 def test_tokenizer_round_trips_every_script(tmp_path):
-    from vlmbias.worldmodel import build_tokenizer, check_round_trip
+    from vlmbias.world.tokenizer import build_tokenizer, check_round_trip
 
     texts = ["a photo of a doctor", "一位医生的照片", "مدير تنفيذي في العمل", "a Latino/Hispanic person"] * 5
     tok = build_tokenizer(texts, tmp_path, n_merges=50, max_length=32)
@@ -126,8 +126,8 @@ def test_tokenizer_round_trips_every_script(tmp_path):
 def test_trained_world_model_loads_as_a_hub_model(world, tmp_path):
     from transformers import CLIPModel
 
-    from vlmbias.models import load_encoder
-    from vlmbias.worldmodel import train_world_model
+    from vlmbias.audit.models import load_encoder
+    from vlmbias.world.model import train_world_model
 
     small = {"max_steps": 3, "batch_size": 32, "bpe_merges": 30, "projection_dim": 16,
              "vision": {"hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32, "patch_size": 4},

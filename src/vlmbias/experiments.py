@@ -21,7 +21,7 @@ retrieved_count, retrieved_proportion, n_web, n_retrieved, tvd, js_divergence, c
 Only classes present on both sides are kept and both distributions are renormalised over them;
 ``note`` names the classes missing from one side. ``tvd`` = 0.5 * sum |p - q|; ``js_divergence`` is the
 Jensen-Shannon divergence in bits (0..1); ``chi2``/``p_value`` test the retrieved counts against the web
-proportions with `vlmbias.metrics.goodness_of_fit` (Monte-Carlo p-value, seeded).
+proportions with `vlmbias.audit.metrics.goodness_of_fit` (Monte-Carlo p-value, seeded).
 """
 from __future__ import annotations
 
@@ -35,15 +35,14 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from vlmbias import VlmbiasError
+from vlmbias.audit.metrics import N_SIM, goodness_of_fit, monte_carlo_p, proportion_ci
+from vlmbias.audit.queries import caption_key
 from vlmbias.io import read_table, run_cli, write_table
-from vlmbias.metrics import goodness_of_fit, proportion_ci
-from vlmbias.queries import caption_key
 
 log = logging.getLogger(__name__)
 CLASS_NEED = ["query_id", "query", "k", "attribute", "class", "count"]
 LABEL_NEED = ["keyword", "attribute", "class", "count"]
 ALPHA = 0.05
-N_SIM = 10_000
 
 
 def _need(df: pd.DataFrame, cols: list[str], what: str) -> None:
@@ -98,8 +97,7 @@ def homogeneity_test(a, b, n_sim: int = N_SIM, seed=0) -> tuple[float, int, str,
     sim_a = np.random.default_rng(seed).multivariate_hypergeometric(cols, n_a, size=n_sim)
     sims = np.stack([sim_a, cols - sim_a], axis=1)  # [n_sim, 2, C]; margins fixed, so expected is too
     null = ((sims - expected) ** 2 / expected).sum(axis=(1, 2))
-    hits = int((null >= chi2 - 1e-9 * max(1.0, chi2)).sum())  # tolerance: ties in float arithmetic
-    return float(chi2), int(dof), "monte-carlo", (1 + hits) / (1 + n_sim)
+    return float(chi2), int(dof), "monte-carlo", monte_carlo_p(chi2, null)
 
 
 def holm(p) -> np.ndarray:

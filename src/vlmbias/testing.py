@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vlmbias.data import FAIRFACE_CLASSES
+from vlmbias.audit.data import FAIRFACE_CLASSES
 
 
 def make_fairface_folder(root: str | Path, per_cell: int = 2, size: int = 32, seed: int = 0) -> Path:
@@ -42,10 +42,10 @@ def make_tiny_hf_clip(out_dir: str | Path, image_size: int = 32, seed: int = 0) 
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    from vlmbias.worldmodel import _write_tokenizer_files
+    from vlmbias.world.tokenizer import write_tokenizer_files
 
     out = Path(out_dir)
-    _write_tokenizer_files(out, merges=[])  # CLIP's byte-level alphabet, no merges: any script encodes
+    write_tokenizer_files(out, merges=[])  # CLIP's byte-level alphabet, no merges: any script encodes
     vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
     tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"))
     torch.manual_seed(seed)

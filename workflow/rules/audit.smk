@@ -17,7 +17,7 @@ rule dataset_manifest:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.data --spec-json {params.spec:q} --max-missing-fraction {params.max_missing}"
+        "{PY} -m vlmbias.audit.data --spec-json {params.spec:q} --max-missing-fraction {params.max_missing}"
         " --manifest {output.manifest} --distribution {output.distribution} --missing {output.missing} > {log} 2>&1"
 
 
@@ -46,7 +46,7 @@ rule embed_images:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.embed images --model-json {params.model:q} --device {params.device}"
+        "{PY} -m vlmbias.audit.embed images --model-json {params.model:q} --device {params.device}"
         " --precision {params.precision} --threads {threads} --manifest {input.manifest}"
         " --batch-size {params.batch_size} --num-workers {params.workers} --max-bad-fraction {params.max_bad}"
         " --out-npy {output.npy} --out-table {output.table} --skipped {output.skipped} > {log} 2>&1"
@@ -69,7 +69,7 @@ rule embed_queries:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.embed queries --model-json {params.model:q} --device {params.device}"
+        "{PY} -m vlmbias.audit.embed queries --model-json {params.model:q} --device {params.device}"
         " --precision {params.precision} --threads {threads} --name {wildcards.qset}"
         " --queries-json {params.queries:q} --out-npy {output.npy} --out-table {output.table} > {log} 2>&1"
 
@@ -96,7 +96,7 @@ rule retrieve:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.retrieve --images-npy {input.images} --images-table {input.image_rows}"
+        "{PY} -m vlmbias.audit.retrieve --images-npy {input.images} --images-table {input.image_rows}"
         " --queries-npy {input.queries} --queries-table {input.query_rows} --manifest {input.manifest}"
         " --k {params.k} --method {params.method} --model {wildcards.model} --dataset {wildcards.dataset}"
         " --query-set {wildcards.qset} --out {output} > {log} 2>&1"
@@ -120,21 +120,38 @@ rule metrics:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.metrics --rankings {input.rankings} --distribution {input.distribution}"
+        "{PY} -m vlmbias.audit.metrics --rankings {input.rankings} --distribution {input.distribution}"
         " --k {params.k} --n-boot {params.n_boot} --ci-method {params.ci} --seed {params.seed}"
         " --attributes {params.attributes} --out-classes {output.classes} --out-summary {output.summary} > {log} 2>&1"
 
 
-rule run_info:
+# Figures per (dataset, model, query set): distribution bar plots per attribute, a disparity
+# heatmap, and a grid of the top retrieved images per query.
+
+
+rule figures:
+    input:
+        classes=rules.metrics.output.classes,
+        summary=rules.metrics.output.summary,
+        rankings=rules.retrieve.output[0],
+        manifest=rules.dataset_manifest.output.manifest,
     output:
-        config=report(f"{RES}/run_info/config.yaml", caption="../report/run_info.rst", category="Run"),
-        versions=report(f"{RES}/run_info/versions.csv", caption="../report/run_info.rst", category="Run"),
+        report(
+            directory(f"{RES}/figures/{{dataset}}/{{model}}/{{qset}}"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Audit",
+            subcategory="{dataset} / {model} / {qset}",
+        ),
     params:
-        config=as_json(config),
+        bar_k=config["figures"]["bar_k"],
+        grid_k=config["figures"]["grid_k"],
+        grid_cols=config["figures"]["grid_cols"],
     log:
-        f"{RES}/logs/run_info.log",
+        f"{RES}/logs/figures/{{dataset}}_{{model}}_{{qset}}.log",
     conda:
         "../../envs/report.yaml"
     shell:
-        "{PY} -m vlmbias.report run-info --config-json {params.config:q} --out-config {output.config}"
-        " --out-versions {output.versions} > {log} 2>&1"
+        "{PY} -m vlmbias.plots audit --classes {input.classes} --summary {input.summary}"
+        " --rankings {input.rankings} --manifest {input.manifest} --bar-k {params.bar_k}"
+        " --grid-k {params.grid_k} --grid-cols {params.grid_cols} --out {output} > {log} 2>&1"

@@ -23,7 +23,7 @@ rule acquire:
     conda:
         "../../envs/mitigate.yaml"
     shell:
-        "{PY} -m vlmbias.acquire --spec-json {params.spec:q} --out-dir {params.folder} --manifest {output}"
+        "{PY} -m vlmbias.mitigate.acquire --spec-json {params.spec:q} --out-dir {params.folder} --manifest {output}"
         " {params.world} > {log} 2>&1"
 
 
@@ -42,7 +42,7 @@ rule label:
     conda:
         "../../envs/mitigate.yaml"
     shell:
-        "{PY} -m vlmbias.label --spec-json {params.spec:q} --acquired {input} --out-labels {output.labels}"
+        "{PY} -m vlmbias.mitigate.label --spec-json {params.spec:q} --acquired {input} --out-labels {output.labels}"
         " --out-dropped {output.dropped} --out-distribution {output.distribution}"
         " --out-balanced {output.balanced} > {log} 2>&1"
 
@@ -71,7 +71,7 @@ rule finetune:
     conda:
         "../../envs/mitigate.yaml"
     shell:
-        "{PY} -m vlmbias.finetune --base {params.base} --train {input.train} --spec-json {params.spec:q}"
+        "{PY} -m vlmbias.mitigate.finetune --base {params.base} --train {input.train} --spec-json {params.spec:q}"
         " --out {output} --threads {threads} --no-progress > {log} 2>&1"
 
 
@@ -100,7 +100,7 @@ rule quality:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.quality --model-json {params.model:q} --model-name {wildcards.model}"
+        "{PY} -m vlmbias.mitigate.quality --model-json {params.model:q} --model-name {wildcards.model}"
         " --images-npy {input.images} --images-table {input.image_rows} --manifest {input.manifest}"
         " {params.world} --device {params.device} --out {output} > {log} 2>&1"
 
@@ -137,49 +137,6 @@ rule compare:
     conda:
         "../../envs/report.yaml"
     shell:
-        "{PY} -m vlmbias.compare --base {input.base} {params.methods} --quality {input.quality} --k {params.k}"
+        "{PY} -m vlmbias.mitigate.compare --base {input.base} {params.methods} --quality {input.quality} --k {params.k}"
         " --out-table {output.table} --out-summary {output.summary} --out-quality {output.quality}"
         " --out-figures {output.figures} > {log} 2>&1"
-
-
-# ---------------------------------------------------------------- experiments (thesis 4.6)
-EXP = config.get("experiments") or {}
-
-
-def experiment_classes(name):
-    spec = EXP[name]
-    models = spec.get("models") or [spec["model"]]
-    return {m: [f"{RES}/metrics/{spec['dataset']}/{m}/{q}_classes.csv" for q in spec["query_sets"]] for m in models}
-
-
-rule architecture:
-    input:
-        lambda w: [f for files in experiment_classes("architecture").values() for f in files],
-    output:
-        report(f"{RES}/experiments/architecture.csv", caption="../report/experiments.rst", category="Experiments"),
-    params:
-        classes=lambda w: " ".join(f"{m}={f}" for m, files in experiment_classes("architecture").items() for f in files),
-        k=EXP.get("architecture", {}).get("k", 20),
-    log:
-        f"{RES}/logs/experiments/architecture.log",
-    conda:
-        "../../envs/report.yaml"
-    shell:
-        "{PY} -m vlmbias.experiments architecture --classes {params.classes} --k {params.k} --out {output} > {log} 2>&1"
-
-
-rule training_data:
-    input:
-        labels=f"{MIT}/labels/distribution.csv",
-        classes=lambda w: experiment_classes("training_data")[EXP["training_data"]["model"]],
-    output:
-        report(f"{RES}/experiments/training_data.csv", caption="../report/experiments.rst", category="Experiments"),
-    params:
-        k=EXP.get("training_data", {}).get("k", 20),
-    log:
-        f"{RES}/logs/experiments/training_data.log",
-    conda:
-        "../../envs/report.yaml"
-    shell:
-        "{PY} -m vlmbias.experiments training-data --labels {input.labels} --classes {input.classes} --k {params.k}"
-        " --out {output} > {log} 2>&1"

@@ -11,7 +11,7 @@ rule world_generate:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.world generate --spec-json {params.spec:q} --out {output} > {log} 2>&1"
+        "{PY} -m vlmbias.world.generate generate --spec-json {params.spec:q} --out {output} > {log} 2>&1"
 
 
 rule world_train:
@@ -29,7 +29,7 @@ rule world_train:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.worldmodel train --world {input} --spec-json {params.spec:q}"
+        "{PY} -m vlmbias.world.model train --world {input} --spec-json {params.spec:q}"
         " --out {output} --threads {threads} > {log} 2>&1"
 
 
@@ -63,7 +63,7 @@ rule calibrate:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.calibrate --world {input.world} --classes {input.classes} --queries {input.queries}"
+        "{PY} -m vlmbias.world.calibrate --world {input.world} --classes {input.classes} --queries {input.queries}"
         " --images-npy {input.images} --images-table {input.image_rows} --manifest {input.manifest}"
         " --k {params.k} --strong-gender {params.strong[gender]} --strong-race {params.strong[race]}"
         " --out-table {output.table} --out-checks {output.checks} --out-tracking {output.tracking}"

@@ -1,35 +1,17 @@
-"""The `vlmbias` command: audit one model on one dataset from the shell, read calibration results,
-list models.
-
-    vlmbias audit --model ViT-B-32:openai --dataset ~/data/fairface --query "a doctor" --query "a nurse"
-    vlmbias calibrate                      # PASS/FAIL of the workflow's calibration checks
-    vlmbias models [--name ViT-B-32]       # backends, known models, open_clip pretrained tags
-    vlmbias --version
-
-The command is a thin front end: it calls the same modules as the Snakemake workflow
-(`data.build_manifest`, `models.load_encoder`, `embed`, `retrieve`, `metrics.audit_tables`), and
-`calibrate` only reads what the workflow's `calibrate` rule wrote. Image embeddings are cached
-per (model, dataset content, precision) so that further queries on the same model and dataset
-cost only a text encoding.
-
-Exit codes: 0 ok, 1 failed calibration check(s), 2 user error (bad arguments, missing files,
-unloadable model...), printed as one `error: ...` line on stderr.
-"""
+"""`vlmbias audit`: embed a labelled image set once, retrieve the top-k images per query and print
+who comes back, through the same modules as the workflow (`data.build_manifest`,
+`models.load_encoder`, `embed`, `retrieve`, `metrics.audit_tables`)."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
-import os
 import re
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 from vlmbias import VlmbiasError, __version__
+from vlmbias.cli.cache import cache_key, cache_root, read_cache, write_cache
 
 log = logging.getLogger("vlmbias.cli")
 
@@ -37,11 +19,8 @@ MODEL_FORMS = ("open_clip:NAME:PRETRAINED, NAME:PRETRAINED (open_clip, e.g. ViT-
                "hf:ID_OR_DIR (a transformers CLIPModel hub id or local directory) or "
                "hf:DIR+adapter=ADAPTER_DIR")
 FAIRFACE_LABELS = "fairface_label_val.csv"
-CACHE_FORMAT = 1  # bump when the cached files change meaning
 QUERY_SET = "cli"
 
-
-# ---------------------------------------------------------------- argument parsing helpers
 
 def parse_model_spec(text: str) -> dict:
     """`--model` string -> a model spec dict as `models.load_encoder` takes it (strict; see MODEL_FORMS)."""
@@ -143,88 +122,6 @@ def _check_queries(queries: list[str], templates: list[str]) -> None:
             raise VlmbiasError(f"--template {t!r} must contain exactly one '{{}}' where the query goes")
 
 
-# ---------------------------------------------------------------- image-embedding cache
-
-def cache_root(arg: str | None) -> Path:
-    return Path(arg or os.environ.get("VLMBIAS_CACHE") or Path.home() / ".cache" / "vlmbias").expanduser().absolute()
-
-
-def _files_fingerprint(path: str) -> list:
-    """Sizes and mtimes of a local model file or directory: retraining a model in place changes the key."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    out = []
-    for f in files:
-        st = f.stat()
-        out.append([str(f.relative_to(p)) if f != p else f.name, st.st_size, st.st_mtime_ns])
-    return out
-
-
-def cache_key(model: dict, manifest, precision: str) -> str:
-    """Hash of the model spec (plus its local files' sizes/mtimes), the images (ids, sizes, mtimes), precision."""
-    h = hashlib.sha256()
-    local = {k: _files_fingerprint(str(model[k])) for k in ("name", "pretrained", "adapter") if model.get(k)}
-    h.update(json.dumps({"format": CACHE_FORMAT, "model": model, "model_files": local, "precision": precision},
-                        sort_keys=True, default=str).encode())
-    for image_id, path in zip(manifest["image_id"], manifest["path"]):
-        try:
-            st = os.stat(path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(f"\n{image_id}\t{stamp}".encode())
-    return h.hexdigest()[:32]
-
-
-def read_cache(entry: Path, manifest):
-    """(embeddings, row table, skipped table) from a cache entry, or None when absent or unusable."""
-    from vlmbias.io import read_npy, read_table
-
-    if not (entry / "images.npy").is_file() or not (entry / "images.parquet").is_file():
-        return None
-    try:
-        emb, rows = read_npy(entry / "images.npy"), read_table(entry / "images.parquet")
-        skipped = read_table(entry / "skipped.csv") if (entry / "skipped.csv").is_file() else None
-        if emb.ndim != 2 or len(emb) != len(rows) or list(rows["row"]) != list(range(len(rows))):
-            raise ValueError(f"embeddings {emb.shape} do not match {len(rows)} rows")
-        if not set(rows["image_id"]) <= set(manifest["image_id"]):
-            raise ValueError("image ids differ from the dataset's")
-    except Exception as e:  # a damaged entry is recomputed, never trusted
-        log.warning("ignoring unusable cache entry %s (%s: %s)", entry, type(e).__name__, e)
-        return None
-    if skipped is None:
-        import pandas as pd
-        skipped = pd.DataFrame(columns=["image_id", "path", "reason"])
-    return emb, rows, skipped
-
-
-def write_cache(entry: Path, emb, rows, skipped, meta: dict) -> None:
-    """Write all files into a temporary folder, then rename it into place: readers never see half an entry."""
-    from vlmbias.io import write_npy, write_table
-
-    tmp = None
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
-        write_table(rows, tmp / "images.parquet")
-        write_table(skipped, tmp / "skipped.csv")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        write_npy(emb, tmp / "images.npy")
-        if entry.exists():  # an unusable entry found earlier
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
-        log.info("stored image embeddings in %s", entry)
-    except OSError as e:  # the cache is an optimisation: failing to write it does not fail the audit
-        log.warning("could not write the embedding cache at %s: %s", entry, e)
-    finally:
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- audit
-
 def run_audit(a: argparse.Namespace) -> dict:
     """Everything `vlmbias audit` computes, as a JSON-ready dict (also the basis of the text report)."""
     model = parse_model_spec(a.model)
@@ -242,7 +139,7 @@ def run_audit(a: argparse.Namespace) -> dict:
     _check_queries(a.query, templates)
     dspec = dataset_spec(a.dataset, a.dataset_type, a.csv, a.file_column)
 
-    from vlmbias.data import build_manifest, classes_from_distribution
+    from vlmbias.audit.data import build_manifest, classes_from_distribution
 
     manifest, dist, missing = build_manifest(dspec, a.max_missing_fraction)
     classes = classes_from_distribution(dist)
@@ -251,10 +148,10 @@ def run_audit(a: argparse.Namespace) -> dict:
     if unknown:
         raise VlmbiasError(f"unknown attribute(s) {', '.join(unknown)}; this dataset has {', '.join(classes)}")
 
-    from vlmbias.embed import embed_images, embed_queries
-    from vlmbias.metrics import audit_tables
-    from vlmbias.models import load_encoder, model_id
-    from vlmbias.retrieve import rankings_table, top_k
+    from vlmbias.audit.embed import embed_images, embed_queries
+    from vlmbias.audit.metrics import audit_tables
+    from vlmbias.audit.models import load_encoder, model_id
+    from vlmbias.audit.retrieve import rankings_table, top_k
 
     key = cache_key(model, manifest, a.precision)
     entry = cache_root(a.cache) / "image-embeddings" / key
@@ -397,120 +294,6 @@ def cmd_audit(a: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- calibrate
-
-def _calibration_targets(a: argparse.Namespace) -> tuple[Path, list[str] | None]:
-    if a.config:
-        from vlmbias.config import calibration_models, load_config, results_root
-
-        config = load_config(a.config)
-        results = Path(a.results) if a.results else Path(results_root(config))
-        return results, ([a.model] if a.model else calibration_models(config) or None)
-    return Path(a.results or "results/world"), ([a.model] if a.model else None)
-
-
-def cmd_calibrate(a: argparse.Namespace) -> int:
-    import pandas as pd
-
-    results, models = _calibration_targets(a)
-    base = results / "calibration"
-    if models is None:  # every model the workflow calibrated
-        models = sorted(p.parent.name for p in base.glob("*/checks.csv"))
-        if not models:
-            raise VlmbiasError(
-                f"no calibration results under {base}/ (expected {base}/<model>/checks.csv); run the workflow "
-                f"first: `snakemake --cores 8` from the repository root, or `snakemake {base}/<model>/checks.csv`")
-    failed_total, out = 0, []
-    for model in models:
-        path = base / model / "checks.csv"
-        if not path.is_file():
-            raise VlmbiasError(f"{path} not found; run the workflow first: `snakemake --cores 8` from the "
-                               f"repository root, or `snakemake {path}`")
-        try:
-            checks = pd.read_csv(path, dtype={"check": str, "detail": str}, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise VlmbiasError(f"cannot read {path}: {e}") from None
-        need = [c for c in ("check", "passed") if c not in checks.columns]
-        if need:
-            raise VlmbiasError(f"{path} lacks column(s) {need}; is it the calibration stage's checks.csv?")
-        passed = checks["passed"].map(_truth)
-        if passed.isna().any():
-            bad = checks.loc[passed.isna(), "passed"].iloc[0]
-            raise VlmbiasError(f"{path}: 'passed' must be true or false, found {bad!r}")
-        n_fail = int((~passed.astype(bool)).sum())
-        failed_total += n_fail
-        out.append(f"calibration checks of {model} ({path})")
-        width = max([len(str(c)) for c in checks["check"]] + [5])
-        for row, ok in zip(checks.to_dict("records"), passed):
-            val = f"value {_short(row.get('value'))}" if "value" in row else ""
-            thr = f"threshold {_short(row.get('threshold'))}" if "threshold" in row else ""
-            out.append(f"  {'PASS' if ok else 'FAIL'}  {str(row['check']):<{width}}  {val:<16}  {thr}".rstrip())
-            if str(row.get("detail", "")).strip():
-                out.append(f"        {row['detail']}")
-        if len(checks) == 0:
-            out.append("  (no checks: nothing was verified)")
-            failed_total += 1
-        verdict = "all passed" if n_fail == 0 and len(checks) else \
-            f"FAILED: {', '.join(checks.loc[~passed.astype(bool), 'check'].astype(str))}" if n_fail else "no checks"
-        out.append(f"{len(checks) - n_fail} of {len(checks)} checks passed; {verdict}")
-        out.append("")
-    print("\n".join(out).rstrip())
-    return 1 if failed_total else 0
-
-
-def _truth(v):
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    return {"true": True, "1": True, "pass": True, "false": False, "0": False, "fail": False}.get(s)
-
-
-def _short(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-# ---------------------------------------------------------------- models
-
-def cmd_models(a: argparse.Namespace) -> int:
-    from vlmbias.models import BACKENDS, KNOWN_MODELS
-
-    lines = ["backends: " + ", ".join(BACKENDS), "", "known models (as --model takes them):"]
-    for backend in BACKENDS:
-        for name in KNOWN_MODELS.get(backend, []):
-            lines.append(f"  {backend:<10} {'hf:' + name if backend == 'hf' else name}")
-    lines += ["", f"--model forms: {MODEL_FORMS}.",
-              "Any open_clip architecture or transformers CLIPModel works, not only those listed; "
-              "`vlmbias models --name NAME` lists an open_clip architecture's pretrained tags."]
-    if a.name:
-        import open_clip
-
-        known = open_clip.list_models()
-        if a.name not in known:
-            import difflib
-
-            close = difflib.get_close_matches(a.name, known, n=8, cutoff=0.5)
-            raise VlmbiasError(f"unknown open_clip model {a.name!r}; similar names: {', '.join(close or known[:8])}")
-        tags = open_clip.list_pretrained_tags_by_model(a.name)
-        lines += ["", f"open_clip pretrained tags of {a.name}:"]
-        lines += [f"  {a.name}:{t}" for t in tags] or ["  (none: random weights or a local checkpoint only)"]
-    print("\n".join(lines))
-    return 0
-
-
-# ---------------------------------------------------------------- parser and entry point
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples' layout; shows a default only where there is one worth showing."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
-
-
 AUDIT_EXAMPLES = """examples:
   vlmbias audit --model ViT-B-32:openai --dataset ~/data/fairface --query "a doctor" --query "a nurse"
   vlmbias audit --model hf:openai/clip-vit-base-patch32 --dataset ~/data/fairface \\
@@ -527,40 +310,15 @@ model, the dataset's images (ids, sizes, modification times) and the precision: 
 the same model and dataset only encodes the queries. --json prints every number (NaN as null,
 infinities as "inf")."""
 
-CALIBRATE_EXAMPLES = """examples:
-  vlmbias calibrate                                  # every model under results/world/calibration/
-  vlmbias calibrate --results results/world --model world-clip
-  vlmbias calibrate --config config.yaml             # results folder and models from a workflow config
 
-Reads results/<run>/calibration/<model>/checks.csv, written by the workflow's `calibrate` rule
-(`snakemake --cores 8`); it computes nothing itself. Exit code 1 if any check failed."""
-
-MODELS_EXAMPLES = """examples:
-  vlmbias models
-  vlmbias models --name ViT-B-32        # open_clip pretrained tags, e.g. ViT-B-32:openai
-
-Lists names only: no weights are loaded and the network is not used."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vlmbias", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Audit social bias in CLIP-style vision-language models (text-to-image retrieval).",
-        epilog="examples:\n"
-               "  vlmbias audit --model ViT-B-32:openai --dataset ~/data/fairface --query \"a doctor\"\n"
-               "  vlmbias calibrate\n"
-               "  vlmbias models --name ViT-B-32\n\n"
-               "The full experiment is a Snakemake workflow: `snakemake --cores 8` (see README.md).\n"
-               "Run `vlmbias COMMAND --help` for each command's options.")
-    p.add_argument("--version", action="version", version=f"vlmbias {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
+def register(sub, formatter) -> None:
+    """Add this command's parser to the `vlmbias` subparsers."""
     s = sub.add_parser("audit", help="retrieve the top-k images for neutral queries and measure their demographics",
                        description="Embed a labelled image set once, retrieve the top-k images for each query by "
                                    "cosine similarity, and report who comes back: class counts and shares per "
                                    "attribute, Fairness Disparity, Representation Disparity, MaxSkew, NDKL and a "
                                    "goodness-of-fit test against the dataset, with 95% intervals.",
-                       epilog=AUDIT_EXAMPLES, formatter_class=_Formatter)
+                       epilog=AUDIT_EXAMPLES, formatter_class=formatter)
     s.add_argument("--model", required=True, metavar="SPEC", help=f"the model: {MODEL_FORMS}")
     s.add_argument("--dataset", required=True, metavar="DIR",
                    help=f"image folder: FairFace layout (val/ + {FAIRFACE_LABELS}), detected automatically, "
@@ -593,71 +351,3 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of images allowed to be unreadable (skipped and reported)")
     s.add_argument("--json", action="store_true", help="print a machine-readable JSON object instead of tables")
     s.set_defaults(func=cmd_audit)
-
-    s = sub.add_parser("calibrate", help="print the workflow's calibration checks (PASS/FAIL)",
-                       description="Print the calibration checks that the workflow computed on the synthetic world "
-                                   "(does the audit recover the planted bias?), PASS or FAIL each.",
-                       epilog=CALIBRATE_EXAMPLES, formatter_class=_Formatter)
-    s.add_argument("--results", metavar="DIR", help="the run's results folder (default: results/world, or the "
-                                                    "one --config names)")
-    s.add_argument("--model", help="a calibrated model, e.g. world-clip (default: every one found)")
-    s.add_argument("--config", metavar="FILE", help="take the results folder and calibrated models from this "
-                                                    "workflow config")
-    s.set_defaults(func=cmd_calibrate)
-
-    s = sub.add_parser("models", help="list backends, known models and open_clip pretrained tags",
-                       description="List the encoder backends and known model names, without loading weights.",
-                       epilog=MODELS_EXAMPLES, formatter_class=_Formatter)
-    s.add_argument("--name", metavar="ARCH", help="an open_clip architecture whose pretrained tags to list")
-    s.set_defaults(func=cmd_models)
-    return p
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (so captured streams in tests see the messages)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-_HANDLER = _StderrHandler()
-_HANDLER.setFormatter(logging.Formatter("vlmbias: %(message)s"))
-
-
-def _setup_logging() -> None:
-    """Progress messages of vlmbias's own modules on stderr; other libraries' logging is left alone."""
-    logger = logging.getLogger("vlmbias")
-    if _HANDLER not in logger.handlers:
-        logger.addHandler(_HANDLER)
-    logger.setLevel(logging.INFO)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `vlmbias` console script; returns the exit code."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
-    try:
-        a = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version (0) or a usage error (2)
-        return e.code if isinstance(e.code, int) else 2
-    if a.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    _setup_logging()
-    try:
-        return a.func(a)
-    except VlmbiasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,10 +18,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from vlmbias import VlmbiasError
-from vlmbias.debias import apply_projection, projection_for
+from vlmbias.audit.models import Encoder, load_encoder
+from vlmbias.audit.queries import expand_query_set, strip_article
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_npy, write_table
-from vlmbias.models import Encoder, load_encoder
-from vlmbias.queries import expand_query_set, strip_article
+from vlmbias.mitigate.debias import apply_projection, projection_for
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -111,7 +111,7 @@ def embed_queries(qset_name: str, qset_spec: dict, encoder: Encoder) -> tuple[np
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vlmbias.embed", description="Embed images or queries.")
+    p = argparse.ArgumentParser(prog="python -m vlmbias.audit.embed", description="Embed images or queries.")
     sub = p.add_subparsers(dest="what", required=True)
     for name in ("images", "queries"):
         s = sub.add_parser(name)

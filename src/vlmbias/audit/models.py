@@ -34,7 +34,7 @@ KNOWN_MODELS = {
 }
 
 
-def _offline_error(what: str, e: Exception) -> VlmbiasError:
+def offline_error(what: str, e: Exception) -> VlmbiasError:
     return VlmbiasError(
         f"cannot load {what}: the weights are not available locally and could not be fetched "
         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
@@ -98,9 +98,9 @@ def _load_open_clip(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
     except (OSError, RuntimeError, ValueError) as e:
         if pretrained and Path(str(pretrained)).exists():
             raise VlmbiasError(f"cannot load checkpoint {pretrained} into open_clip {name}: {e}") from None
-        raise _offline_error(f"open_clip {name}:{pretrained}", e) from None
+        raise offline_error(f"open_clip {name}:{pretrained}", e) from None
     except Exception as e:  # hub client errors (connection, missing cache entry)
-        raise _offline_error(f"open_clip {name}:{pretrained}", e) from None
+        raise offline_error(f"open_clip {name}:{pretrained}", e) from None
     model = model.to(device=device, dtype=dtype).eval()
     tokenizer = open_clip.get_tokenizer(name)
     return Encoder(
@@ -110,7 +110,7 @@ def _load_open_clip(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
     )
 
 
-def _features(out) -> torch.Tensor:
+def features(out) -> torch.Tensor:
     # transformers >= 5 returns a model output whose pooler_output holds the projected features
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
@@ -127,7 +127,7 @@ def _load_hf(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
     except Exception as e:
         if local:
             raise VlmbiasError(f"{name} is not a loadable CLIPModel directory: {e}") from None
-        raise _offline_error(f"Hugging Face model {name}", e) from None
+        raise offline_error(f"Hugging Face model {name}", e) from None
     if spec.get("adapter"):
         model = _apply_adapter(model, Path(spec["adapter"]), name)
     model = model.to(device).eval()
@@ -137,12 +137,12 @@ def _load_hf(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
 
     def text_fn(texts):
         toks = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(device)
-        return _features(model.get_text_features(input_ids=toks["input_ids"], attention_mask=toks["attention_mask"]))
+        return features(model.get_text_features(input_ids=toks["input_ids"], attention_mask=toks["attention_mask"]))
 
     return Encoder(
         name=name + (f"+{spec['adapter']}" if spec.get("adapter") else ""), preprocess=preprocess,
         device=device, dtype=dtype, module=model,
-        _image_fn=lambda px: _features(model.get_image_features(pixel_values=px)),
+        _image_fn=lambda px: features(model.get_image_features(pixel_values=px)),
         _text_fn=text_fn,
     )
 

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 
 from vlmbias import VlmbiasError
-from vlmbias.debias import DEFAULT_GROUP_WORDS
-from vlmbias.embed import embed_image_files
+from vlmbias.audit.embed import embed_image_files
+from vlmbias.audit.metrics import proportion_ci
+from vlmbias.audit.models import load_encoder
 from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
-from vlmbias.metrics import proportion_ci
-from vlmbias.models import load_encoder
+from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS
 
 log = logging.getLogger(__name__)
 COLUMNS = ["model", "metric", "attribute", "value", "low", "high", "n"]
@@ -83,7 +83,7 @@ def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFra
 
 def heldout_corpus(world_dir: str) -> pd.DataFrame:
     """Held-out, evidence-bearing, English concept captions of the calibration world."""
-    from vlmbias.world import load_corpus
+    from vlmbias.world.generate import load_corpus
 
     c = load_corpus(world_dir)
     return c[(c["split"] == "heldout") & c["evidence"].astype(bool) & c["concept"].notna()
@@ -91,7 +91,7 @@ def heldout_corpus(world_dir: str) -> pd.DataFrame:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vlmbias.quality", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.quality", description=__doc__.splitlines()[0])
     p.add_argument("--model-json", required=True)
     p.add_argument("--model-name", required=True)
     p.add_argument("--images-npy", required=True)

@@ -165,6 +165,13 @@ def _resample(codes: np.ndarray, n_classes: int, idx: np.ndarray) -> tuple[np.nd
     return bc, counts
 
 
+def monte_carlo_p(observed: float, null: np.ndarray) -> float:
+    """Monte-Carlo p-value (1 + #{null >= observed}) / (1 + n_sim), never 0 (Davison & Hinkley 1997, ch. 4).
+    The small tolerance counts statistics equal up to float rounding as ties."""
+    hits = int((np.asarray(null) >= observed - 1e-9 * max(1.0, observed)).sum())
+    return (1 + hits) / (1 + len(null))
+
+
 def _gof_null(n: int, p: np.ndarray, n_sim: int, seed) -> np.ndarray:
     """Chi-square statistics of `n_sim` multinomial(n, p) draws (p restricted to p > 0)."""
     e = n * p
@@ -187,8 +194,7 @@ def _gof(c: np.ndarray, p: np.ndarray, n_sim: int, seed, cache: dict | None = No
         null = _gof_null(n, p[pos], n_sim, seed)
         if cache is not None:
             cache[key] = null
-    hits = int((null >= chi2 - 1e-9 * max(1.0, chi2)).sum())
-    return chi2, (1 + hits) / (1 + len(null))
+    return chi2, monte_carlo_p(chi2, null)
 
 
 def _check_level(level: float) -> None:
@@ -485,7 +491,7 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
 def main(argv=None) -> None:
     from vlmbias.io import read_table, write_table
 
-    p = argparse.ArgumentParser(prog="python -m vlmbias.metrics", description="Disparity metrics of one rankings table.")
+    p = argparse.ArgumentParser(prog="python -m vlmbias.audit.metrics", description="Disparity metrics of one rankings table.")
     p.add_argument("--rankings", required=True)
     p.add_argument("--distribution", required=True)
     p.add_argument("--k", type=int, nargs="+", required=True)

@@ -4,7 +4,7 @@ Input: a table in the dataset-manifest schema plus text — `image_id, path, cap
 gender, race, age` (age: a FairFace bin such as "20-29", "more than 70", or a number). Output, in
 `out_dir`: the peft adapter only (`adapter_config.json`, `adapter_model.safetensors`), loadable with
 `PeftModel.from_pretrained(CLIPModel.from_pretrained(base), out_dir)` or
-`vlmbias.models.load_encoder({"backend": "hf", "name": base, "adapter": out_dir})`;
+`vlmbias.audit.models.load_encoder({"backend": "hf", "name": base, "adapter": out_dir})`;
 `losses.csv` (`epoch, step_count, loss, <components...>, seconds`; `step_count` = optimizer steps
 in that epoch, losses are their means); `vlmbias_finetune.json` (`towers, objective, base, spec`,
 and `image_embeddings_unchanged`, true for text-only adapters, so the workflow can reuse the base
@@ -46,20 +46,18 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from vlmbias import VlmbiasError, __version__
+from vlmbias.audit.models import features, offline_error
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_table
-from vlmbias.models import _features, _offline_error
+from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -121,15 +119,6 @@ def grad_reverse(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     return _GradReverse.apply(x, float(weight))
 
 
-class GradientReversal(torch.nn.Module):
-    def __init__(self, weight: float = 1.0):
-        super().__init__()
-        self.weight = float(weight)
-
-    def forward(self, x):
-        return grad_reverse(x, self.weight)
-
-
 def inverse_frequency_weights(labels: Sequence, classes: Sequence) -> torch.Tensor:
     """Class weights n / (K * n_c): inversely proportional to class frequency, 1 for balanced data."""
     labels = list(labels)
@@ -156,20 +145,6 @@ def age_midpoint(value) -> float:
     except ValueError:
         pass
     raise VlmbiasError(f"cannot read age {value!r}: expected a bin like '20-29', 'more than 70' or a number")
-
-
-def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor | float,
-                          groups: torch.Tensor | None = None) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE. `groups[i] == groups[j]` marks rows with the same caption: these are
-    all positives (uniform soft targets); with all-distinct groups it is the usual CLIP loss."""
-    img = F.normalize(image_emb, dim=-1)
-    txt = F.normalize(text_emb, dim=-1)
-    logits = scale * img @ txt.T
-    if groups is None:
-        groups = torch.arange(len(img))
-    same = (groups[:, None] == groups[None, :]).float()
-    target = same / same.sum(1, keepdim=True)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 # --------------------------------------------------------------------------- spec & data checks
@@ -320,7 +295,7 @@ def _load_base(base: str):
         if local:
             raise VlmbiasError(f"base model {base} is not a loadable CLIPModel directory: "
                                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-        raise _offline_error(f"Hugging Face base model {base}", e) from None
+        raise offline_error(f"Hugging Face base model {base}", e) from None
     return model, tokenizer, processor
 
 
@@ -359,26 +334,8 @@ def _tokenize(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
 def _encode_text(model, toks: dict[str, torch.Tensor], idx: torch.Tensor, device: str) -> torch.Tensor:
     mask = toks["attention_mask"][idx]
     width = int(mask.sum(1).max())  # right padding: trim columns no row of this batch uses
-    return _features(model.get_text_features(input_ids=toks["input_ids"][idx, :width].to(device),
+    return features(model.get_text_features(input_ids=toks["input_ids"][idx, :width].to(device),
                                              attention_mask=mask[:, :width].to(device)))
-
-
-def _load_pixels(df: pd.DataFrame, processor, chunk: int = 64) -> torch.Tensor:
-    from vlmbias.embed import open_rgb
-
-    out, bad = [], []
-    for start in range(0, len(df), chunk):
-        imgs = []
-        for iid, path in zip(df["image_id"][start:start + chunk], df["path"][start:start + chunk]):
-            try:
-                imgs.append(open_rgb(path))
-            except Exception as e:
-                bad.append(f"{iid} ({path}: {type(e).__name__}: {e})")
-        if not bad:
-            out.append(processor(images=imgs, return_tensors="pt")["pixel_values"].float())
-    if bad:
-        raise VlmbiasError(f"{len(bad)} fine-tuning image(s) cannot be read: {'; '.join(bad[:3])}")
-    return torch.cat(out)
 
 
 def _neutral_queries(df: pd.DataFrame, concepts: list[str], template: str | None) -> list[str]:
@@ -416,151 +373,125 @@ def finetune(base: str, table: pd.DataFrame, spec: dict, out_dir, threads: int =
     `out_dir`. Returns the metadata written to vlmbias_finetune.json plus `steps`, `final_loss`
     and `losses` (the per-epoch DataFrame)."""
     s = resolve_spec(spec)
-    if not isinstance(threads, int) or threads < 1:
-        raise VlmbiasError(f"threads must be an integer >= 1, got {threads!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VlmbiasError(f"device {device!r} requested but CUDA is not available")
     df, classes = check_table(table, s)
-    out_dir = Path(out_dir)
-
-    old_threads = torch.get_num_threads()
-    old_det, old_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        model, adapters_losses = _train(base, df, classes, s, device, progress)
-        meta = _save(model, adapters_losses, base, s, df, out_dir)
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
-    return meta
+    with deterministic(threads, warn_only=True):
+        model, losses, steps = _train(base, df, classes, s, device, progress)
+        return _save(model, (losses, steps), base, s, df, Path(out_dir))
 
 
-def _train(base: str, df: pd.DataFrame, classes: dict, s: dict, device: str, progress: bool):
-    obj, towers = s["objective"], s["towers"]
-    model, tokenizer, processor = _load_base(base)
-    model.to(device).eval()
-    text_trained, vision_trained = "text" in towers, "vision" in towers
+class _Objective:
+    """One objective's forward pass on a batch of row indices: `step(idx)` -> {"loss", components}.
+    Frozen towers are encoded once, before the adapters exist (the base weights are what they stay)."""
 
-    captions = sorted(df["caption"].unique())
-    cap_index = {c: i for i, c in enumerate(captions)}
-    cap_of_row = torch.tensor([cap_index[c] for c in df["caption"]])
-    cap_toks = _tokenize(tokenizer, captions)
-    concepts = sorted(df["concept"].unique()) if "concept" in df else []
-    neutral_toks = None
-    if obj == "adversarial":
-        neutral_toks = _tokenize(tokenizer, _neutral_queries(df, concepts, s["neutral_template"]))
+    def __init__(self, model, tokenizer, processor, df: pd.DataFrame, classes: dict, s: dict, device: str):
+        self.model, self.s, self.device, self.obj = model, s, device, s["objective"]
+        captions = sorted(df["caption"].unique())
+        cap_index = {c: i for i, c in enumerate(captions)}
+        self.cap_of_row = torch.tensor([cap_index[c] for c in df["caption"]])
+        self.cap_toks = _tokenize(tokenizer, captions)
+        self.concepts = sorted(df["concept"].unique()) if "concept" in df else []
+        self.neutral_toks = (_tokenize(tokenizer, _neutral_queries(df, self.concepts, s["neutral_template"]))
+                             if self.obj == "adversarial" else None)
+        self.pixels = self.image_cache = self.caption_cache = self.neutral_cache = None
+        if self.obj != "thesis":
+            self.pixels = load_pixels(df["path"].tolist(), processor, ids=df["image_id"].tolist(), what="fine-tuning")
+            with torch.no_grad():
+                if "vision" not in s["towers"]:
+                    self.image_cache = torch.cat([self._image_features(torch.arange(i, min(i + 64, len(df))))
+                                                  for i in range(0, len(df), 64)])
+                if "text" not in s["towers"]:
+                    self.caption_cache = _encode_text(model, self.cap_toks, torch.arange(len(captions)), device)
+                    if self.neutral_toks is not None:
+                        self.neutral_cache = self._neutral()
+        self.heads, self.labels, self.weights = torch.nn.ModuleDict(), {}, {}
+        self.scale = None  # the adapted model's logit scale, set once the adapters exist
 
-    # frozen towers are encoded once, before the adapters exist (the base weights are what they stay)
-    pixels = image_cache = caption_cache = neutral_cache = None
-    if obj != "thesis":
-        pixels = _load_pixels(df, processor)
-        with torch.no_grad():
-            if not vision_trained:
-                image_cache = torch.cat([_features(model.get_image_features(pixel_values=pixels[i:i + 64].to(device)))
-                                         for i in range(0, len(pixels), 64)])
-            if not text_trained:
-                every = torch.arange(len(captions))
-                caption_cache = _encode_text(model, cap_toks, every, device)
-                if neutral_toks is not None:
-                    neutral_cache = _encode_text(model, neutral_toks, torch.arange(len(concepts)), device)
-
-    torch.manual_seed(s["seed"])
-    model = _add_lora(model, s)
-    model.train()
-    dim = model.config.projection_dim
-    heads = torch.nn.ModuleDict()
-    labels: dict[str, torch.Tensor] = {}
-    weights: dict[str, torch.Tensor] = {}
-    if obj == "thesis":
-        for a, key in (("gender", "gender"), ("race", "race"), ("concept", "profession")):
-            heads[key] = torch.nn.Linear(dim, len(classes[a]))
-            labels[key] = torch.tensor([classes[a].index(v) for v in df[a]])
-            weights[key] = inverse_frequency_weights(df[a], classes[a]).to(device)
-        heads["age"] = torch.nn.Linear(dim, 1)
-        labels["age"] = torch.tensor(df["age_target"].to_numpy(), dtype=torch.float32)
-    elif obj == "adversarial":
-        for a in s["adv_attributes"]:
-            heads[a] = torch.nn.Sequential(torch.nn.Linear(len(concepts), s["adv_hidden"]), torch.nn.ReLU(),
-                                           torch.nn.Linear(s["adv_hidden"], len(classes[a])))
-            labels[a] = torch.tensor([classes[a].index(v) for v in df[a]])
-            weights[a] = inverse_frequency_weights(df[a], classes[a]).to(device)
-    heads.to(device).train()
-
-    lora_params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": lora_params}]
-    if len(heads):
-        groups.append({"params": list(heads.parameters()), "lr": s["head_lr"] or s["lr"]})
-    opt = torch.optim.AdamW(groups, lr=s["lr"], weight_decay=s["weight_decay"])
-    scale = model.logit_scale.exp().detach()
-
-    def images(idx):
-        if image_cache is not None:
-            return image_cache[idx]
-        return _features(model.get_image_features(pixel_values=pixels[idx].to(device)))
-
-    def texts(idx):
-        rows = cap_of_row[idx]
-        return caption_cache[rows] if caption_cache is not None else _encode_text(model, cap_toks, rows, device)
-
-    def step(idx) -> dict[str, torch.Tensor]:
-        if obj == "thesis":
-            emb = texts(idx)
-            comp = {k: F.cross_entropy(heads[k](emb), labels[k][idx].to(device), weight=weights[k])
-                    for k in ("gender", "race")}
-            comp["age"] = F.mse_loss(heads["age"](emb).squeeze(-1), labels["age"][idx].to(device))
-            comp["profession"] = F.cross_entropy(heads["profession"](emb), labels["profession"][idx].to(device),
-                                                 weight=weights["profession"])
-            total = comp["gender"] + comp["race"] + s["age_weight"] * comp["age"] + comp["profession"]
-            return {"loss": total, **comp}
-        img = images(idx)
-        comp = {"contrastive": clip_contrastive_loss(img, texts(idx), scale, cap_of_row[idx].to(device))}
-        total = comp["contrastive"]
-        if obj == "adversarial":
-            neutral = neutral_cache if neutral_cache is not None else _encode_text(
-                model, neutral_toks, torch.arange(len(concepts)), device)
-            x = grad_reverse(_adversary_inputs(img, neutral, scale), s["adv_weight"])
+    def add_heads(self, df: pd.DataFrame, classes: dict) -> None:
+        """Thesis: linear heads on the text embedding; adversarial: one adversary per attribute.
+        Created after the adapters, so the seeded initialisation order is fixed."""
+        s, dim = self.s, self.model.config.projection_dim
+        if self.obj == "thesis":
+            for a, key in (("gender", "gender"), ("race", "race"), ("concept", "profession")):
+                self.heads[key] = torch.nn.Linear(dim, len(classes[a]))
+                self._labels(key, df[a], classes[a])
+            self.heads["age"] = torch.nn.Linear(dim, 1)
+            self.labels["age"] = torch.tensor(df["age_target"].to_numpy(), dtype=torch.float32)
+        elif self.obj == "adversarial":
             for a in s["adv_attributes"]:
-                comp[f"adv_{a}"] = F.cross_entropy(heads[a](x), labels[a][idx].to(device), weight=weights[a])
+                self.heads[a] = torch.nn.Sequential(torch.nn.Linear(len(self.concepts), s["adv_hidden"]),
+                                                    torch.nn.ReLU(), torch.nn.Linear(s["adv_hidden"], len(classes[a])))
+                self._labels(a, df[a], classes[a])
+        self.heads.to(self.device).train()
+
+    def _labels(self, key: str, values: pd.Series, classes: list[str]) -> None:
+        self.labels[key] = torch.tensor([classes.index(v) for v in values])
+        self.weights[key] = inverse_frequency_weights(values, classes).to(self.device)
+
+    def _ce(self, key: str, x: torch.Tensor, idx) -> torch.Tensor:
+        return F.cross_entropy(self.heads[key](x), self.labels[key][idx].to(self.device), weight=self.weights[key])
+
+    def _image_features(self, idx) -> torch.Tensor:
+        return features(self.model.get_image_features(pixel_values=self.pixels[idx].to(self.device)))
+
+    def _neutral(self) -> torch.Tensor:
+        return _encode_text(self.model, self.neutral_toks, torch.arange(len(self.concepts)), self.device)
+
+    def images(self, idx) -> torch.Tensor:
+        return self.image_cache[idx] if self.image_cache is not None else self._image_features(idx)
+
+    def texts(self, idx) -> torch.Tensor:
+        rows = self.cap_of_row[idx]
+        if self.caption_cache is not None:
+            return self.caption_cache[rows]
+        return _encode_text(self.model, self.cap_toks, rows, self.device)
+
+    def step(self, idx) -> dict[str, torch.Tensor]:
+        if self.obj == "thesis":
+            emb = self.texts(idx)
+            comp = {"gender": self._ce("gender", emb, idx), "race": self._ce("race", emb, idx),
+                    "age": F.mse_loss(self.heads["age"](emb).squeeze(-1), self.labels["age"][idx].to(self.device)),
+                    "profession": self._ce("profession", emb, idx)}
+            total = comp["gender"] + comp["race"] + self.s["age_weight"] * comp["age"] + comp["profession"]
+            return {"loss": total, **comp}
+        img = self.images(idx)
+        comp = {"contrastive": contrastive_loss(img, self.texts(idx), self.scale, self.cap_of_row[idx].to(self.device))}
+        total = comp["contrastive"]
+        if self.obj == "adversarial":
+            neutral = self.neutral_cache if self.neutral_cache is not None else self._neutral()
+            x = grad_reverse(_adversary_inputs(img, neutral, self.scale), self.s["adv_weight"])
+            for a in self.s["adv_attributes"]:
+                comp[f"adv_{a}"] = self._ce(a, x, idx)
                 total = total + comp[f"adv_{a}"]
         return {"loss": total, **comp}
 
-    n = len(df)
+
+def _train(base: str, df: pd.DataFrame, classes: dict, s: dict, device: str, progress: bool):
+    model, tokenizer, processor = _load_base(base)
+    model.to(device).eval()
+    objective = _Objective(model, tokenizer, processor, df, classes, s, device)
+    torch.manual_seed(s["seed"])
+    objective.model = model = _add_lora(model, s)
+    model.train()
+    objective.add_heads(df, classes)
+    objective.scale = model.logit_scale.exp().detach()
+
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if len(objective.heads):
+        groups.append({"params": list(objective.heads.parameters()), "lr": s["head_lr"] or s["lr"]})
+    opt = torch.optim.AdamW(groups, lr=s["lr"], weight_decay=s["weight_decay"])
     gen = torch.Generator().manual_seed(s["seed"])
-    loader = torch.utils.data.DataLoader(torch.arange(n), batch_size=s["batch_size"], shuffle=True,
+    loader = torch.utils.data.DataLoader(torch.arange(len(df)), batch_size=s["batch_size"], shuffle=True,
                                          generator=gen, num_workers=0)
     total_steps = s["epochs"] * len(loader)
     if s["max_steps"]:
         total_steps = min(total_steps, s["max_steps"])
-    log.info("fine-tuning %s (%s objective, adapters on %s): %d rows, %d steps", base, obj, towers, n, total_steps)
-    rows, done = [], 0
-    bar = tqdm(total=total_steps, desc=f"finetune {obj}", unit="step", disable=not progress)
-    for epoch in range(1, s["epochs"] + 1):
-        if done >= total_steps:
-            break
-        t0, sums, count = time.perf_counter(), defaultdict(float), 0
-        for idx in loader:
-            if done >= total_steps:
-                break
-            comp = step(idx)
-            opt.zero_grad(set_to_none=True)
-            comp["loss"].backward()
-            opt.step()
-            done += 1
-            count += 1
-            for k, v in comp.items():
-                sums[k] += float(v.detach())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{float(comp['loss'].detach()):.4f}")
-        if not math.isfinite(sums["loss"]):
-            raise VlmbiasError(f"the {obj} loss became {sums['loss']} in epoch {epoch}; lower the learning rate")
-        rows.append({"epoch": epoch, "step_count": count, **{k: v / count for k, v in sums.items()},
-                     "seconds": round(time.perf_counter() - t0, 3)})
-    bar.close()
-    losses = pd.DataFrame(rows)
-    losses = losses[["epoch", "step_count", "loss"] + [c for c in losses.columns
-                                                       if c not in ("epoch", "step_count", "loss", "seconds")] + ["seconds"]]
-    return model, (losses, done)
+    log.info("fine-tuning %s (%s objective, adapters on %s): %d rows, %d steps", base, s["objective"], s["towers"],
+             len(df), total_steps)
+    losses, steps = train_steps(objective.step, lambda epoch: loader, opt, epochs=s["epochs"], total_steps=total_steps,
+                                desc=f"finetune {s['objective']}", progress=progress)
+    return model, losses, steps
 
 
 def _save(model, losses_done, base: str, s: dict, df: pd.DataFrame, out_dir: Path) -> dict:
@@ -590,7 +521,7 @@ def _save(model, losses_done, base: str, s: dict, df: pd.DataFrame, out_dir: Pat
 # --------------------------------------------------------------------------- CLI
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vlmbias.finetune", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.finetune", description=__doc__.split("\n")[0])
     p.add_argument("--base", required=True, help="CLIPModel hub id or local directory")
     p.add_argument("--train", required=True, help="fine-tuning table (.parquet or .csv)")
     p.add_argument("--spec-json", default="{}", help="fine-tuning spec as a JSON object")

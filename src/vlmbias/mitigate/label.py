@@ -56,7 +56,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from vlmbias import VlmbiasError
-from vlmbias.data import FAIRFACE_CLASSES
+from vlmbias.audit.data import FAIRFACE_CLASSES
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_table
 
 log = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def label_world(images: pd.DataFrame, spec: dict):
 # ----------------------------------------------------------------------------------------------- csv
 
 def label_csv(images: pd.DataFrame, spec: dict):
-    from vlmbias.data import _check_classes, _read_label_csv
+    from vlmbias.audit.data import check_classes, read_label_csv
 
     if not spec.get("csv"):
         raise VlmbiasError("label source 'csv' needs 'csv', the file holding the labels")
@@ -351,7 +351,7 @@ def label_csv(images: pd.DataFrame, spec: dict):
         raise VlmbiasError(f"label: match must be origin, image_id or sha1, got {match!r}")
     declared = spec.get("attributes") or ATTRIBUTES
     names = list(declared)
-    df = _read_label_csv(Path(spec["csv"]), [file_col, *names])
+    df = read_label_csv(Path(spec["csv"]), [file_col, *names])
     if isinstance(declared, dict):
         classes = {a: [str(c) for c in cls] for a, cls in declared.items()}
     else:
@@ -362,7 +362,7 @@ def label_csv(images: pd.DataFrame, spec: dict):
         log.warning("%s: %d row(s) with an empty label are ignored, e.g. %s", spec["csv"], int(empty.sum()),
                     df.loc[empty, file_col].iloc[0])
         df = df[~empty]
-    _check_classes(df, classes, str(spec["csv"]))
+    check_classes(df, classes, str(spec["csv"]))
     key = df[file_col]
     if match == "origin" and spec.get("root"):
         root = Path(spec["root"]).resolve()
@@ -508,7 +508,7 @@ def label_images(spec: dict, acquired: pd.DataFrame, cache_path: Path | None = N
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vlmbias.label", description="Label acquired images.")
+    p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.label", description="Label acquired images.")
     p.add_argument("--spec-json", required=True, help="the label config block as JSON")
     p.add_argument("--acquired", required=True, help="acquire's manifest (acquired.parquet)")
     p.add_argument("--out-labels", required=True)

@@ -66,7 +66,7 @@ def rankings_table(scores: np.ndarray, idx: np.ndarray, image_rows: pd.DataFrame
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vlmbias.retrieve", description="Top-k retrieval for a query set.")
+    p = argparse.ArgumentParser(prog="python -m vlmbias.audit.retrieve", description="Top-k retrieval for a query set.")
     p.add_argument("--images-npy", required=True)
     p.add_argument("--images-table", required=True)
     p.add_argument("--queries-npy", required=True)

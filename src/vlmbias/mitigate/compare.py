@@ -4,7 +4,7 @@ For each method (a LoRA adapter, a prompt transform, a projection), its audit ta
 beside the base model's for the same dataset, queries and k: per (method, query, attribute) the
 disparity metrics before, after and their change, with the intervals the metrics stage computed;
 plus total variation distance (TVD) between the retrieved and the dataset distribution, and a
-per-method summary. Quality tables (vlmbias.quality) are joined the same way.
+per-method summary. Quality tables (vlmbias.mitigate.quality) are joined the same way.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vlmbias.compare", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.compare", description=__doc__.splitlines()[0])
     p.add_argument("--base", nargs="+", required=True, help="the base model's *_summary.csv files")
     p.add_argument("--method", nargs="+", action="append", required=True,
                    help="NAME then that method's *_summary.csv files (repeat per method)")

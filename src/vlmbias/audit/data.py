@@ -34,7 +34,7 @@ FAIRFACE_COLUMNS = ["file", "age", "gender", "race", "service_test"]
 HUB_REPO = "HuggingFaceM4/FairFace"
 
 
-def _read_label_csv(csv_path: Path, required: list[str]) -> pd.DataFrame:
+def read_label_csv(csv_path: Path, required: list[str]) -> pd.DataFrame:
     if not csv_path.is_file():
         raise VlmbiasError(f"label file not found: {csv_path}")
     try:
@@ -48,7 +48,7 @@ def _read_label_csv(csv_path: Path, required: list[str]) -> pd.DataFrame:
     return df.apply(lambda s: s.str.strip())
 
 
-def _check_classes(df: pd.DataFrame, classes: dict[str, list[str]], source: str) -> None:
+def check_classes(df: pd.DataFrame, classes: dict[str, list[str]], source: str) -> None:
     for attr, allowed in classes.items():
         bad = sorted(set(df[attr]) - set(allowed))
         if bad:
@@ -73,8 +73,8 @@ def fairface_manifest(root: str | Path, split: str = "val") -> tuple[pd.DataFram
     root = Path(root)
     if not root.is_dir():
         raise VlmbiasError(f"FairFace root not found: {root} (expected {split}/ and fairface_label_{split}.csv inside)")
-    df = _read_label_csv(root / f"fairface_label_{split}.csv", FAIRFACE_COLUMNS)
-    _check_classes(df, FAIRFACE_CLASSES, str(root / f"fairface_label_{split}.csv"))
+    df = read_label_csv(root / f"fairface_label_{split}.csv", FAIRFACE_COLUMNS)
+    check_classes(df, FAIRFACE_CLASSES, str(root / f"fairface_label_{split}.csv"))
     df, missing = _resolve_files(df, root, "file")
     return df[["image_id", "path", *FAIRFACE_CLASSES]], missing, FAIRFACE_CLASSES
 
@@ -93,14 +93,14 @@ def folder_manifest(root: str | Path, csv: str | Path, file_column: str = "file"
     elif attributes:
         names = list(attributes)
     else:
-        header = _read_label_csv(csv_path, [file_column])
+        header = read_label_csv(csv_path, [file_column])
         names = [c for c in header.columns if c != file_column]
     if not names:
         raise VlmbiasError(f"{csv_path}: no attribute columns besides '{file_column}'")
-    df = _read_label_csv(csv_path, [file_column, *names])
+    df = read_label_csv(csv_path, [file_column, *names])
     if isinstance(attributes, dict):
         classes = {a: [str(c) for c in cls] for a, cls in attributes.items()}
-        _check_classes(df, classes, str(csv_path))
+        check_classes(df, classes, str(csv_path))
     else:
         classes = {a: sorted(set(df[a]) - {""}) for a in names}
     df = df[df[file_column] != ""]
@@ -214,7 +214,7 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vlmbias.data", description="Build a dataset manifest.")
+    p = argparse.ArgumentParser(prog="python -m vlmbias.audit.data", description="Build a dataset manifest.")
     p.add_argument("--spec-json", required=True, help="the dataset's config block as JSON")
     p.add_argument("--max-missing-fraction", type=float, default=0.0)
     p.add_argument("--manifest", required=True)

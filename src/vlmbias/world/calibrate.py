@@ -151,7 +151,7 @@ def metric_tracking(table: pd.DataFrame, extra: dict[str, pd.DataFrame] | None =
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vlmbias.calibrate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m vlmbias.world.calibrate", description=__doc__.splitlines()[0])
     p.add_argument("--world", required=True, help="generated world directory (bias_table.csv, concepts.csv)")
     p.add_argument("--classes", nargs="+", required=True, help="per-class metric CSVs of the world query sets")
     p.add_argument("--queries", nargs="+", required=True, help="query embedding .npy files (tables beside them)")
@@ -166,8 +166,8 @@ def main(argv=None) -> None:
     p.add_argument("--out-tracking", required=True)
     p.add_argument("--out-plot", required=True)
     a = p.parse_args(argv)
-    from vlmbias.world import load_bias_table
     from vlmbias import plots
+    from vlmbias.world.generate import load_bias_table
 
     world = Path(a.world)
     bias = load_bias_table(world)

@@ -3,25 +3,12 @@
 Config block (one per keyword list): `{source, keywords, limit, ...source options}`.
 
 Sources:
-- `web-search`: an image search engine, as in the thesis (`simple-image-download`, Google Images).
-  The installed package is NOT called. Every release has a defect that silently corrupts or hangs
-  an unattended run:
-  - 0.2 (what pip installs on Linux) turns every HTTP or network error (429, 403, unreachable)
-    into `exit(0)`, a silent "success";
-  - when a page has fewer links than `limit`, its link scanner wraps around and returns repeats;
-    on a page with no link at all (a captcha page) it loops forever;
-  - it splits the keyword on commas (0.2; later releases split further, and 0.4/0.5 import `magic`
-    from `python-magic-bin==0.4.14`, which has no Linux wheel, so pip falls back to 0.2);
-  - its file names (`<keyword>_<n>.jpg`, or random 3-hex ids in 0.4+) collide and overwrite.
-  So this module sends the package's own search request (the same URL and User-Agent, read from
-  the package when its release exposes them) for the WHOLE phrase, and applies the package's own
-  link rule (a quoted `https://...` string cut at the first backslash, kept if it names an image
-  extension), here bounded and de-duplicated. Rate limiting (HTTP 429/403/503), a captcha page,
-  an empty result page and an unreachable network each get a status of their own.
+- `web-search`: an image search engine, as in the thesis (`simple-image-download`, Google Images),
+  through `vlmbias.mitigate.websearch` (why the package itself is not called: see there).
 - `urls`: image URLs given in config, per keyword (`urls: {keyword: [url, ...]}` or `urls` on a
   keyword item).
 - `folder`: images already on disk, `<root>/<keyword>/` (or the item's `folder`).
-- `world`: the calibration world's search-engine stand-in (`vlmbias.world.search`); its true
+- `world`: the calibration world's search-engine stand-in (`vlmbias.world.generate.search`); its true
   labels ride along as `world_gender`, `world_race`, `world_age` for `label` source `world`.
 
 Keyword items are strings or `{keyword, concept?, urls?, folder?}`. `concept` defaults to the
@@ -54,9 +41,6 @@ import logging
 import re
 import time
 import unicodedata
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -68,8 +52,18 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from vlmbias import VlmbiasError
+from vlmbias.audit.queries import strip_article
 from vlmbias.io import atomic_path, parse_json_arg, run_cli, write_table
-from vlmbias.queries import strip_article
+from vlmbias.mitigate.websearch import (
+    CAPTCHA_MARKERS,
+    Fetcher,
+    FetchError,
+    extract_image_links,
+    package_user_agent,
+    search_url,
+    simple_image_download_version,
+    urllib_fetch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,71 +91,6 @@ SPEC_KEYS = {"source", "keywords", "concepts", "urls", "root", "world", "lang", 
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
               "MPO": ".jpg"}
 _STORED_NAME = re.compile(r"^[0-9a-f]{16}(?:[0-9a-f]{24})?\.(?:jpg|png|gif|webp|bmp|tif)$")
-
-# simple-image-download 0.2's request, inlined there; 0.4+ exposes BASE_URL, GOOGLE_PICTURE_ID, HEADERS.
-_SID_BASE_URL = "https://www.google.com/search?q="
-_SID_PICTURE_ID = ("&biw=1536&bih=674&tbm=isch&sxsrf=ACYBGNSXXpS6YmAKUiLKKBs6xWb4uUY5gA:1581168823770"
-                   "&source=lnms&sa=X&ved=0ahUKEwioj8jwiMLnAhW9AhAIHbXTBMMQ_AUI3QUoAQ")
-_SID_USER_AGENT = ("Mozilla/5.0 (Windows NT 6.1) AppleWebKit/537.36 (KHTML, like Gecko) "
-                   "Chrome/80.0.3987.87 Safari/537.36")
-_LINK_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
-_ENGINE_HOSTS = ("google.com", "gstatic.com", "googleusercontent.com", "googleapis.com")
-_CAPTCHA_MARKERS = ("captcha", "unusual traffic", "/sorry/", "detected unusual")
-
-
-# ------------------------------------------------------------------------------------------ network
-
-class FetchError(Exception):
-    """The request got no HTTP answer (DNS, refused, reset, timeout, bad URL)."""
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str | None = None  # the raw header, None when the server sent none
-    url: str = ""                    # after redirects
-    too_large: bool = False          # body over max_bytes: not kept
-
-
-Fetcher = Callable[..., Response]  # fetcher(url, *, timeout, max_bytes, headers) -> Response
-
-
-def urllib_fetch(url: str, *, timeout: float, max_bytes: int, headers: dict | None = None) -> Response:
-    """GET with a per-operation timeout, an overall deadline and a byte cap (never reads past it)."""
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise FetchError(f"unsupported URL scheme in {url[:80]!r}")
-    req = urllib.request.Request(url, headers=headers or {})
-    deadline = time.monotonic() + 4 * timeout  # a server dribbling bytes must not hang the stage
-    try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        with e:
-            body = e.read(min(max_bytes, 2 ** 20)) if e.fp is not None else b""
-        return Response(e.code, body, e.headers.get("Content-Type") if e.headers else None, url)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise FetchError(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
-    with resp:
-        ctype, final = resp.headers.get("Content-Type"), resp.geturl()
-        length = resp.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > max_bytes:
-            return Response(resp.status, b"", ctype, final, too_large=True)
-        chunks, size = [], 0
-        try:
-            while size <= max_bytes:
-                if time.monotonic() > deadline:
-                    raise FetchError(f"download took longer than {4 * timeout:g} s")
-                chunk = resp.read(min(65536, max_bytes + 1 - size))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-        except (OSError, ValueError) as e:
-            raise FetchError(f"{type(e).__name__} while reading: {e}") from None
-    if size > max_bytes:
-        return Response(resp.status, b"", ctype, final, too_large=True)
-    return Response(resp.status, b"".join(chunks), ctype, final)
-
 
 # ---------------------------------------------------------------------------------------- the gate
 
@@ -271,33 +200,6 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         raise Rejected("fetch-error", f"cannot read file: {e}") from None
 
 
-def search_url(keyword: str, template: str | None = None) -> str:
-    """The search request for the whole phrase ('a doctor' is one query, never 'a' and 'doctor')."""
-    query = urllib.parse.quote(keyword.encode("utf-8"))
-    if template:
-        return template.replace("{query}", query)
-    base, picture_id = _SID_BASE_URL, _SID_PICTURE_ID
-    try:  # releases 0.4+ expose the request as module constants
-        from simple_image_download import simple_image_download as sid
-        base, picture_id = getattr(sid, "BASE_URL", base), getattr(sid, "GOOGLE_PICTURE_ID", picture_id)
-    except Exception:  # 0.4/0.5 fail to import without python-magic; the inlined copy is the same request
-        pass
-    return base + query + picture_id
-
-
-def extract_image_links(page: str) -> list[str]:
-    """simple-image-download's link rule, bounded and de-duplicated, skipping the engine's own assets."""
-    links = []
-    for m in re.finditer(r'"(https?://[^"]+)"', page):
-        link = m.group(1).split("\\", 1)[0]  # JSON-escaped tails (\u003d...) are cut as the package does
-        host = urllib.parse.urlsplit(link).hostname or ""
-        if any(host == h or host.endswith("." + h) for h in _ENGINE_HOSTS):
-            continue
-        if any(ext in link.lower() for ext in _LINK_EXTENSIONS):
-            links.append(link)
-    return list(dict.fromkeys(links))
-
-
 def web_search(keyword: str, fetcher: Fetcher, opts: dict) -> SearchResult:
     url = search_url(keyword, opts.get("search_url"))
     try:
@@ -316,7 +218,7 @@ def web_search(keyword: str, fetcher: Fetcher, opts: dict) -> SearchResult:
     links = extract_image_links(page)
     if not links:
         text = (page[:200_000] + " " + resp.url).lower()
-        if any(m in text for m in _CAPTCHA_MARKERS):
+        if any(m in text for m in CAPTCHA_MARKERS):
             return SearchResult([], "search-blocked", "search engine returned a captcha / 'unusual traffic' page "
                                 "instead of results: wait and rerun (images already stored are kept)")
         return SearchResult([], "no-results", "the search engine returned no image links")
@@ -336,7 +238,7 @@ def folder_search(root: Path, sub: str, max_bytes: int) -> SearchResult:
 
 
 def world_search(world_dir: Path, keyword: str, opts: dict) -> SearchResult:
-    from vlmbias.world import search
+    from vlmbias.world.generate import search
 
     try:
         hits = search(world_dir, keyword, limit=10 ** 9, seed=int(opts["seed"]),
@@ -376,7 +278,7 @@ def resolve_spec(spec: dict) -> tuple[dict, list[dict]]:
         if not isinstance(opts[key], int) or isinstance(opts[key], bool) or opts[key] < 1:
             raise VlmbiasError(f"acquire: {key} must be a positive integer, got {opts[key]!r}")
     opts.update(source=source, search_url=spec.get("search_url"), lang=spec.get("lang"),
-                user_agent=spec.get("user_agent") or _package_user_agent())
+                user_agent=spec.get("user_agent") or package_user_agent())
     if opts["search_url"] and "{query}" not in opts["search_url"]:
         raise VlmbiasError("acquire: search_url must contain '{query}' where the quoted keyword goes")
     raw = spec.get("keywords")
@@ -410,22 +312,6 @@ def resolve_spec(spec: dict) -> tuple[dict, list[dict]]:
             item["urls"] = list(urls)
         items.append(item)
     return opts, items
-
-
-def _package_user_agent() -> str:
-    try:
-        from simple_image_download import simple_image_download as sid
-        return getattr(sid, "HEADERS", {}).get("User-Agent", _SID_USER_AGENT)
-    except Exception:
-        return _SID_USER_AGENT
-
-
-def simple_image_download_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("simple-image-download")
-    except PackageNotFoundError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------- resuming
@@ -578,7 +464,7 @@ def acquire(spec: dict, out_dir: str | Path, *, manifest: str | Path | None = No
             raise VlmbiasError(f"acquire: {world_dir} is not a generated world (no corpus.parquet)")
     if opts["source"] == "web-search":
         log.info("web-search: simple-image-download %s installed; its request and link rule are used, its "
-                 "downloader is not (see vlmbias.acquire)", simple_image_download_version() or "not")
+                 "downloader is not (see vlmbias.mitigate.acquire)", simple_image_download_version() or "not")
 
     states, searched = [], 0
     for item in items:
@@ -653,7 +539,7 @@ def _as_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vlmbias.acquire", description="Acquire images per keyword.")
+    p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.acquire", description="Acquire images per keyword.")
     p.add_argument("--spec-json", required=True, help="the keyword list's config block as JSON")
     p.add_argument("--out-dir", required=True, help="folder the images are stored in (kept between runs)")
     p.add_argument("--manifest", required=True, help="acquired.parquet to write (and to resume from)")

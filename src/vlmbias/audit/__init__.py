@@ -1,0 +1,1 @@
+"""The audit: dataset manifests, encoders, embedding, retrieval, disparity metrics and query sets."""

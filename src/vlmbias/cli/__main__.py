@@ -1,0 +1,5 @@
+import sys
+
+from vlmbias.cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""`vlmbias calibrate`: print the calibration checks the workflow wrote, PASS or FAIL each."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vlmbias import VlmbiasError
+
+
+def _calibration_targets(a: argparse.Namespace) -> tuple[Path, list[str] | None]:
+    if a.config:
+        from vlmbias.config import calibration_models, load_config, results_root
+
+        config = load_config(a.config)
+        results = Path(a.results) if a.results else Path(results_root(config))
+        return results, ([a.model] if a.model else calibration_models(config) or None)
+    return Path(a.results or "results/world"), ([a.model] if a.model else None)
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    import pandas as pd
+
+    results, models = _calibration_targets(a)
+    base = results / "calibration"
+    if models is None:  # every model the workflow calibrated
+        models = sorted(p.parent.name for p in base.glob("*/checks.csv"))
+        if not models:
+            raise VlmbiasError(
+                f"no calibration results under {base}/ (expected {base}/<model>/checks.csv); run the workflow "
+                f"first: `snakemake --cores 8` from the repository root, or `snakemake {base}/<model>/checks.csv`")
+    failed_total, out = 0, []
+    for model in models:
+        path = base / model / "checks.csv"
+        if not path.is_file():
+            raise VlmbiasError(f"{path} not found; run the workflow first: `snakemake --cores 8` from the "
+                               f"repository root, or `snakemake {path}`")
+        try:
+            checks = pd.read_csv(path, dtype={"check": str, "detail": str}, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise VlmbiasError(f"cannot read {path}: {e}") from None
+        need = [c for c in ("check", "passed") if c not in checks.columns]
+        if need:
+            raise VlmbiasError(f"{path} lacks column(s) {need}; is it the calibration stage's checks.csv?")
+        passed = checks["passed"].map(_truth)
+        if passed.isna().any():
+            bad = checks.loc[passed.isna(), "passed"].iloc[0]
+            raise VlmbiasError(f"{path}: 'passed' must be true or false, found {bad!r}")
+        n_fail = int((~passed.astype(bool)).sum())
+        failed_total += n_fail
+        out.append(f"calibration checks of {model} ({path})")
+        width = max([len(str(c)) for c in checks["check"]] + [5])
+        for row, ok in zip(checks.to_dict("records"), passed):
+            val = f"value {_short(row.get('value'))}" if "value" in row else ""
+            thr = f"threshold {_short(row.get('threshold'))}" if "threshold" in row else ""
+            out.append(f"  {'PASS' if ok else 'FAIL'}  {str(row['check']):<{width}}  {val:<16}  {thr}".rstrip())
+            if str(row.get("detail", "")).strip():
+                out.append(f"        {row['detail']}")
+        if len(checks) == 0:
+            out.append("  (no checks: nothing was verified)")
+            failed_total += 1
+        verdict = "all passed" if n_fail == 0 and len(checks) else \
+            f"FAILED: {', '.join(checks.loc[~passed.astype(bool), 'check'].astype(str))}" if n_fail else "no checks"
+        out.append(f"{len(checks) - n_fail} of {len(checks)} checks passed; {verdict}")
+        out.append("")
+    print("\n".join(out).rstrip())
+    return 1 if failed_total else 0
+
+
+def _truth(v):
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    return {"true": True, "1": True, "pass": True, "false": False, "0": False, "fail": False}.get(s)
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+CALIBRATE_EXAMPLES = """examples:
+  vlmbias calibrate                                  # every model under results/world/calibration/
+  vlmbias calibrate --results results/world --model world-clip
+  vlmbias calibrate --config config.yaml             # results folder and models from a workflow config
+
+Reads results/<run>/calibration/<model>/checks.csv, written by the workflow's `calibrate` rule
+(`snakemake --cores 8`); it computes nothing itself. Exit code 1 if any check failed."""
+
+
+def register(sub, formatter) -> None:
+    """Add this command's parser to the `vlmbias` subparsers."""
+    s = sub.add_parser("calibrate", help="print the workflow's calibration checks (PASS/FAIL)",
+                       description="Print the calibration checks that the workflow computed on the synthetic world "
+                                   "(does the audit recover the planted bias?), PASS or FAIL each.",
+                       epilog=CALIBRATE_EXAMPLES, formatter_class=formatter)
+    s.add_argument("--results", metavar="DIR", help="the run's results folder (default: results/world, or the "
+                                                    "one --config names)")
+    s.add_argument("--model", help="a calibrated model, e.g. world-clip (default: every one found)")
+    s.add_argument("--config", metavar="FILE", help="take the results folder and calibrated models from this "
+                                                    "workflow config")
+    s.set_defaults(func=cmd_calibrate)

@@ -1,0 +1,16 @@
+# Run information for the report: the configuration as used and the software versions.
+
+
+rule run_info:
+    output:
+        config=report(f"{RES}/run_info/config.yaml", caption="../report/run_info.rst", category="Run"),
+        versions=report(f"{RES}/run_info/versions.csv", caption="../report/run_info.rst", category="Run"),
+    params:
+        config=as_json(config),
+    log:
+        f"{RES}/logs/run_info.log",
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "{PY} -m vlmbias.report run-info --config-json {params.config:q} --out-config {output.config}"
+        " --out-versions {output.versions} > {log} 2>&1"
