@@ -97,3 +97,19 @@ def test_rankings_table_carries_labels(fairface_dir, hf_encoder):
     labels = manifest.set_index("image_id").loc[r["image_id"], "race"].tolist()
     assert r["race"].tolist() == labels
     assert (r.groupby("query_id")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
+
+
+@pytest.mark.parametrize("method", ["exact", "faiss"])
+def test_ties_broken_by_row_at_the_cut(method):
+    # 1,200 identical images after 3 better ones: the cut at k falls inside the tie, which must keep
+    # the lowest rows, in row order, on every retrieval path
+    rng = np.random.default_rng(0)
+    imgs = np.tile(np.array([[0.6, 0.8, 0.0]], np.float32), (1203, 1))
+    imgs[[500, 7, 1100]] = [[1.0, 0.0, 0.0], [0.99, 0.141, 0.0], [0.98, 0.199, 0.0]]
+    order = rng.permutation(1203)  # shuffled rows: the rule is by row, not by insertion luck
+    imgs = imgs[order]
+    best = [int(np.flatnonzero(order == r)[0]) for r in (500, 7, 1100)]
+    tied = sorted(set(range(1203)) - set(best))
+    scores, idx = top_k(imgs, np.array([[1.0, 0.0, 0.0]], np.float32), 20, method)
+    assert idx[0].tolist() == best + tied[:17]
+    assert (np.diff(scores[0]) <= 0).all()

@@ -1,5 +1,6 @@
 """Metrics: thesis tables 4.1/4.3, hand-computed Skew/NDKL, intervals, tests and the table builder."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,15 +95,78 @@ def test_skew_hand_computed():
     c = m.class_counts(["A", "A", "B"], ["A", "B", "C"])          # 2, 1, 0 of 3; uniform target 1/3
     exact = m.skew(c, m.uniform_target(["A", "B", "C"]), eps=0)
     assert exact["A"] == pytest.approx(math.log(2)) and exact["B"] == pytest.approx(0) and exact["C"] == -math.inf
-    # default: pseudo-count 0.5 -> (2.5, 1.5, 0.5) / 4.5 = (5/9, 1/3, 1/9)
-    sm = m.skew(c, m.uniform_target(["A", "B", "C"]))
+    # default, the published convention: raw shares (2/3, 1/3), the absent C counted as 1/k = 1/3
+    pub = m.skew(c, m.uniform_target(["A", "B", "C"]))
+    assert pub.tolist() == pytest.approx([math.log(2), 0.0, 0.0])
+    assert m.max_skew(c, m.uniform_target(["A", "B", "C"])) == pytest.approx(math.log(2))
+    assert m.min_skew(c, m.uniform_target(["A", "B", "C"])) == pytest.approx(0.0)
+    # the issue's example: 15 of 20 Male against uniform, published 0.4055, smoothed 0.3895
+    assert m.max_skew(counts(15, 5), m.uniform_target(["Male", "Female"])) == pytest.approx(math.log(1.5))
+    assert m.max_skew(counts(15, 5), m.uniform_target(["Male", "Female"]), eps=0.5) == pytest.approx(
+        math.log(15.5 / 21 / 0.5))
+    # explicit pseudo-count 0.5 -> (2.5, 1.5, 0.5) / 4.5 = (5/9, 1/3, 1/9)
+    sm = m.skew(c, m.uniform_target(["A", "B", "C"]), eps=0.5)
     assert sm.tolist() == pytest.approx([math.log(5 / 3), 0.0, math.log(1 / 3)])
-    assert m.max_skew(c, m.uniform_target(["A", "B", "C"])) == pytest.approx(math.log(5 / 3))
-    assert m.min_skew(c, m.uniform_target(["A", "B", "C"])) == pytest.approx(-math.log(3))
+    assert m.min_skew(c, m.uniform_target(["A", "B", "C"]), eps=0.5) == pytest.approx(-math.log(3))
     # non-uniform target, dict with a missing class -> NaN for it, ignored by MaxSkew
     s = m.skew(counts(3, 1, classes=["A", "B"]), {"A": 0.5}, eps=0)
     assert s["A"] == pytest.approx(math.log(0.75)) and np.isnan(s["B"])
     assert m.max_skew(counts(3, 1, classes=["A", "B"]), {"A": 0.5}, eps=0) == pytest.approx(math.log(0.75))
+
+
+def _published_skews(labels, dataset_labels, top_n):
+    """MaxSkew/MinSkew@top_n as Geyik et al. define them and Berg et al.'s code computes them,
+    written from the formula: every class of the dataset, share = count / top_n, a class absent
+    from the top n counted as 1/top_n, targets uniform ('equal opportunity') and the dataset's
+    shares ('demographic parity'); MaxSkew starts at 0."""
+    present = sorted(set(dataset_labels))
+    top = labels[:top_n]
+    out = {"max_uniform": 0.0, "max_dataset": 0.0, "min_uniform": math.inf, "min_dataset": math.inf}
+    for c in present:
+        share = top.count(c) / top_n or 1 / top_n
+        for name, target in (("uniform", 1 / len(present)), ("dataset", dataset_labels.count(c) / len(dataset_labels))):
+            sk = math.log(share) - math.log(target)
+            out[f"max_{name}"] = max(out[f"max_{name}"], sk)
+            out[f"min_{name}"] = min(out[f"min_{name}"], sk)
+    return out
+
+
+def _published_ndkl(labels, dataset_labels, top_n):
+    """NDKL@top_n from its definition: sum_i KL(top-i || target) / log2(i + 1), divided by Z."""
+    present = sorted(set(dataset_labels))
+    targets = {"uniform": [1 / len(present)] * len(present),
+               "dataset": [dataset_labels.count(c) / len(dataset_labels) for c in present]}
+    out = {}
+    for name, q in targets.items():
+        total, counts_ = 0.0, dict.fromkeys(present, 0)
+        for i, lab in enumerate(labels[:top_n], start=1):
+            counts_[lab] += 1
+            kl = sum(counts_[c] / i * (math.log(counts_[c] / i) - math.log(qc))
+                     for c, qc in zip(present, q) if counts_[c])
+            total += kl / math.log2(i + 1)
+        out[name] = total / sum(1 / math.log2(i + 1) for i in range(1, top_n + 1))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_defaults_equal_the_published_formulas(seed):
+    rng = np.random.default_rng(seed)
+    classes = ["a", "b", "c", "d"]
+    dataset = list(rng.choice(classes, size=400, p=[0.4, 0.3, 0.2, 0.1]))
+    # seeds 0-2: skewed rankings where some classes are absent from the top k; 3-5: mixed
+    p = [0.9, 0.1, 0.0, 0.0] if seed < 3 else [0.25, 0.25, 0.25, 0.25]
+    ranking = list(rng.choice(classes, size=50, p=p))
+    dataset_props = m.class_counts(dataset, classes)
+    for k in (1, 7, 20, 50):
+        c = m.class_counts(ranking[:k], classes)
+        want, want_ndkl = _published_skews(ranking, dataset, k), _published_ndkl(ranking, dataset, k)
+        u = m.uniform_target(classes)
+        assert m.max_skew(c, u) == pytest.approx(want["max_uniform"], abs=1e-9)
+        assert m.min_skew(c, u) == pytest.approx(want["min_uniform"], abs=1e-9)
+        assert m.max_skew(c, dataset_props) == pytest.approx(want["max_dataset"], abs=1e-9)
+        assert m.min_skew(c, dataset_props) == pytest.approx(want["min_dataset"], abs=1e-9)
+        assert m.ndkl(ranking[:k], classes, u) == pytest.approx(want_ndkl["uniform"], abs=1e-9)
+        assert m.ndkl(ranking[:k], classes, dataset_props) == pytest.approx(want_ndkl["dataset"], abs=1e-9)
 
 
 def test_ndkl_hand_computed():
@@ -178,11 +242,21 @@ def test_match_rate_and_confusion_matrix():
 
 # ---------------------------------------------------------------- audit_tables
 
-DOC_CLASSES = ("model, dataset, query_set, query_id, query, k, attribute, class, count, proportion, proportion_low, "
-               "proportion_high, dataset_proportion, rd, rd_low, rd_high, skew_uniform, skew_dataset").split(", ")
+DOC_CLASSES = ("model, dataset, query_set, query_id, query, k, n, attribute, class, count, proportion, "
+               "proportion_low, proportion_high, dataset_proportion, rd, rd_low, rd_high, skew_uniform, skew_dataset, "
+               "skew_convention, interval_method").split(", ")
 DOC_SUMMARY = ("model, dataset, query_set, query_id, query, k, n, attribute, fd, fd_low, fd_high, fd_strict, "
-               "max_skew_uniform, min_skew_uniform, max_skew_dataset, min_skew_dataset, ndkl_uniform, ndkl_dataset, "
-               "ndkl_dataset_low, ndkl_dataset_high, chi2, p_value").split(", ")
+               "tvd, tvd_low, tvd_high, "
+               "max_skew_uniform, max_skew_uniform_low, max_skew_uniform_high, min_skew_uniform, "
+               "max_skew_dataset, max_skew_dataset_low, max_skew_dataset_high, min_skew_dataset, "
+               "ndkl_uniform, ndkl_uniform_low, ndkl_uniform_high, ndkl_dataset, ndkl_dataset_low, ndkl_dataset_high, "
+               "chi2, p_value, named_class, match_rate, match_low, match_high, skew_convention, "
+               "interval_method").split(", ")
+
+
+def test_documented_columns_match_docs():
+    doc = (Path(__file__).parents[1] / "docs" / "artifacts.md").read_text()
+    assert ", ".join(DOC_CLASSES[5:]) in " ".join(doc.split()) and ", ".join(DOC_SUMMARY[5:]) in " ".join(doc.split())
 
 
 @pytest.fixture
@@ -207,7 +281,8 @@ def test_audit_tables_cells_and_columns(tables):
     r, dist = tables
     cl, sm = m.audit_tables(r, dist, [2, 4], n_boot=200, seed=0)
     assert cl.columns.tolist() == DOC_CLASSES
-    assert sm.columns.tolist() == DOC_SUMMARY + ["named_class", "match_rate", "match_low", "match_high"]
+    assert sm.columns.tolist() == DOC_SUMMARY
+    assert set(sm["skew_convention"]) == {"published"} and set(sm["interval_method"]) == {"bootstrap-normal"}
     assert len(sm) == 2 * 2 * 2 and len(cl) == 2 * 2 * (2 + 3)
 
     c = cl.set_index(["query", "k", "attribute", "class"])
@@ -219,13 +294,17 @@ def test_audit_tables_cells_and_columns(tables):
     assert c.loc[("a doctor", 4, "gender", "Female"), "rd"] == pytest.approx(-37.5)
     assert c.loc[("a doctor", 4, "gender", "Male"), "dataset_proportion"] == pytest.approx(0.6)
     assert s.loc[("a doctor", 4, "gender"), ["n", "fd", "fd_strict"]].tolist() == [4, 3.0, 3.0]
+    assert s.loc[("a doctor", 4, "gender"), "tvd"] == pytest.approx(0.15)  # |0.75 - 0.6|
     # doctor, k=2 uses ranks 1-2 only: two Male
     assert s.loc[("a doctor", 2, "gender"), ["fd", "fd_strict"]].tolist() == [1.0, math.inf]
     assert c.loc[("a doctor", 2, "race", "Black"), "count"] == 1
-    # class absent from the dataset: proportion 0, RD and dataset Skew undefined
+    # class absent from the dataset: proportion 0; RD and Skew undefined (the uniform target, as in
+    # Berg et al.'s code, spreads over the classes the dataset has: 1/2 each for Black and White)
     indian = c.loc[("a doctor", 4, "race", "Indian")]
     assert indian["count"] == 0 and indian["dataset_proportion"] == 0
-    assert np.isnan(indian["rd"]) and np.isnan(indian["skew_dataset"]) and np.isfinite(indian["skew_uniform"])
+    assert np.isnan(indian["rd"]) and np.isnan(indian["skew_dataset"]) and np.isnan(indian["skew_uniform"])
+    black = c.loc[("a doctor", 4, "race", "Black")]
+    assert black["skew_uniform"] == pytest.approx(math.log(black["proportion"] / 0.5))
     # k larger than the ranking: all 3 rows, proportions over n = 3
     assert s.loc[("a Black person", 4, "race"), "n"] == 3
     assert c.loc[("a Black person", 4, "race", "Black"), "proportion"] == pytest.approx(2 / 3)
@@ -237,8 +316,10 @@ def test_audit_tables_cells_and_columns(tables):
     assert (row["match_low"], row["match_high"]) == pytest.approx(m.proportion_ci(2, 3))
     assert pd.isna(s.loc[("a Black person", 4, "gender"), "named_class"])
     assert s["named_class"].isna().sum() == 6
-    # intervals bracket the point estimates; proportion interval by the chosen method
-    assert (sm["fd_low"] <= sm["fd"]).all() and (sm["fd"] <= sm["fd_high"]).all()
+    # every interval holds its point estimate; proportion interval by the chosen method
+    for metric in ("fd", "tvd", "max_skew_uniform", "max_skew_dataset", "ndkl_uniform", "ndkl_dataset"):
+        assert sm[metric].between(sm[f"{metric}_low"], sm[f"{metric}_high"]).all(), metric
+    assert cl["rd"].between(cl["rd_low"], cl["rd_high"]).all() or cl["rd"].isna().any()
     assert (cl["proportion_low"] <= cl["proportion"]).all() and (cl["proportion"] <= cl["proportion_high"]).all()
     assert sm["ndkl_dataset"].between(sm["ndkl_dataset_low"] - 1e-12, sm["ndkl_dataset_high"] + 1e-12).all()
     assert s.loc[("a doctor", 4, "gender"), "ndkl_dataset"] == pytest.approx(
@@ -247,6 +328,35 @@ def test_audit_tables_cells_and_columns(tables):
     cl2, sm2 = m.audit_tables(r, dist, [2, 4], n_boot=200, seed=0)
     pd.testing.assert_frame_equal(sm, sm2)
     pd.testing.assert_frame_equal(cl, cl2)
+
+
+def test_top_k_is_the_first_k_ranks_and_blank_labels_are_unlabelled():
+    # ranks 2 and 4 unlabelled (null, blank): top 4 holds n = 2 labelled items, never reaching rank 5
+    r = pd.DataFrame({"model": "m", "dataset": "d", "query_set": "s", "query_id": "q", "query": "a doctor",
+                      "rank": [1, 2, 3, 4, 5, 6], "gender": ["Male", None, "Female", " ", "Male", "Male"]})
+    dist = pd.DataFrame({"attribute": "gender", "class": ["Male", "Female"], "count": [5, 5], "percent": [50.0, 50.0]})
+    cl, sm = m.audit_tables(r, dist, [4, 6], n_boot=50)
+    s = sm.set_index("k")
+    assert s.loc[4, "n"] == 2 and s.loc[6, "n"] == 4
+    c = cl.set_index(["k", "class"])
+    assert c.loc[(4, "Male"), ["count", "proportion", "n"]].tolist() == [1, 0.5, 2]
+    assert s.loc[4, "max_skew_uniform"] == pytest.approx(0.0)
+    assert s.loc[6, "max_skew_uniform"] == pytest.approx(math.log(0.75 / 0.5))
+    assert m.class_counts(["a", "", "  ", None, "b"], ["a", "b"]).tolist() == [1, 1]
+
+
+def test_percentile_interval_can_miss_its_estimate_normal_cannot():
+    # 12 rows in rank order, strongly front-loaded: resampling (sorted) scrambles the prefixes, so the
+    # NDKL of most resamples lies above the estimate; the percentile interval misses it
+    r = pd.DataFrame({"model": "m", "dataset": "d", "query_set": "s", "query_id": "q", "query": "x",
+                      "rank": range(1, 13), "gender": ["Male", "Female"] * 6})
+    dist = pd.DataFrame({"attribute": "gender", "class": ["Male", "Female"], "count": [5, 5], "percent": [50.0, 50.0]})
+    _, pct = m.audit_tables(r, dist, [12], n_boot=400, interval="bootstrap-percentile")
+    _, nrm = m.audit_tables(r, dist, [12], n_boot=400)
+    est = pct["ndkl_uniform"].iloc[0]
+    assert est < pct["ndkl_uniform_low"].iloc[0]
+    assert nrm["ndkl_uniform_low"].iloc[0] <= est <= nrm["ndkl_uniform_high"].iloc[0]
+    assert nrm["ndkl_uniform_low"].iloc[0] == 0.0  # clipped at the metric's floor
 
 
 def test_audit_tables_k1_attribute_choice_and_ci_method(tables):

@@ -114,6 +114,8 @@ rule metrics:
         n_boot=config["metrics"]["n_boot"],
         ci=config["metrics"]["ci_method"],
         attributes=config["metrics"].get("attributes", []),
+        skew=config["metrics"]["skew_pseudocount"],
+        interval=config["metrics"]["interval"],
         seed=config["seed"],
     log:
         f"{RES}/logs/metrics/{{dataset}}_{{model}}_{{qset}}.log",
@@ -122,7 +124,8 @@ rule metrics:
     shell:
         "{PY} -m vlmbias.audit.metrics --rankings {input.rankings} --distribution {input.distribution}"
         " --k {params.k} --n-boot {params.n_boot} --ci-method {params.ci} --seed {params.seed}"
-        " --attributes {params.attributes} --out-classes {output.classes} --out-summary {output.summary} > {log} 2>&1"
+        " --attributes {params.attributes} --skew-pseudocount {params.skew} --interval {params.interval}"
+        " --out-classes {output.classes} --out-summary {output.summary} > {log} 2>&1"
 
 
 # Figures per (dataset, model, query set): distribution bar plots per attribute, a disparity

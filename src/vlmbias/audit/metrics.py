@@ -9,10 +9,16 @@ Usable from a notebook on any ranking (``from vlmbias import metrics``). Inputs 
   aligned with the counts. Weights are normalised to sum to 1, so counts, proportions and
   percentages are all accepted; classes missing from a dict/Series get weight 0.
 
-Conventions (see each function): Fairness Disparity follows the thesis' zero handling, with a
-strict variant; Representation Disparity is in percent and NaN where the dataset has 0% of a
-class; Skew@k smooths the retrieved counts with an additive pseudo-count (default 0.5) and is NaN
-where the target is 0; KL divergences use the natural log with 0·log 0 = 0.
+Conventions (see each function; README "How to compare with published numbers"): Fairness
+Disparity follows the thesis' zero handling, with a strict variant; Representation Disparity is in
+percent and NaN where the dataset has 0% of a class; Skew@k, MaxSkew@k and MinSkew@k follow the
+published definition by default (Geyik et al. 2019; Berg et al. 2022 and its code, reused by
+BendVLM, SANER and FairerCLIP): the raw retrieved share, a class absent from the top k counted as
+1/k, natural log, scale x1 (papers often print x100), NaN where the target is 0. An additive
+pseudo-count is available as an explicit option (``eps``). KL divergences use the natural log
+with 0·log 0 = 0. "Top k" is always the first k ranks; unlabelled items among them are not
+counted, and ``n`` says how many labelled items there were (shares divide by n; absent = 1/n).
+Empty or blank labels are unlabelled, never a class.
 
 References: thesis eqs. 3.1-3.2 and code 4.6-4.7; Geyik, Ambler & Kenthapadi (2019), "Fairness-aware
 ranking in search & recommendation systems" (Skew@k, NDKL); Berg et al. (2022), "A prompt array
@@ -40,14 +46,18 @@ __all__ = [
 ]
 
 KEY_COLUMNS = ["model", "dataset", "query_set", "query_id", "query"]
+CONVENTION_COLUMNS = ["skew_convention", "interval_method"]
 CLASS_COLUMNS = KEY_COLUMNS + [
-    "k", "attribute", "class", "count", "proportion", "proportion_low", "proportion_high",
-    "dataset_proportion", "rd", "rd_low", "rd_high", "skew_uniform", "skew_dataset"]
+    "k", "n", "attribute", "class", "count", "proportion", "proportion_low", "proportion_high",
+    "dataset_proportion", "rd", "rd_low", "rd_high", "skew_uniform", "skew_dataset"] + CONVENTION_COLUMNS
 SUMMARY_COLUMNS = KEY_COLUMNS + [
-    "k", "n", "attribute", "fd", "fd_low", "fd_high", "fd_strict", "max_skew_uniform", "min_skew_uniform",
-    "max_skew_dataset", "min_skew_dataset", "ndkl_uniform", "ndkl_dataset", "ndkl_dataset_low",
-    "ndkl_dataset_high", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"]
-SKEW_EPS = 0.5  # additive pseudo-count (Jeffreys / Krichevsky-Trofimov)
+    "k", "n", "attribute", "fd", "fd_low", "fd_high", "fd_strict", "tvd", "tvd_low", "tvd_high",
+    "max_skew_uniform", "max_skew_uniform_low", "max_skew_uniform_high", "min_skew_uniform",
+    "max_skew_dataset", "max_skew_dataset_low", "max_skew_dataset_high", "min_skew_dataset",
+    "ndkl_uniform", "ndkl_uniform_low", "ndkl_uniform_high", "ndkl_dataset", "ndkl_dataset_low",
+    "ndkl_dataset_high", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS
+SKEW_CONVENTION = "published"  # raw share, absent class = 1/n (Geyik 2019; Berg 2022)
+INTERVAL_METHOD = "bootstrap-normal"  # estimate +- z * bootstrap SE, clipped to the metric's range
 N_SIM = 10_000
 
 
@@ -57,9 +67,16 @@ class MetricsInputError(VlmbiasError, ValueError):
 
 # ---------------------------------------------------------------- helpers
 
+def _labelled(labels) -> pd.Series:
+    """The labels as an object Series with null, empty and blank labels set to None (unlabelled)."""
+    lab = pd.Series(labels, dtype=object) if not isinstance(labels, pd.Series) else labels.astype(object)
+    blank = lab.map(lambda v: isinstance(v, str) and not v.strip())
+    return lab.where(lab.notna() & ~blank, None)
+
+
 def _codes(labels, classes: Sequence) -> np.ndarray:
-    """Class index of each non-null label, in rank order (nulls dropped)."""
-    lab = pd.Series(labels, dtype=object) if not isinstance(labels, pd.Series) else labels
+    """Class index of each labelled item, in rank order (null, empty and blank labels dropped)."""
+    lab = _labelled(labels)
     lab = lab[lab.notna()]
     codes = pd.Index(list(classes)).get_indexer(lab)
     bad = codes < 0
@@ -107,10 +124,27 @@ def _rd(c: np.ndarray, q: np.ndarray) -> np.ndarray:
         return np.where(q > 0, (ret - 100.0 * q) / q, np.nan)  # (ret% - q%) / q% * 100
 
 
-def _skew(c: np.ndarray, q: np.ndarray, eps: float) -> np.ndarray:
+def _skew(c: np.ndarray, q: np.ndarray, eps: float | None = None) -> np.ndarray:
+    """Skew over the last axis. eps None: the published convention (raw share, a zero count counted
+    as one item, i.e. 1/n); eps >= 0: additive pseudo-count (eps = 0 gives -inf for a zero count)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = (c + eps) / (c.sum(axis=-1, keepdims=True) + eps * c.shape[-1])
+        n = c.sum(axis=-1, keepdims=True)
+        if eps is None:
+            p = np.where(c > 0, c, 1.0) / n
+        else:
+            p = (c + eps) / (n + eps * c.shape[-1])
         return np.where(q > 0, np.log(p / q), np.nan)
+
+
+def skew_convention(eps: float | None) -> str:
+    """The name written beside skew columns: `published` or `pseudocount=<eps>`."""
+    return SKEW_CONVENTION if eps is None else f"pseudocount={eps:g}"
+
+
+def _tvd(c: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Total variation distance between the retrieved shares and q over the last axis."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 0.5 * np.abs(c / c.sum(axis=-1, keepdims=True) - q).sum(axis=-1)
 
 
 def _ndkl_codes(codes: np.ndarray, n_classes: int, q: np.ndarray) -> np.ndarray:
@@ -134,6 +168,29 @@ def _ndkl_codes(codes: np.ndarray, n_classes: int, q: np.ndarray) -> np.ndarray:
     kl = np.maximum(np.cumsum(inc, axis=1) / i - np.log(i), 0.0)   # [B, k]; clip rounding below 0
     w = 1.0 / np.log2(i + 1)
     return kl @ w / w.sum()
+
+
+INTERVAL_METHODS = ("bootstrap-normal", "bootstrap-percentile")
+
+
+def _boot_interval(values: np.ndarray, estimate, level: float, method: str, bounds=(-np.inf, np.inf)):
+    """Bootstrap interval over axis 0. ``bootstrap-normal``: estimate +- z * SE of the resampled
+    values, clipped to the metric's range, so the interval always holds its estimate (a percentile
+    interval of a biased statistic such as NDKL can lie wholly above it). ``bootstrap-percentile``:
+    the plain percentile interval. NaN where the estimate or every resampled value is NaN."""
+    if method == "bootstrap-percentile":
+        return _interval(values, level)
+    if method != "bootstrap-normal":
+        raise MetricsInputError(f"unknown interval method {method!r}; expected one of {list(INTERVAL_METHODS)}")
+    values = np.asarray(values, dtype=float)
+    z = stats.norm.ppf(0.5 + level / 2.0)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns -> NaN
+        finite = np.where(np.isfinite(values), values, np.nan)
+        se = np.nanstd(finite, axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1:])
+    est = np.asarray(estimate, dtype=float)
+    se = np.where(np.isfinite(est), se, np.nan)
+    return np.clip(est - z * se, *bounds), np.clip(est + z * se, *bounds)
 
 
 def _interval(values: np.ndarray, level: float):
@@ -242,26 +299,28 @@ def representation_disparity(counts, dataset_props) -> pd.Series:
     return pd.Series(_rd(c, _props(dataset_props, idx, "dataset_props")), index=idx, name="rd")
 
 
-def skew(counts, target_props, eps: float = SKEW_EPS) -> pd.Series:
+def skew(counts, target_props, eps: float | None = None) -> pd.Series:
     """Skew@k per class (Geyik et al. 2019): ln(p_retrieved / p_target).
 
-    Zero counts would give -inf, so the retrieved proportion uses an additive pseudo-count
-    (Jeffreys/Krichevsky-Trofimov smoothing): p_retrieved = (count + eps) / (n + eps * C), with
-    eps = 0.5 by default. ``eps=0`` gives the unsmoothed value (-inf for a zero count). NaN where
-    the target proportion is 0.
+    Default (``eps=None``), the published convention of Geyik et al. and of Berg et al.'s code:
+    p_retrieved = count / n, and a class with count 0 is counted as 1/n (no log of 0), so with
+    n = k it is 1/k. E.g. 15 of 20 Male against a uniform target: ln(0.75 / 0.5) = 0.4055.
+    ``eps >= 0`` instead smooths with an additive pseudo-count, p = (count + eps) / (n + eps * C)
+    (eps = 0.5: Jeffreys / Krichevsky-Trofimov, 0.3895 in the example; ``eps=0``: -inf for a zero
+    count). NaN where the target proportion is 0.
     """
-    if eps < 0:
+    if eps is not None and eps < 0:
         raise MetricsInputError(f"eps must be >= 0, got {eps}")
     c, idx = _counts_array(counts)
     return pd.Series(_skew(c, _props(target_props, idx, "target_props"), eps), index=idx, name="skew")
 
 
-def max_skew(counts, target_props, eps: float = SKEW_EPS) -> float:
+def max_skew(counts, target_props, eps: float | None = None) -> float:
     """MaxSkew@k: the largest Skew@k over classes (the most over-represented class); NaN classes ignored."""
     return _nanext(np.nanmax, skew(counts, target_props, eps).to_numpy())
 
 
-def min_skew(counts, target_props, eps: float = SKEW_EPS) -> float:
+def min_skew(counts, target_props, eps: float | None = None) -> float:
     """MinSkew@k: the smallest Skew@k over classes (the most under-represented class); NaN classes ignored."""
     return _nanext(np.nanmin, skew(counts, target_props, eps).to_numpy())
 
@@ -402,24 +461,31 @@ def _validate(rankings: pd.DataFrame, distribution: pd.DataFrame, ks, attributes
 
 def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[int],
                  attributes: list[str] | None = None, n_boot: int = 1000, seed=0,
-                 ci_method: str = "wilson", level: float = 0.95, n_sim: int = N_SIM) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 ci_method: str = "wilson", level: float = 0.95, n_sim: int = N_SIM,
+                 skew_eps: float | None = None, interval: str = INTERVAL_METHOD) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-class and per-(query, k, attribute) metric tables (docs/artifacts.md, "Metrics").
 
-    For each query (rows sorted by ``rank``), each k and each attribute, the top-k rows are used;
-    when a query has fewer rows than k all of them are used and ``n`` reports how many (proportions
-    divide by n, never by k). Rows whose label is null for an attribute are left out of that
-    attribute. Intervals: ``proportion_*`` by ``ci_method``; ``rd_*``, ``fd_*`` and
-    ``ndkl_dataset_*`` by a percentile bootstrap (``n_boot`` resamples of the top-k, rank order
-    kept for NDKL, ``seed`` reused for every (query, k, attribute)). Skew uses the default
-    pseudo-count (see `skew`); ``p_value`` is the Monte-Carlo goodness-of-fit p-value. For
-    queries that name a group (columns ``names_attribute``/``names_class``), the summary row of
-    the named attribute carries ``named_class`` and ``match_rate`` with its interval; other rows
-    have them null. ``attributes`` empty or None means every attribute in ``distribution``.
+    For each query (rows sorted by ``rank``), each k and each attribute, the first k ranks are
+    used; unlabelled items among them (null or blank label) are left out of that attribute and
+    ``n`` reports how many labelled items remain (shares divide by n, never by k); when a query has
+    fewer rows than k all of them are used. Skew, MaxSkew and MinSkew follow the published
+    convention unless ``skew_eps`` sets a pseudo-count (column ``skew_convention``); the uniform
+    target spreads over the classes the dataset has. Intervals: ``proportion_*`` by ``ci_method``;
+    ``rd_*``, ``fd_*``, ``max_skew_*`` and ``ndkl_*`` by the bootstrap (``n_boot`` resamples of the
+    top k, rank order kept for NDKL, ``seed`` reused for every (query, k, attribute)) with method
+    ``interval`` (column ``interval_method``). ``p_value`` is the Monte-Carlo goodness-of-fit
+    p-value. For queries that name a group (columns ``names_attribute``/``names_class``), the
+    summary row of the named attribute carries ``named_class`` and ``match_rate`` with its
+    interval; other rows have them null. ``attributes`` empty or None means every attribute.
     """
     ks, attributes = _validate(rankings, distribution, ks, attributes)
     _check_level(level)
     if n_boot < 1 or n_sim < 1:
         raise MetricsInputError(f"n_boot and n_sim must be at least 1, got {n_boot} and {n_sim}")
+    if interval not in INTERVAL_METHODS:
+        raise MetricsInputError(f"unknown interval method {interval!r}; expected one of {list(INTERVAL_METHODS)}")
+    if skew_eps is not None and skew_eps < 0:
+        raise MetricsInputError(f"skew pseudo-count must be >= 0 or null, got {skew_eps}")
     classes = {a: g["class"].tolist() for a, g in distribution.groupby("attribute", sort=False)}
     dprops = {}
     for a in attributes:
@@ -429,6 +495,7 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
             w = g["percent"].to_numpy(dtype=float)
         dprops[a] = _props(w, pd.Index(classes[a]), f"dataset distribution of {a!r}")
     has_names = {"names_attribute", "names_class"} <= set(rankings.columns)
+    convention = {"skew_convention": skew_convention(skew_eps), "interval_method": interval}
 
     ranked = rankings.sort_values("rank", kind="stable")
     class_parts, summary_rows = [], []
@@ -440,43 +507,52 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
         named_cls = names[1].iloc[0] if len(names[1]) else None
         for a in attributes:
             cls, q, C = classes[a], dprops[a], len(classes[a])
-            codes_all = _codes(g[a], cls)
-            u = np.full(C, 1.0 / C)
+            u = np.where(q > 0, 1.0 / (q > 0).sum(), 0.0)
             for k in ks:
-                codes = codes_all[:k]
+                codes = _codes(g[a].iloc[:k], cls)  # the first k ranks, then their labelled items
                 n = len(codes)
                 c = np.bincount(codes, minlength=C).astype(float)
                 nan_c = np.full(C, np.nan)
+                sk_u, sk_d = _skew(c, u, skew_eps), _skew(c, q, skew_eps)
+                est = {"fd": float(_fd(c, False)) if n else np.nan, "tvd": float(_tvd(c, q)) if n else np.nan,
+                       "max_skew_uniform": _nanext(np.nanmax, sk_u), "max_skew_dataset": _nanext(np.nanmax, sk_d),
+                       "ndkl_uniform": float(_ndkl_codes(codes[None, :], C, u)[0]),
+                       "ndkl_dataset": float(_ndkl_codes(codes[None, :], C, q)[0])}
+                rd = _rd(c, q) if n else nan_c
+                ci = {}
                 if n:
                     if n not in boot_idx:
                         boot_idx[n] = _boot_index(n, n_boot, seed)
                     bc, bcounts = _resample(codes, C, boot_idx[n])
-                    rd_lo, rd_hi = _interval(_rd(bcounts.astype(float), q), level)
-                    fd_lo, fd_hi = _interval(_fd(bcounts, False), level)
-                    nd_lo, nd_hi = _interval(_ndkl_codes(bc, C, q), level)
+                    bcounts = bcounts.astype(float)
+                    boot = {"fd": (_fd(bcounts, False), (1.0, np.inf)), "tvd": (_tvd(bcounts, q), (0.0, 1.0)),
+                            "max_skew_uniform": (_rowmax(_skew(bcounts, u, skew_eps)), (-np.inf, np.inf)),
+                            "max_skew_dataset": (_rowmax(_skew(bcounts, q, skew_eps)), (-np.inf, np.inf)),
+                            "ndkl_uniform": (_ndkl_codes(bc, C, u), (0.0, np.inf)),
+                            "ndkl_dataset": (_ndkl_codes(bc, C, q), (0.0, np.inf))}
+                    for m, (values, bounds) in boot.items():
+                        ci[m] = _boot_interval(values, est[m], level, interval, bounds)
+                    rd_lo, rd_hi = _boot_interval(_rd(bcounts, q), rd, level, interval, (-100.0, np.inf))
                     chi2, pval = _gof(c, q, n_sim, seed, gof_null)
                     p_lo, p_hi = proportion_ci(c, np.full(C, n), level, ci_method)
                 else:
                     log.warning("%s: no labelled %s in the top %d", keyd["query"], a, k)
                     rd_lo = rd_hi = p_lo = p_hi = nan_c
-                    fd_lo = fd_hi = nd_lo = nd_hi = chi2 = pval = np.nan
-                sk_u, sk_d = _skew(c, u, SKEW_EPS), _skew(c, q, SKEW_EPS)
+                    chi2 = pval = np.nan
                 with np.errstate(divide="ignore", invalid="ignore"):
                     prop = c / n if n else nan_c
                 class_parts.append(pd.DataFrame({
-                    **keyd, "k": k, "attribute": a, "class": cls, "count": c.astype(int), "proportion": prop,
+                    **keyd, "k": k, "n": n, "attribute": a, "class": cls, "count": c.astype(int), "proportion": prop,
                     "proportion_low": p_lo, "proportion_high": p_hi, "dataset_proportion": q,
-                    "rd": _rd(c, q) if n else nan_c, "rd_low": rd_lo, "rd_high": rd_hi,
-                    "skew_uniform": sk_u, "skew_dataset": sk_d}))
-                row = {**keyd, "k": k, "n": n, "attribute": a,
-                       "fd": float(_fd(c, False)), "fd_low": fd_lo, "fd_high": fd_hi,
-                       "fd_strict": float(_fd(c, True)),
-                       "max_skew_uniform": _nanext(np.nanmax, sk_u), "min_skew_uniform": _nanext(np.nanmin, sk_u),
-                       "max_skew_dataset": _nanext(np.nanmax, sk_d), "min_skew_dataset": _nanext(np.nanmin, sk_d),
-                       "ndkl_uniform": float(_ndkl_codes(codes[None, :], C, u)[0]),
-                       "ndkl_dataset": float(_ndkl_codes(codes[None, :], C, q)[0]),
-                       "ndkl_dataset_low": nd_lo, "ndkl_dataset_high": nd_hi, "chi2": chi2, "p_value": pval,
-                       "named_class": None, "match_rate": np.nan, "match_low": np.nan, "match_high": np.nan}
+                    "rd": rd, "rd_low": rd_lo, "rd_high": rd_hi,
+                    "skew_uniform": sk_u if n else nan_c, "skew_dataset": sk_d if n else nan_c, **convention}))
+                row = {**keyd, "k": k, "n": n, "attribute": a, "fd_strict": float(_fd(c, True)) if n else np.nan,
+                       "min_skew_uniform": _nanext(np.nanmin, sk_u), "min_skew_dataset": _nanext(np.nanmin, sk_d),
+                       "chi2": chi2, "p_value": pval, "named_class": None, "match_rate": np.nan,
+                       "match_low": np.nan, "match_high": np.nan, **convention}
+                for m, v in est.items():
+                    lo, hi = ci.get(m, (np.nan, np.nan))
+                    row.update({m: v, f"{m}_low": float(lo), f"{m}_high": float(hi)})
                 if named_attr == a and named_cls is not None:
                     rate, lo, hi = match_rate(np.asarray(cls, dtype=object)[codes], named_cls, level, ci_method)
                     row.update(named_class=named_cls, match_rate=rate, match_low=lo, match_high=hi)
@@ -486,7 +562,18 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
     return classes_df, summary_df
 
 
+def _rowmax(x: np.ndarray) -> np.ndarray:
+    """np.nanmax over the last axis without the all-NaN warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmax(x, axis=-1)
+
+
 # ---------------------------------------------------------------- CLI (the workflow's `metrics` rule)
+
+def _pseudocount(text: str) -> float | None:
+    return None if text.strip().lower() in ("none", "null", "") else float(text)
+
 
 def main(argv=None) -> None:
     from vlmbias.io import read_table, write_table
@@ -499,11 +586,15 @@ def main(argv=None) -> None:
     p.add_argument("--ci-method", default="wilson", choices=["wilson", "clopper-pearson"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attributes", nargs="*", default=[], help="default: every attribute of the distribution")
+    p.add_argument("--skew-pseudocount", type=_pseudocount, default=None,
+                   help="smooth Skew with this additive pseudo-count; None (default): the published convention")
+    p.add_argument("--interval", default=INTERVAL_METHOD, choices=INTERVAL_METHODS)
     p.add_argument("--out-classes", required=True)
     p.add_argument("--out-summary", required=True)
     a = p.parse_args(argv)
     classes, summary = audit_tables(read_table(a.rankings), read_table(a.distribution), a.k, a.attributes or None,
-                                    n_boot=a.n_boot, seed=a.seed, ci_method=a.ci_method)
+                                    n_boot=a.n_boot, seed=a.seed, ci_method=a.ci_method,
+                                    skew_eps=a.skew_pseudocount, interval=a.interval)
     write_table(classes, a.out_classes)
     write_table(summary, a.out_summary)
     log.info("metrics for %d queries x %d k x %d attributes", summary["query_id"].nunique(), len(set(a.k)),

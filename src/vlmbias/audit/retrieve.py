@@ -2,7 +2,7 @@
 
 Embeddings are L2-normalised, so cosine similarity is a dot product: one matrix product for all
 queries (numpy), or a faiss `IndexFlatIP` for large image sets. Both are exact; ties are broken by
-image row so that rankings are reproducible.
+image row (also at the top-k cut) so that rankings are reproducible and equal across methods.
 """
 from __future__ import annotations
 
@@ -19,8 +19,19 @@ log = logging.getLogger(__name__)
 FAISS_MIN_IMAGES = 50_000
 
 
+def _select(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k best scores, ordered by (-score, row): a tie at the cut keeps the lowest rows."""
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+    above = np.flatnonzero(scores > kth)
+    cand = np.concatenate([above, np.flatnonzero(scores == kth)[:k - len(above)]])
+    return cand[np.lexsort((cand, -scores[cand]))]
+
+
 def top_k(images: np.ndarray, queries: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Return (scores, indices), each [n_queries, min(k, n_images)], best first."""
+    """Return (scores, indices), each [n_queries, min(k, n_images)], best first.
+
+    Both methods are exact and break ties by image row (the lower row ranks first, also at the
+    top-k cut), so rankings are reproducible and identical across methods when scores tie exactly."""
     if images.ndim != 2 or queries.ndim != 2 or images.shape[1] != queries.shape[1]:
         raise VlmbiasError(f"embedding shapes do not match: images {images.shape}, queries {queries.shape}")
     if k < 1:
@@ -31,22 +42,33 @@ def top_k(images: np.ndarray, queries: np.ndarray, k: int, method: str = "auto")
     if method == "auto":
         method = "faiss" if len(images) >= FAISS_MIN_IMAGES else "exact"
     if method == "faiss":
-        import faiss
-
-        index = faiss.IndexFlatIP(images.shape[1])
-        index.add(np.ascontiguousarray(images, np.float32))
-        scores, idx = index.search(np.ascontiguousarray(queries, np.float32), k)
-        return scores, idx
+        return _faiss_top_k(np.ascontiguousarray(images, np.float32), np.ascontiguousarray(queries, np.float32), k)
     if method != "exact":
         raise VlmbiasError(f"unknown retrieval method {method!r}; expected exact, faiss or auto")
     sims = queries.astype(np.float32) @ images.astype(np.float32).T
-    # argpartition narrows to the top k, then a stable sort on (-score, row) orders them
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(np.arange(sims.shape[1]), (len(sims), 1))
-    part.sort(axis=1)
-    part_scores = np.take_along_axis(sims, part, 1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    idx = np.take_along_axis(part, order, 1)
+    idx = np.stack([_select(row, k) for row in sims])
     return np.take_along_axis(sims, idx, 1), idx
+
+
+def _faiss_top_k(images: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    index = faiss.IndexFlatIP(images.shape[1])
+    index.add(images)
+    n = len(images)
+    # one extra neighbour tells whether a tie crosses the cut; faiss orders ties arbitrarily
+    scores, idx = index.search(queries, min(k + 1, n))
+    out_s, out_i = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
+    for q in range(len(queries)):
+        s, i = scores[q], idx[q]
+        if len(s) > k and s[k] == s[k - 1]:  # every row scoring >= the cut value, then the row rule
+            lims, d, ids = index.range_search(queries[q:q + 1], float(np.nextafter(s[k - 1], -np.inf)))
+            s, i = d[lims[0]:lims[1]], ids[lims[0]:lims[1]]
+        full = np.full(n, -np.inf, np.float32)
+        full[i] = s
+        sel = _select(full, k)
+        out_s[q], out_i[q] = full[sel], sel
+    return out_s, out_i
 
 
 def rankings_table(scores: np.ndarray, idx: np.ndarray, image_rows: pd.DataFrame, queries: pd.DataFrame,

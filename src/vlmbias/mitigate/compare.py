@@ -2,9 +2,13 @@
 
 For each method (a LoRA adapter, a prompt transform, a projection), its audit tables are set
 beside the base model's for the same dataset, queries and k: per (method, query, attribute) the
-disparity metrics before, after and their change, with the intervals the metrics stage computed;
-plus total variation distance (TVD) between the retrieved and the dataset distribution, and a
-per-method summary. Quality tables (vlmbias.mitigate.quality) are joined the same way.
+metrics before and after, with the intervals the metrics stage computed, and a verdict. A
+verdict is given only on metrics that are defined for every ranking and where lower is better:
+total variation distance from the dataset (TVD), MaxSkew@k (uniform and dataset targets) and NDKL;
+`improved` / `worse` when the two 95% intervals do not overlap, `no clear change` otherwise. FD is
+reported but never judged (`not judged`): with zero counts it is ambiguous (an all-male top 20 has
+FD 1 under the thesis' zero handling, 15/5 has 3). Quality tables (vlmbias.mitigate.quality) are
+joined the same way.
 """
 from __future__ import annotations
 
@@ -20,47 +24,51 @@ from vlmbias.io import read_table, run_cli, write_table
 
 log = logging.getLogger(__name__)
 KEYS = ["query_set", "query_id", "query", "k", "attribute"]
-INTERVAL_METRICS = {"fd": ("fd_low", "fd_high"), "ndkl_dataset": ("ndkl_dataset_low", "ndkl_dataset_high")}
+JUDGED = ("tvd", "max_skew_uniform", "max_skew_dataset", "ndkl_dataset")  # lower is better, always defined
+REPORTED = ("fd",)                                                        # shown, never decides
 
 
-def tvd(classes: pd.DataFrame) -> pd.DataFrame:
-    """Total variation distance between retrieved and dataset distributions, per (query, k, attribute)."""
-    d = classes.assign(gap=(classes["proportion"] - classes["dataset_proportion"]).abs())
-    return d.groupby(KEYS, sort=False)["gap"].sum().mul(0.5).rename("tvd").reset_index()
+def _long(summary: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for m in JUDGED + REPORTED for c in (m, f"{m}_low", f"{m}_high") if c not in summary.columns]
+    if missing:
+        raise VlmbiasError(f"summary table lacks column(s) {missing}; rerun the metrics stage")
+    return pd.concat([summary[KEYS].assign(metric=m, value=summary[m], low=summary[f"{m}_low"],
+                                           high=summary[f"{m}_high"]) for m in JUDGED + REPORTED],
+                     ignore_index=True)
 
 
-def _long(summary: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFrame:
-    parts = []
-    for metric, (lo, hi) in INTERVAL_METRICS.items():
-        parts.append(summary[KEYS].assign(metric=metric, value=summary[metric], low=summary[lo], high=summary[hi]))
-    parts.append(summary[KEYS].assign(metric="max_skew_dataset", value=summary["max_skew_dataset"],
-                                      low=np.nan, high=np.nan))
-    t = tvd(classes)
-    parts.append(t[KEYS].assign(metric="tvd", value=t["tvd"], low=np.nan, high=np.nan))
-    return pd.concat(parts, ignore_index=True)
+def _verdict(t: pd.DataFrame) -> pd.Series:
+    better, worse = t["high_after"] < t["low_before"], t["low_after"] > t["high_before"]
+    v = np.where(better, "improved", np.where(worse, "worse", "no clear change"))
+    return pd.Series(np.where(t["metric"].isin(JUDGED), v, "not judged"), index=t.index)
 
 
 def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd.DataFrame, pd.DataFrame]]):
     """base and each method: (summary, classes). Returns (per-query comparison, per-method summary)."""
     if not methods:
         raise VlmbiasError("no mitigation methods to compare")
-    before = _long(*base)
+    before = _long(base[0])
     rows = []
     for name, tables in methods.items():
-        after = _long(*tables)
+        after = _long(tables[0])
         m = before.merge(after, on=KEYS + ["metric"], suffixes=("_before", "_after"), how="inner")
         if m.empty:
             raise VlmbiasError(f"method {name!r}: its audit shares no query with the base audit")
         rows.append(m.assign(method=name))
     table = pd.concat(rows, ignore_index=True)
     table["change"] = table["value_after"] - table["value_before"]
+    table["verdict"] = _verdict(table)
     table = table[["method", *KEYS, "metric", "value_before", "low_before", "high_before",
-                   "value_after", "low_after", "high_after", "change"]]
+                   "value_after", "low_after", "high_after", "change", "verdict"]]
     finite = table[np.isfinite(table["value_before"]) & np.isfinite(table["value_after"])]
-    summary = (finite.groupby(["method", "k", "attribute", "metric"])
+    judged = finite["metric"].isin(JUDGED)
+    summary = (finite.assign(improved=(finite["verdict"] == "improved") & judged,
+                             worse=(finite["verdict"] == "worse") & judged)
+               .groupby(["method", "k", "attribute", "metric"])
                .agg(queries=("query", "size"), mean_before=("value_before", "mean"),
-                    mean_after=("value_after", "mean"), improved=("change", lambda c: int((c < 0).sum())))
+                    mean_after=("value_after", "mean"), improved=("improved", "sum"), worse=("worse", "sum"))
                .reset_index())
+    summary["judged"] = summary["metric"].isin(JUDGED)
     summary["relative_change"] = (summary["mean_after"] - summary["mean_before"]) / summary["mean_before"]
     return table, summary
 
