@@ -395,3 +395,21 @@ def test_cli_writes_both_tables(tables, tmp_path):
     s = pd.read_csv(tmp_path / "s.csv")
     assert set(s["k"]) == {2, 4} and set(s["attribute"]) == {"gender", "race"}
     assert pd.read_csv(tmp_path / "c.csv").columns.tolist() == DOC_CLASSES
+
+
+def test_confusion_table_of_group_naming_queries():
+    # "a Black person" names race=Black (3 rows), "a White person" names White (2 rows), "a doctor" none
+    r = pd.DataFrame({
+        "model": "m", "dataset": "d", "query_set": "s",
+        "query_id": ["b"] * 3 + ["w"] * 2 + ["d"] * 2, "query": ["a Black person"] * 3 + ["a White person"] * 2 + ["a doctor"] * 2,
+        "rank": [1, 2, 3, 1, 2, 1, 2], "race": ["Black", "White", "Black", "White", "", "Black", "Black"],
+        "names_attribute": ["race"] * 5 + [None] * 2, "names_class": ["Black"] * 3 + ["White"] * 2 + [None] * 2})
+    dist = pd.DataFrame({"attribute": "race", "class": ["Black", "White", "Indian"], "count": [1, 1, 1],
+                         "percent": [1 / 3] * 3})
+    t = m.confusion_table(r, dist, [2, 3]).set_index(["k", "named_class", "retrieved_class"])
+    assert t.loc[(3, "Black", "Black"), "count"] == 2 and t.loc[(3, "Black", "White"), "count"] == 1
+    assert t.loc[(3, "Black", "Black"), "share"] == pytest.approx(2 / 3)
+    assert t.loc[(3, "White", "White"), "count"] == 1 and t.loc[(3, "White", "White"), "share"] == 1.0  # blank skipped
+    assert t.loc[(2, "Black", "Black"), "count"] == 1  # first 2 ranks only
+    assert "Indian" not in t.index.get_level_values("named_class")  # no query names it
+    assert m.confusion_table(r.drop(columns=["names_attribute", "names_class"]), dist, [2]).empty

@@ -342,3 +342,14 @@ def test_font_fallback_and_missing_glyph_warning(caplog):
             plot_base._families_for([rare])
             plot_base._families_for([rare])
         assert caplog.text.count("no installed font has glyphs") == 1
+
+
+def test_confusion_heatmap_is_drawn(tmp_path):
+    t = pd.DataFrame({"k": 20, "attribute": "race", "named_class": ["Black", "Black", "White", "White"],
+                      "retrieved_class": ["Black", "White", "Black", "White"], "count": [15, 5, 0, 20],
+                      "share": [0.75, 0.25, 0.0, 1.0]})
+    out = plots.plot_confusion(t, "race", 20, tmp_path / "c.png")
+    with Image.open(out) as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+    with pytest.raises(plots.PlotInputError, match="no rows with"):
+        plots.plot_confusion(t, "gender", 20, tmp_path / "x.png")

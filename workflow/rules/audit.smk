@@ -109,6 +109,7 @@ rule metrics:
     output:
         classes=f"{RES}/metrics/{{dataset}}/{{model}}/{{qset}}_classes.csv",
         summary=f"{RES}/metrics/{{dataset}}/{{model}}/{{qset}}_summary.csv",
+        confusion=f"{RES}/metrics/{{dataset}}/{{model}}/{{qset}}_confusion.csv",
     params:
         k=config["retrieval"]["k"],
         n_boot=config["metrics"]["n_boot"],
@@ -125,7 +126,8 @@ rule metrics:
         "{PY} -m vlmbias.audit.metrics --rankings {input.rankings} --distribution {input.distribution}"
         " --k {params.k} --n-boot {params.n_boot} --ci-method {params.ci} --seed {params.seed}"
         " --attributes {params.attributes} --skew-pseudocount {params.skew} --interval {params.interval}"
-        " --out-classes {output.classes} --out-summary {output.summary} > {log} 2>&1"
+        " --out-classes {output.classes} --out-summary {output.summary} --out-confusion {output.confusion}"
+        " > {log} 2>&1"
 
 
 # Figures per (dataset, model, query set): distribution bar plots per attribute, a disparity
@@ -136,6 +138,7 @@ rule figures:
     input:
         classes=rules.metrics.output.classes,
         summary=rules.metrics.output.summary,
+        confusion=rules.metrics.output.confusion,
         rankings=rules.retrieve.output[0],
         manifest=rules.dataset_manifest.output.manifest,
     output:
@@ -155,6 +158,6 @@ rule figures:
     conda:
         "../../envs/report.yaml"
     shell:
-        "{PY} -m vlmbias.plots audit --classes {input.classes} --summary {input.summary}"
+        "{PY} -m vlmbias.plots audit --classes {input.classes} --summary {input.summary} --confusion {input.confusion}"
         " --rankings {input.rankings} --manifest {input.manifest} --bar-k {params.bar_k}"
         " --grid-k {params.grid_k} --grid-cols {params.grid_cols} --out {output} > {log} 2>&1"

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MetricsInputError", "class_counts", "fairness_disparity", "representation_disparity", "skew",
     "max_skew", "min_skew", "ndkl", "uniform_target", "proportion_ci", "bootstrap_ci", "goodness_of_fit",
-    "match_rate", "confusion_matrix", "audit_tables", "CLASS_COLUMNS", "SUMMARY_COLUMNS",
+    "match_rate", "confusion_matrix", "confusion_table", "audit_tables", "CLASS_COLUMNS", "SUMMARY_COLUMNS",
 ]
 
 KEY_COLUMNS = ["model", "dataset", "query_set", "query_id", "query"]
@@ -562,6 +562,38 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
     return classes_df, summary_df
 
 
+CONFUSION_COLUMNS = ["model", "dataset", "query_set", "k", "attribute", "named_class", "retrieved_class",
+                     "count", "share"]
+
+
+def confusion_table(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[int]) -> pd.DataFrame:
+    """For the queries that name a group (``names_attribute``/``names_class``): per k and named
+    attribute, the named class (rows) against the retrieved class (columns) of the labelled items
+    in the first k ranks, pooled over the queries naming the same class, in long form with each
+    row's share. Empty (header only) when no query names a group."""
+    if not {"names_attribute", "names_class"} <= set(rankings.columns):
+        return pd.DataFrame(columns=CONFUSION_COLUMNS)
+    classes = {a: g["class"].tolist() for a, g in distribution.groupby("attribute", sort=False)}
+    named = rankings[rankings["names_attribute"].notna() & rankings["names_class"].notna()]
+    named = named.sort_values("rank", kind="stable")
+    parts = []
+    for (model, dataset, qset, attr), g in named.groupby(["model", "dataset", "query_set", "names_attribute"],
+                                                          sort=False):
+        if attr not in classes or attr not in g.columns:
+            log.warning("queries name attribute %r, which the dataset does not label; no confusion matrix", attr)
+            continue
+        for k in sorted({int(k) for k in ks}):
+            top = g.groupby("query_id", sort=False).head(k)
+            cm = confusion_matrix(top["names_class"], _labelled(top[attr]), classes[attr])
+            cm = cm.loc[[c for c in cm.index if c in set(top["names_class"])]]
+            long = cm.stack().rename("count").reset_index()
+            long.columns = ["named_class", "retrieved_class", "count"]
+            totals = long.groupby("named_class")["count"].transform("sum")
+            parts.append(long.assign(model=model, dataset=dataset, query_set=qset, k=k, attribute=attr,
+                                     share=np.where(totals > 0, long["count"] / totals.where(totals > 0, 1), np.nan)))
+    return pd.concat(parts, ignore_index=True)[CONFUSION_COLUMNS] if parts else pd.DataFrame(columns=CONFUSION_COLUMNS)
+
+
 def _rowmax(x: np.ndarray) -> np.ndarray:
     """np.nanmax over the last axis without the all-NaN warning."""
     with warnings.catch_warnings():
@@ -591,12 +623,16 @@ def main(argv=None) -> None:
     p.add_argument("--interval", default=INTERVAL_METHOD, choices=INTERVAL_METHODS)
     p.add_argument("--out-classes", required=True)
     p.add_argument("--out-summary", required=True)
+    p.add_argument("--out-confusion", help="confusion matrix of the group-naming queries (header only if none)")
     a = p.parse_args(argv)
-    classes, summary = audit_tables(read_table(a.rankings), read_table(a.distribution), a.k, a.attributes or None,
+    rankings, distribution = read_table(a.rankings), read_table(a.distribution)
+    classes, summary = audit_tables(rankings, distribution, a.k, a.attributes or None,
                                     n_boot=a.n_boot, seed=a.seed, ci_method=a.ci_method,
                                     skew_eps=a.skew_pseudocount, interval=a.interval)
     write_table(classes, a.out_classes)
     write_table(summary, a.out_summary)
+    if a.out_confusion:
+        write_table(confusion_table(rankings, distribution, a.k), a.out_confusion)
     log.info("metrics for %d queries x %d k x %d attributes", summary["query_id"].nunique(), len(set(a.k)),
              summary["attribute"].nunique())
 

@@ -28,11 +28,14 @@ import logging
 import re
 from pathlib import Path
 
+import pandas as pd
+
 from vlmbias.io import read_table
 from vlmbias.plots.base import PlotInputError, require
 from vlmbias.plots.charts import (
     plot_before_after,
     plot_calibration,
+    plot_confusion,
     plot_disparity_heatmap,
     plot_distributions,
     plot_losses,
@@ -41,7 +44,7 @@ from vlmbias.plots.grids import grid_size, image_grid, query_grids, safe_name
 
 __all__ = [
     "PlotInputError", "plot_distributions", "plot_disparity_heatmap", "image_grid", "query_grids",
-    "grid_size", "safe_name", "plot_before_after", "plot_calibration", "plot_losses", "audit_figures",
+    "grid_size", "safe_name", "plot_before_after", "plot_calibration", "plot_confusion", "plot_losses", "audit_figures",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,12 +52,14 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------
 # the audit figure set (rule `figures`)
 # ----------------------------------------------------------------------------------------------
-HEATMAP_METRICS = ("fd", "ndkl_dataset", "max_skew_dataset")
+HEATMAP_METRICS = ("max_skew_uniform", "max_skew_dataset", "ndkl_dataset", "fd")
 
 
-def audit_figures(classes, summary, rankings, manifest, out_dir, bar_k: int, grid_k: int, grid_cols: int) -> list[Path]:
+def audit_figures(classes, summary, rankings, manifest, out_dir, bar_k: int, grid_k: int, grid_cols: int,
+                  confusion: pd.DataFrame | None = None) -> list[Path]:
     """bars_<attribute>.png per attribute, heatmap_<metric>.png per metric of HEATMAP_METRICS that
-    the summary has, and grid_<safe query id>.png per query, into out_dir."""
+    the summary has, confusion_<attribute>.png per attribute the group-naming queries name, and
+    grid_<safe query id>.png per query, into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     require(classes, ["k", "attribute"], "audit_figures (classes)")
@@ -69,6 +74,10 @@ def audit_figures(classes, summary, rankings, manifest, out_dir, bar_k: int, gri
     for metric in HEATMAP_METRICS:
         if metric in summary.columns:
             made.append(plot_disparity_heatmap(summary, metric, k_bar, out_dir / f"heatmap_{metric}.png"))
+    if confusion is not None and len(confusion):
+        k_conf = k_bar if k_bar in set(confusion["k"]) else int(min(confusion["k"]))
+        for a in dict.fromkeys(confusion["attribute"]):
+            made.append(plot_confusion(confusion, a, k_conf, out_dir / f"confusion_{safe_name(a)}.png"))
     made += query_grids(rankings, manifest, grid_k, out_dir, grid_cols)
     return made
 
@@ -79,12 +88,13 @@ def main(argv=None) -> None:
     s = sub.add_parser("audit", help="bar plots, heatmaps and image grids of one audit")
     for name in ("classes", "summary", "rankings", "manifest", "out"):
         s.add_argument(f"--{name}", required=True)
+    s.add_argument("--confusion", help="the metrics stage's *_confusion.csv")
     s.add_argument("--bar-k", type=int, default=20)
     s.add_argument("--grid-k", type=int, default=20)
     s.add_argument("--grid-cols", type=int, default=5)
     a = p.parse_args(argv)
     made = audit_figures(read_table(a.classes), read_table(a.summary), read_table(a.rankings), read_table(a.manifest),
-                         a.out, a.bar_k, a.grid_k, a.grid_cols)
+                         a.out, a.bar_k, a.grid_k, a.grid_cols, read_table(a.confusion) if a.confusion else None)
     log.info("wrote %d figures to %s", len(made), a.out)
 
 

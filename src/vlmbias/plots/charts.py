@@ -144,6 +144,38 @@ def plot_disparity_heatmap(summary: pd.DataFrame, metric: str, k: int, out_png) 
 # ----------------------------------------------------------------------------------------------
 # mitigation, calibration, training
 # ----------------------------------------------------------------------------------------------
+def plot_confusion(confusion: pd.DataFrame, attribute: str, k: int, out_png) -> Path:
+    """Named class (rows) x retrieved class (columns) of the group-naming queries at k, from a
+    `*_confusion.csv` table: cell colour is the row share, the text its count. The diagonal is
+    the match rate; off-diagonal mass is aggregation bias (the named group retrieved as another)."""
+    k = check_k(k)
+    require(confusion, ["k", "attribute", "named_class", "retrieved_class", "count", "share"], "plot_confusion")
+    d = select_rows(confusion, "plot_confusion", k=k, attribute=attribute)
+    counts = d.pivot_table(index="named_class", columns="retrieved_class", values="count", aggfunc="sum",
+                           sort=False, fill_value=0)
+    counts = counts.reindex(columns=list(dict.fromkeys(d["retrieved_class"])), fill_value=0)
+    totals = counts.sum(axis=1).to_numpy(dtype=float)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(totals > 0, counts.to_numpy(dtype=float) / totals, np.nan)
+    rows, cols = [str(r) for r in counts.index], [str(c) for c in counts.columns]
+    with figure_style([*rows, *cols, attribute]):
+        fig = Figure(figsize=(0.75 * len(cols) + 3.2, 0.5 * len(rows) + 1.8), layout="constrained")
+        ax = fig.subplots()
+        cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#eeeeee")
+        im = ax.imshow(np.ma.masked_invalid(share), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        for (i, j), v in np.ndenumerate(counts.to_numpy()):
+            ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(cols)), [wrap_label(c, 12, 2) for c in cols], fontsize=7, rotation=45, ha="left")
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.xaxis.tick_top()
+        ax.tick_params(length=0)
+        ax.set_ylabel("class the query names")
+        ax.set_title(f"retrieved {attribute} at k={k} (count; colour: row share)", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="share of the row")
+        return save_figure(fig, out_png)
+
+
 def plot_before_after(before: pd.DataFrame, after: pd.DataFrame, attribute: str, k: int, out_png,
                       labels=("before", "after")) -> Path:
     """Paired bars per query and class: the share of the top-k before and after mitigation
