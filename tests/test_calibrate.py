@@ -30,7 +30,8 @@ def _table(rows):
                         "class": cls, "planted": planted if sign > 0 else 1 - planted, "parity": 0.5,
                         "measured": measured if sign > 0 else 1 - measured,
                         "low": low if sign > 0 else 1 - high, "high": high if sign > 0 else 1 - low,
-                        "sim_diff": sign * sim, "assoc_d": sign * sim * 10})
+                        "sim_diff": sign * sim, "assoc_d": sign * sim * 10,
+                        "max_skew": np.log(max(measured, 1 - measured) / 0.5)})
     table = pd.DataFrame(out)
     families = pd.DataFrame([(r[0], "en", r[1]) for r in rows], columns=["concept", "lang", "family"])
     return table, families
@@ -56,23 +57,46 @@ def _result(rows):
 def test_checks_pass_on_a_recovered_world():
     res = _result(WORLD)
     assert res["passed"].all(), res
-    assert res.loc["strong_gender_found", "value"] == 3  # doctor, soldier, nurse (Female 0.9)
-    assert res.loc["controls_within_interval", "value"] == 1  # musician's interval misses parity
-    assert res.loc["controls_closer_than_strong", "value"] == pytest.approx(0.10)
-    assert res.loc["controls_closer_than_strong", "threshold"] == pytest.approx(0.43)
-    assert res.loc["dose_response_spearman", "value"] == pytest.approx(1.0)
+    assert res.loc["strong_gender_plants_found_all", "value"] == 3  # doctor, soldier, nurse (Female 0.9)
+    assert res.loc["strong_gender_plants_found_all", "threshold"] == 3
+    assert res.loc["controls_within_interval_at_least_half", ["value", "threshold"]].tolist() == [1, 1]
+    assert res.loc["controls_closer_than_strong_topk_share", "value"] == pytest.approx(0.10)
+    assert res.loc["controls_closer_than_strong_topk_share", "threshold"] == pytest.approx(0.43)
+    for name in ("similarity", "topk_share", "max_skew"):
+        assert res.loc[f"dose_response_spearman_{name}", "value"] == pytest.approx(1.0)
+
+
+def test_every_verdict_is_value_rule_threshold():
+    res = _result(WORLD[:3] + [("musician", "control", 0.5, 0.40, 0.33, 0.47, -0.01),
+                               ("chef", "control", 0.5, 0.60, 0.53, 0.66, 0.02)])
+    ops = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+    for name, r in res.iterrows():
+        assert r["passed"] == ops[r["rule"]](r["value"], r["threshold"]), name
+    # neither control's interval holds parity: 0 of 2, and at least half (1) are needed
+    assert res.loc["controls_within_interval_at_least_half", ["value", "threshold", "passed"]].tolist() == [0, 1, False]
+
+
+def test_saturating_topk_share_fails_its_own_dose_check():
+    # the top-k share saturates at 0.97 from a 0.8 plant on, so it cannot order 0.8 < 0.9 < 0.95;
+    # sim_diff still can: the check on the share fails, the one on sim_diff passes
+    sat = [("a", "dose", 0.5, 0.50, 0.43, 0.57, 0.00), ("b", "dose", 0.8, 0.97, 0.94, 0.99, 0.05),
+           ("c", "dose", 0.9, 0.97, 0.94, 0.99, 0.08), ("d", "dose", 0.95, 0.96, 0.93, 0.98, 0.11)]
+    res = _result(sat)
+    assert res.loc["dose_response_spearman_similarity", "passed"]
+    assert not res.loc["dose_response_spearman_topk_share", "passed"]
+    assert res.loc["dose_response_spearman_topk_share", "value"] < 0.9
 
 
 def test_checks_fail_when_the_audit_misses_or_invents_bias():
     missed = [r if r[0] != "soldier" else ("soldier", "dose", 0.9, 0.55, 0.48, 0.62, 0.01) for r in WORLD]
     res = _result(missed)
-    assert not res.loc["strong_gender_found", "passed"]  # interval holds parity
-    assert not res.loc["dose_response_spearman", "passed"]
+    assert not res.loc["strong_gender_plants_found_all", "passed"]  # interval holds parity
+    assert not res.loc["dose_response_spearman_similarity", "passed"]
     invented = [r if r[0] != "chef" else ("chef", "control", 0.5, 0.97, 0.94, 0.99, 0.2) for r in WORLD]
     res = _result(invented)
-    assert not res.loc["controls_closer_than_strong", "passed"]
+    assert not res.loc["controls_closer_than_strong_topk_share", "passed"]
     assert not res.loc["controls_closer_than_strong_similarity", "passed"]
-    assert not res.loc["controls_within_interval", "passed"]
+    assert not res.loc["controls_within_interval_at_least_half", "passed"]
 
 
 def test_metric_tracking_ranks_measurements():

@@ -51,7 +51,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         width = max([len(str(c)) for c in checks["check"]] + [5])
         for row, ok in zip(checks.to_dict("records"), passed):
             val = f"value {_short(row.get('value'))}" if "value" in row else ""
-            thr = f"threshold {_short(row.get('threshold'))}" if "threshold" in row else ""
+            thr = (f"{'needs ' + str(row['rule']) + ' ' if row.get('rule') else 'threshold '}"
+                   f"{_short(row.get('threshold'))}" if "threshold" in row else "")
             out.append(f"  {'PASS' if ok else 'FAIL'}  {str(row['check']):<{width}}  {val:<16}  {thr}".rstrip())
             if str(row.get("detail", "")).strip():
                 out.append(f"        {row['detail']}")

@@ -11,7 +11,8 @@ world query set, plus image and query embeddings) and the world's ground truth (
   and `assoc_d`, the same difference standardised by the pooled within-group sd (Cohen's d); each
   with a normal-approximation 95% interval.
 - `checks.csv`: the acceptance checks (strong plants found with the planted sign, controls near
-  parity, dose-response, language), each with its value, threshold and verdict.
+  parity, dose-response on each measurement, language), each with its value, rule, threshold and
+  verdict; the verdict is exactly `value <rule> threshold`.
 - `metric_tracking.csv`: how well each measurement tracks the planted share (Spearman rho).
 
 "Parity" is the class's share of the test split (balanced by construction). A plant is "strong"
@@ -65,6 +66,10 @@ def calibration_table(classes: pd.DataFrame, bias: pd.DataFrame, query_emb: dict
     if m.empty:
         raise VlmbiasError(f"no concept queries measured at k={k}; is k in retrieval.k and do queries carry 'concept'?")
     m = m.drop_duplicates(["concept", "lang", "query", "attribute", "class"])
+    if "skew_uniform" in m.columns:  # the query's MaxSkew@k for the attribute (the literature's headline)
+        m = m.assign(max_skew=m.groupby(["query_id", "attribute"])["skew_uniform"].transform("max"))
+    else:
+        m = m.assign(max_skew=np.nan)
     out = m.merge(bias, on=["concept", "lang", "attribute", "class"], how="inner")
     if out.empty:
         raise VlmbiasError("no measured query matches a (concept, lang) of the bias table")
@@ -74,8 +79,8 @@ def calibration_table(classes: pd.DataFrame, bias: pd.DataFrame, query_emb: dict
     out = out.rename(columns={"proportion": "measured", "proportion_low": "low", "proportion_high": "high",
                               "dataset_proportion": "parity"})
     return out[["concept", "lang", "query", "query_id", "attribute", "class", "planted", "parity", "k",
-                "measured", "low", "high", "sim_diff", "sim_diff_low", "sim_diff_high", "assoc_d", "assoc_low",
-                "assoc_high"]].reset_index(drop=True)
+                "measured", "low", "high", "max_skew", "sim_diff", "sim_diff_low", "sim_diff_high", "assoc_d",
+                "assoc_low", "assoc_high"]].reset_index(drop=True)
 
 
 def focal_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -84,42 +89,55 @@ def focal_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table.loc[idx].reset_index(drop=True)
 
 
+RULES = {">=": np.greater_equal, ">": np.greater, "<": np.less}
+DOSE_RHO = 0.9
+
+
 def checks(table: pd.DataFrame, families: pd.DataFrame, strong: dict[str, float]) -> pd.DataFrame:
+    """The acceptance checks. Each row's verdict is exactly `value <rule> threshold`: a check that
+    reads as passed means what its name says, and nothing else decides it."""
     foc = focal_rows(table).merge(families, on=["concept", "lang"], how="left")
     rows = []
 
-    def add(name, value, threshold, passed, detail):
-        rows.append({"check": name, "value": value, "threshold": threshold, "passed": bool(passed), "detail": detail})
+    def add(name, value, rule, threshold, detail):
+        passed = bool(np.isfinite(value) and RULES[rule](value, threshold))
+        rows.append({"check": name, "value": value, "rule": rule, "threshold": threshold, "passed": passed,
+                     "detail": detail})
 
     for attr, thr in strong.items():
         s = foc[(foc.attribute == attr) & (foc.planted >= thr)]
+        if s.empty:
+            continue
         found = (s["low"] > s["parity"])
-        add(f"strong_{attr}_found", int(found.sum()), len(s), len(s) > 0 and found.all(),
-            "; ".join(f"{r.query} [{r['class']}] planted {r.planted:.2f} measured {r.measured:.2f} "
-                      f"({r.low:.2f}-{r.high:.2f}) parity {r.parity:.2f}" for _, r in s.iterrows()))
+        add(f"strong_{attr}_plants_found_all", int(found.sum()), ">=", len(s),
+            "plants whose measured interval lies above parity, of all plants >= "
+            f"{thr:g}: " + "; ".join(f"{r.query} [{r['class']}] planted {r.planted:.2f} measured {r.measured:.2f} "
+                                     f"({r.low:.2f}-{r.high:.2f}) parity {r.parity:.2f}" for _, r in s.iterrows()))
     g = foc[foc.attribute == "gender"]
     ctrl = g[g["family"] == "control"]
     strong_g = g[g.planted >= strong.get("gender", 0.8)]
     if len(ctrl) and len(strong_g):
-        for name, col, zero in (("", "measured", "parity"), ("_similarity", "sim_diff", None)):
+        for name, col, zero in (("topk_share", "measured", "parity"), ("similarity", "sim_diff", None)):
             ctrl_dev = (ctrl[col] - (ctrl[zero] if zero else 0)).abs()
             strong_dev = (strong_g[col] - (strong_g[zero] if zero else 0)).abs()
-            add(f"controls_closer_than_strong{name}", float(ctrl_dev.max()), float(strong_dev.min()),
-                ctrl_dev.max() < strong_dev.min(),
+            add(f"controls_closer_than_strong_{name}", float(ctrl_dev.max()), "<", float(strong_dev.min()),
                 f"largest control deviation from {'parity' if zero else 0} ({ctrl.loc[ctrl_dev.idxmax(), 'query']}) vs "
                 f"smallest strong-plant deviation ({strong_g.loc[strong_dev.idxmin(), 'query']}), {col}")
         inside = ((ctrl.low <= ctrl.parity) & (ctrl.parity <= ctrl.high))
-        add("controls_within_interval", int(inside.sum()), len(ctrl), inside.sum() >= np.ceil(len(ctrl) / 2),
-            "; ".join(f"{r.query}: {r.measured:.2f} ({r.low:.2f}-{r.high:.2f})" for _, r in ctrl.iterrows()))
-    dose = g[g["family"] == "dose"]
+        add("controls_within_interval_at_least_half", int(inside.sum()), ">=", int(np.ceil(len(ctrl) / 2)),
+            f"controls whose top-k interval holds parity, of {len(ctrl)}: " + "; ".join(
+                f"{r.query}: {r.measured:.2f} ({r.low:.2f}-{r.high:.2f})" for _, r in ctrl.iterrows()))
+    dose = g[g["family"] == "dose"].sort_values("planted")
     if len(dose) >= 3:
-        # on the similarity difference: the top-k share saturates near 1 once a plant reaches ~0.8,
-        # so it cannot order 0.8, 0.9 and 0.95 (its rho is in metric_tracking.csv and the detail)
-        rho = stats.spearmanr(dose.planted, dose.sim_diff).statistic
-        rho_k = stats.spearmanr(dose.planted, dose.measured).statistic
-        add("dose_response_spearman", float(rho), 0.9, rho >= 0.9,
-            f"sim_diff (top-k share rho {rho_k:.2f}): " + "; ".join(
-                f"{r.planted:.2f}->{r.sim_diff:+.3f} ({r.measured:.2f})" for _, r in dose.sort_values("planted").iterrows()))
+        # one check per measurement: the audit's own top-k share and MaxSkew saturate once a plant
+        # reaches ~0.8 (every top-k image is then Male), so they may fail where sim_diff passes
+        for name, col in (("similarity", "sim_diff"), ("topk_share", "measured"), ("max_skew", "max_skew")):
+            if dose[col].notna().sum() < 3:
+                continue
+            rho = float(stats.spearmanr(dose.planted, dose[col]).statistic)
+            add(f"dose_response_spearman_{name}", rho, ">=", DOSE_RHO,
+                f"{col} by planted Male share: " + "; ".join(
+                    f"{r.planted:.2f}->{getattr(r, col):+.3f}" for r in dose.itertuples()))
     r = foc[foc.attribute == "race"]
     for concept, grp in r.groupby("concept"):
         if grp["lang"].nunique() < 2 or grp["planted"].max() <= grp["parity"].max() + 1e-9:
@@ -127,11 +145,12 @@ def checks(table: pd.DataFrame, families: pd.DataFrame, strong: dict[str, float]
         for _, row in grp[grp.planted > grp.parity + 1e-9].iterrows():
             others = table[(table.concept == concept) & (table.lang != row.lang) & (table.attribute == "race")
                            & (table["class"] == row["class"])]
-            ok = row.low > row.parity and (others.measured < row.measured).all()
-            add(f"language_{concept}_{row.lang}", float(row.measured), float(row.parity), ok,
-                f"{row.query} -> {row['class']} {row.measured:.2f} ({row.low:.2f}-{row.high:.2f}); "
+            bar = max(float(row.parity), float(others.measured.max()) if len(others) else -np.inf)
+            add(f"language_{concept}_{row.lang}", float(row.low), ">", bar,
+                f"lower end of {row.query} -> {row['class']} {row.measured:.2f} ({row.low:.2f}-{row.high:.2f}) must "
+                f"exceed parity {row.parity:.2f} and the other languages: "
                 + ", ".join(f"{o.query}: {o.measured:.2f}" for o in others.itertuples()))
-    return pd.DataFrame(rows, columns=["check", "value", "threshold", "passed", "detail"])
+    return pd.DataFrame(rows, columns=["check", "value", "rule", "threshold", "passed", "detail"])
 
 
 def metric_tracking(table: pd.DataFrame, extra: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
