@@ -186,13 +186,16 @@ def test_k_larger_than_dataset_and_labelled_folder(tiny_hf, fairface_dir, cache,
     ({"--template": "a photo of"}, "must contain exactly one '{}'"),
     ({"--k": "0"}, "--k must be at least 1"),
     ({"--dataset-type": "labelled-folder"}, "needs --csv"),
+    ({"--query-set": "berg2022:berg2022_test"}, "give either --query"),
+    ({"--query": None, "--query-set": "berg2021:x"}, "unknown preset 'berg2021'"),
+    ({"--query": None, "--query-set": "berg2022:nope"}, "has no query set 'nope'"),
 ])
 def test_user_errors_are_one_line_exit_2(change, message, tiny_hf, fairface_dir, cache, tmp_path, capsys):
     opts = {"--model": f"hf:{tiny_hf}", "--dataset": str(fairface_dir), "--query": "a doctor",
             "--cache": str(cache), **change}
     if opts["--dataset"] == "MISSING":
         opts["--dataset"] = str(tmp_path / "no-such-folder")
-    argv = ["audit"] + [x for kv in opts.items() for x in kv]
+    argv = ["audit"] + [x for kv in opts.items() if kv[1] is not None for x in kv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert error_lines(err) == [error_lines(err)[0]] and message in error_lines(err)[0]
@@ -319,3 +322,11 @@ def test_console_script_end_to_end(tiny_hf, fairface_dir, cache, tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and bad.stderr.startswith("error: malformed --model")
+
+
+def test_audit_with_a_literature_preset(tiny_hf, fairface_dir, cache, capsys):
+    assert main(audit_args(tiny_hf, fairface_dir, cache, "--query-set", "berg2022:berg2022_train", "--k", "5",
+                           "--json")) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [q["query"] for q in res["queries"]][:2] == ["a photo of a good person", "a photo of a evil person"]
+    assert len(res["queries"]) == 10

@@ -36,3 +36,27 @@ def test_wrong_names_are_named(edit, message):
     edit(config)
     with pytest.raises(VlmbiasError, match=message):
         validate(config)
+
+
+def test_presets_join_the_query_sets():
+    from vlmbias.audit import presets
+
+    config = yaml.safe_load((REPO / "config" / "thesis.yaml").read_text())
+    config["presets"] = ["berg2022", "bendvlm"]
+    validate(config)
+    assert {"berg2022_train", "berg2022_test", "bendvlm_stereotype"} <= set(config["query_sets"])
+    assert "table" in config["query_sets"]  # the config's own sets stay
+    assert set(presets.available()) >= {"thesis", "berg2022", "bendvlm"}
+    clash = yaml.safe_load((REPO / "config" / "thesis.yaml").read_text())
+    clash["presets"] = ["thesis"]
+    with pytest.raises(VlmbiasError, match="preset 'thesis' defines query set 'table', which the config also"):
+        validate(clash)
+    with pytest.raises(VlmbiasError, match="unknown preset 'nope'"):
+        validate({**yaml.safe_load((REPO / "config.yaml").read_text()), "presets": ["nope"]})
+
+
+def test_thesis_preset_equals_the_thesis_config():
+    from vlmbias.audit import presets
+
+    config = yaml.safe_load((REPO / "config" / "thesis.yaml").read_text())
+    assert presets.query_sets("thesis") == config["query_sets"]

@@ -184,11 +184,15 @@ def model_spec(config: dict, name: str) -> dict:
 
 
 def validate(config: dict) -> None:
-    """Schema errors as one sentence that names the key, e.g. `at models.clip.backend: 'hff' is not one of ...`."""
+    """Schema errors as one sentence that names the key, e.g. `at models.clip.backend: 'hff' is not one of ...`.
+    Presets named in `presets` are merged into `query_sets` first (in place)."""
     import jsonschema
+
+    from vlmbias.audit.presets import apply_presets
 
     if not isinstance(config, dict):
         raise VlmbiasError("the config must be a mapping of keys to values")
+    apply_presets(config)
     validator = jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text()))
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from vlmbias import VlmbiasError, __version__
+from vlmbias.audit import presets
 from vlmbias.cli.cache import cache_key, cache_root, read_cache, write_cache
 
 log = logging.getLogger("vlmbias.cli")
@@ -122,6 +123,20 @@ def _check_queries(queries: list[str], templates: list[str]) -> None:
             raise VlmbiasError(f"--template {t!r} must contain exactly one '{{}}' where the query goes")
 
 
+def _query_spec(a: argparse.Namespace) -> dict:
+    """--query (with --template) or a literature preset's query set (--query-set PRESET:SET)."""
+    if bool(a.query) == bool(a.query_set):
+        raise VlmbiasError("give either --query (repeatable) or --query-set PRESET:SET "
+                           f"(presets: {', '.join(presets.available())}), not both or neither")
+    if a.query_set:
+        if a.template:
+            raise VlmbiasError("--template applies to --query; a preset's query set brings its own templates")
+        return dict(presets.query_set(a.query_set)[1])
+    templates = a.template or ["{}"]
+    _check_queries(a.query, templates)
+    return {"queries": list(a.query), "templates": templates}
+
+
 def run_audit(a: argparse.Namespace) -> dict:
     """Everything `vlmbias audit` computes, as a JSON-ready dict (also the basis of the text report)."""
     model = parse_model_spec(a.model)
@@ -135,8 +150,7 @@ def run_audit(a: argparse.Namespace) -> dict:
     for name in ("max_missing_fraction", "max_bad_fraction"):
         if not 0 <= getattr(a, name) <= 1:
             raise VlmbiasError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(a, name)}")
-    templates = a.template or ["{}"]
-    _check_queries(a.query, templates)
+    qspec = _query_spec(a)
     dspec = dataset_spec(a.dataset, a.dataset_type, a.csv, a.file_column)
 
     from vlmbias.audit.data import build_manifest, classes_from_distribution
@@ -167,7 +181,6 @@ def run_audit(a: argparse.Namespace) -> dict:
             "model": format_model_spec(model), "dataset": dspec, "precision": a.precision,
             "n_images": int(len(rows)), "n_skipped": int(len(skipped)), "vlmbias": __version__})
 
-    qspec = {"queries": list(a.query), "templates": templates}
     qemb, qtable = embed_queries(QUERY_SET, qspec, encoder)
     scores, idx = top_k(emb, qemb, a.k)
     dataset_name = Path(dspec["root"]).name
@@ -196,7 +209,7 @@ def run_audit(a: argparse.Namespace) -> dict:
                   "precision": a.precision, "device": a.device},
         "dataset": {"root": dspec["root"], "type": dspec["type"], "n_images": int(len(rows)),
                     "n_unreadable": int(len(skipped)), "n_missing": int(len(missing))},
-        "k": a.k, "k_used": int(idx.shape[1]), "attributes": attributes, "templates": templates,
+        "k": a.k, "k_used": int(idx.shape[1]), "attributes": attributes, "templates": qspec.get("templates") or ["{}"],
         "cache": {"hit": cached is not None, "key": key, "path": str(entry)},
         "queries": queries,
     }
@@ -333,8 +346,11 @@ def register(sub, formatter) -> None:
     s.add_argument("--csv", metavar="FILE", help="labelled-folder: CSV with a file column (paths relative to "
                                                  "--dataset) and one column per attribute")
     s.add_argument("--file-column", default="file", help="labelled-folder: the CSV's file column")
-    s.add_argument("--query", action="append", required=True, metavar="TEXT",
+    s.add_argument("--query", action="append", metavar="TEXT",
                    help="a neutral query such as \"a doctor\"; repeat for several")
+    s.add_argument("--query-set", metavar="PRESET:SET",
+                   help="a literature preset's query set instead of --query, e.g. berg2022:berg2022_test "
+                        "(presets: thesis, berg2022, bendvlm; see README)")
     s.add_argument("--k", type=int, default=20, help="how many top images to measure")
     s.add_argument("--attributes", nargs="+", metavar="ATTR",
                    help="attributes to measure (default: all of the dataset's, e.g. gender race age)")
