@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from vlmbias import VlmbiasError
-from vlmbias.mitigate.bendvlm import augment_queries, bendvlm, bendvlm_for, default_neighbors, equalize, group_means
+from vlmbias.mitigate.bendvlm import (
+    augment_queries,
+    bendvlm,
+    bendvlm_for,
+    default_neighbors,
+    equalize,
+    group_means,
+)
 
 D = 8
 E = np.eye(D)

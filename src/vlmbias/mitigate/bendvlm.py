@@ -43,9 +43,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from vlmbias import VlmbiasError
-from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS, PAIR_WORDS, orthogonal_projection
+from vlmbias.mitigate.debias import (
+    DEFAULT_GROUP_WORDS,
+    PAIR_WORDS,
+    orthogonal_projection,
+)
 
 NEIGHBORS_TWO_GROUPS = 100  # authors' released experiments, gender
 NEIGHBORS_MANY_GROUPS = 10  # authors' released experiments, race
@@ -143,7 +148,7 @@ def bendvlm(queries, augmented, ref_embeddings, ref_labels, *, groups: Sequence 
         labels = np.asarray(ref_labels, dtype=object).reshape(-1)
         if len(labels) != len(refs):
             raise VlmbiasError(f"{len(labels)} reference labels for {len(refs)} reference images")
-        groups = sorted({x for x in labels if x is not None and x == x}, key=str) if groups is None else list(groups)
+        groups = sorted({x for x in labels if not pd.isna(x)}, key=str) if groups is None else list(groups)
         if len(groups) < 2 or len(set(groups)) != len(groups):
             raise VlmbiasError(f"BendVLM needs at least 2 distinct groups to equalise, got {groups}")
         empty = [g for g in groups if not (labels == g).any()]
