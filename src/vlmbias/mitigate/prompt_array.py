@@ -1,0 +1,383 @@
+"""Berg et al. 2022's learned prompt array ("A Prompt Array Keeps the Bias Away: Debiasing
+Vision-Language Models with Adversarial Learning", AACL 2022) for a transformers `CLIPModel`.
+
+A few learnable token embeddings are prepended to every text query inside the text encoder; the
+model itself stays frozen, so only the prompt vectors (and the adversary) learn, and image
+embeddings do not change. Training is adversarial: an adversary reads the scaled cosine
+similarities of a batch of images to a set of neutral queries (encoded *with* the prompts) and
+predicts each image's attribute class; the prompts are trained to fool it (gradient reversal,
+Ganin & Lempitsky 2015, as in `finetune.py`'s adversarial objective: one backward pass, the
+adversary minimises its cross-entropy, the prompts get minus `adv_weight` times its gradient;
+the paper alternates adversary and prompt steps instead), plus CLIP's image-caption contrastive
+loss (`training.contrastive_loss`) on the captions, encoded with the prompts, to keep retrieval
+quality: loss = contrastive_weight * contrastive + sum over attributes of the adversary's CE.
+
+How the prepend works: transformers 5's `CLIPTextModel.forward` takes `input_ids` only (no
+`inputs_embeds`; it needs the ids to find the end-of-text token it pools), so the ids are
+extended by `n_tokens` placeholder ids in front (the tokenizer's start token, never the
+end-of-text id) and a forward hook on the text embeddings module replaces the embedded sequence
+by [prompt vectors, token + position embeddings of the real text]. As in the authors' released
+code ("prepend" mode), the prompts come before the start token, get no position embedding, and
+the text keeps the positions it would have without them; the pooled end-of-text token moves by
+`n_tokens`, which the model finds from the extended ids. Texts are truncated to leave room for
+the prompts within the model's position embeddings.
+
+Defaults (`DEFAULTS`) and sources:
+- `n_tokens` 2: the authors' released prompt arrays (`gender_2`, `race_2`).
+- `init` "token0": each prompt starts as the embedding of token id 0, the released code's
+  default ("zeros"); "random" draws N(0, 0.02).
+- adversary: an MLP with 3 hidden layers of 32 units and ReLU (the released `Adversary`); its
+  input here is `finetune`'s adversary input (the model's logit scale x cosine similarity of
+  each image to every neutral query); the released code used (100 x cosine) / 20.
+- `adv_queries` None: "a photo of a {concept}" for every concept of the table (the paper used
+  "a photo of a {adjective} person" prompts; for this audit the neutral queries are concepts).
+- lr, batch size, epochs, weights: this project's choices, not the paper's.
+
+Output in `out_dir`: `prompts.safetensors` (tensor `prompts`, [n_tokens, text hidden size]),
+`losses.csv`, and `prompt_array.json` (base, n_tokens, hidden size, spec, classes,
+adversary queries, steps; `image_embeddings_unchanged: true`) written last.
+`load_prompt_encoder(base, out_dir)` returns an `audit.models.Encoder` whose `encode_texts`
+prepends the prompts, so `audit.embed.embed_queries` works with it unchanged.
+Runs are seeded and deterministic on CPU (same inputs, spec and threads: the same bytes).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from vlmbias import VlmbiasError, __version__
+from vlmbias.audit.models import Encoder, features, offline_error
+from vlmbias.io import write_table
+from vlmbias.mitigate.finetune import grad_reverse, inverse_frequency_weights
+from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WEIGHTS, META = "prompts.safetensors", "prompt_array.json"
+INITS = ("token0", "random")
+DEFAULTS: dict = {
+    "n_tokens": 2,                 # authors' released arrays
+    "init": "token0",              # authors' released default
+    "adv_attributes": ["gender"],
+    "adv_hidden": 32,              # released Adversary: 3 hidden layers of 32
+    "adv_layers": 3,
+    "adv_weight": 1.0,
+    "contrastive_weight": 1.0,
+    "adv_queries": None,           # list of texts; None = "a photo of a {concept}" per table concept
+    "neutral_template": "a photo of a {concept}",
+    "lr": 1e-3,
+    "head_lr": None,               # adversary learning rate; None = lr
+    "weight_decay": 0.0,
+    "batch_size": 16,
+    "epochs": 10,
+    "max_steps": None,
+    "seed": 0,
+    "classes": {},                 # {attribute: [classes]}: fixes the class order
+}
+
+
+# --------------------------------------------------------------------------- spec & data
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def resolve_spec(spec: dict | None) -> dict:
+    """Defaults filled in and every key checked; errors name the key."""
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(DEFAULTS))
+    if unknown:
+        raise VlmbiasError(f"unknown prompt-array spec key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
+    s = {**DEFAULTS, **spec}
+    for key in ("n_tokens", "adv_hidden", "adv_layers", "batch_size", "epochs"):
+        if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 1:
+            raise VlmbiasError(f"prompt-array spec {key!r} must be an integer >= 1, got {s[key]!r}")
+    if s["max_steps"] is not None and (not isinstance(s["max_steps"], int) or isinstance(s["max_steps"], bool)
+                                       or s["max_steps"] < 1):
+        raise VlmbiasError(f"prompt-array spec 'max_steps' must be null or an integer >= 1, got {s['max_steps']!r}")
+    if not isinstance(s["seed"], int) or isinstance(s["seed"], bool):
+        raise VlmbiasError(f"prompt-array spec 'seed' must be an integer, got {s['seed']!r}")
+    if s["init"] not in INITS:
+        raise VlmbiasError(f"prompt-array spec 'init' must be one of {list(INITS)}, got {s['init']!r}")
+    if not _is_number(s["lr"]) or s["lr"] <= 0:
+        raise VlmbiasError(f"prompt-array spec 'lr' must be a positive number, got {s['lr']!r}")
+    if s["head_lr"] is not None and (not _is_number(s["head_lr"]) or s["head_lr"] <= 0):
+        raise VlmbiasError(f"prompt-array spec 'head_lr' must be null or a positive number, got {s['head_lr']!r}")
+    for key in ("adv_weight", "contrastive_weight", "weight_decay"):
+        if not _is_number(s[key]) or s[key] < 0:
+            raise VlmbiasError(f"prompt-array spec {key!r} must be a number >= 0, got {s[key]!r}")
+    attrs = [s["adv_attributes"]] if isinstance(s["adv_attributes"], str) else s["adv_attributes"]
+    if (not isinstance(attrs, (list, tuple)) or not attrs or not all(isinstance(a, str) and a for a in attrs)
+            or len(set(attrs)) != len(attrs)):
+        raise VlmbiasError(f"prompt-array spec 'adv_attributes' must be a non-empty list of distinct column names, "
+                           f"got {s['adv_attributes']!r}")
+    s["adv_attributes"] = list(attrs)
+    q = s["adv_queries"]
+    if q is not None:
+        if isinstance(q, str) or not isinstance(q, (list, tuple)) or not q or not all(isinstance(t, str) and t.strip()
+                                                                                         for t in q):
+            raise VlmbiasError(f"prompt-array spec 'adv_queries' must be null or a non-empty list of texts, got {q!r}")
+        s["adv_queries"] = list(q)
+    if not isinstance(s["neutral_template"], str) or "{concept}" not in s["neutral_template"]:
+        raise VlmbiasError(f"prompt-array spec 'neutral_template' must contain '{{concept}}', got {s['neutral_template']!r}")
+    if not isinstance(s["classes"], dict):
+        raise VlmbiasError(f"prompt-array spec 'classes' must be a mapping {{attribute: [classes]}}, got {s['classes']!r}")
+    return s
+
+
+def check_table(table: pd.DataFrame, s: dict) -> tuple[pd.DataFrame, dict, list[str]]:
+    """The training rows, the class list per adversary attribute, and the adversary's queries."""
+    if not isinstance(table, pd.DataFrame) or table.empty:
+        raise VlmbiasError("the prompt-array training table is empty")
+    need = ["image_id", "path", "caption", *s["adv_attributes"]] + (["concept"] if s["adv_queries"] is None else [])
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise VlmbiasError(f"the prompt-array training table lacks column(s) {missing}")
+    df = table.reset_index(drop=True)
+    bad = df[need].isna().any(axis=1) | (df["caption"].astype(str).str.strip() == "")
+    if bad.any():
+        raise VlmbiasError(f"{int(bad.sum())} training row(s) have an empty value in {need}, "
+                           f"e.g. image {df.loc[bad, 'image_id'].iat[0]!r}")
+    classes = {}
+    for a in s["adv_attributes"]:
+        present = sorted(df[a].astype(str).unique())
+        listed = [str(c) for c in s["classes"].get(a, present)]
+        unknown = sorted(set(present) - set(listed))
+        if unknown:
+            raise VlmbiasError(f"attribute {a!r} has class(es) {unknown} not in spec classes {listed}")
+        if len(listed) < 2:
+            raise VlmbiasError(f"attribute {a!r} has a single class {listed}; the adversary needs at least two")
+        classes[a] = listed
+        df[a] = df[a].astype(str)
+    queries = s["adv_queries"] or [s["neutral_template"].format(concept=c) for c in sorted(df["concept"].astype(str).unique())]
+    return df, classes, queries
+
+
+# --------------------------------------------------------------------------- the prepend
+
+def _load_base(base: str):
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    try:
+        model = CLIPModel.from_pretrained(base, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        processor = CLIPImageProcessor.from_pretrained(base)
+    # any loader or hub client error becomes one readable message
+    except Exception as e:  # noqa: BLE001
+        if Path(base).exists():
+            raise VlmbiasError(f"base model {base} is not a loadable CLIPModel directory: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        raise offline_error(f"Hugging Face base model {base}", e) from None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), tokenizer, processor
+
+
+class PromptedText:
+    """Encodes texts with `prompts` ([n, hidden]) prepended inside `model`'s text tower."""
+
+    def __init__(self, model, tokenizer, prompts: torch.Tensor):
+        self.model, self.tokenizer, self.prompts = model, tokenizer, prompts
+        cfg = model.config.text_config
+        self.n = int(prompts.shape[0])
+        if prompts.ndim != 2 or prompts.shape[1] != cfg.hidden_size:
+            raise VlmbiasError(f"prompt vectors of shape {tuple(prompts.shape)} do not fit this model's text tower "
+                               f"(hidden size {cfg.hidden_size})")
+        self.max_length = int(cfg.max_position_embeddings) - self.n
+        if self.max_length < 3:
+            raise VlmbiasError(f"{self.n} prompt tokens leave no room for text in {cfg.max_position_embeddings} positions")
+        eos = model.text_model.eos_token_id
+        self.placeholder = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
+        if self.placeholder == eos:
+            raise VlmbiasError("the tokenizer's start token equals the end-of-text token; cannot place prompts")
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        toks = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+        return {"input_ids": toks["input_ids"], "attention_mask": toks["attention_mask"]}
+
+    @contextmanager
+    def _hooked(self):
+        emb, n, prompts = self.model.text_model.embeddings, self.n, self.prompts
+
+        def hook(module, args, kwargs, output):
+            ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+            text = ids[:, n:]
+            pos = module.position_embedding(module.position_ids[:, : text.shape[1]])
+            lead = prompts.to(output.dtype).unsqueeze(0).expand(len(ids), -1, -1)
+            return torch.cat([lead, module.token_embedding(text) + pos], dim=1)
+
+        handle = emb.register_forward_hook(hook, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def encode(self, toks: dict[str, torch.Tensor], idx=None, device: str = "cpu") -> torch.Tensor:
+        ids, mask = toks["input_ids"], toks["attention_mask"]
+        if idx is not None:
+            ids, mask = ids[idx], mask[idx]
+        width = int(mask.sum(1).max())  # right padding: trim columns no row uses
+        ids, mask = ids[:, :width], mask[:, :width]
+        lead = torch.full((len(ids), self.n), self.placeholder, dtype=ids.dtype)
+        ids = torch.cat([lead, ids], 1).to(device)
+        mask = torch.cat([torch.ones_like(lead), mask], 1).to(device)
+        with self._hooked():
+            return features(self.model.get_text_features(input_ids=ids, attention_mask=mask))
+
+    def encode_texts(self, texts: list[str], device: str = "cpu") -> torch.Tensor:
+        return self.encode(self.tokenize(texts), device=device)
+
+
+def _init_prompts(model, s: dict, device: str) -> torch.Tensor:
+    hidden = model.config.text_config.hidden_size
+    if s["init"] == "token0":
+        start = model.text_model.embeddings.token_embedding.weight[0].detach().cpu().repeat(s["n_tokens"], 1)
+    else:
+        start = torch.randn(s["n_tokens"], hidden) * 0.02  # drawn on the CPU: the same start on every device
+    return torch.nn.Parameter(start.float().to(device))
+
+
+def _adversary(n_in: int, n_out: int, hidden: int, layers: int) -> torch.nn.Module:
+    mods, width = [], n_in
+    for _ in range(layers):
+        mods += [torch.nn.Linear(width, hidden), torch.nn.ReLU()]
+        width = hidden
+    return torch.nn.Sequential(*mods, torch.nn.Linear(width, n_out))
+
+
+# --------------------------------------------------------------------------- training
+
+def train_prompt_array(base: str, table: pd.DataFrame, spec: dict | None, out_dir, threads: int | None = 2, *,
+                       device: str = "cpu", progress: bool = True) -> dict:
+    """Learn a prompt array for the frozen CLIPModel `base` (hub id or directory).
+
+    table: one row per training image: `image_id, path, caption`, the columns named by
+    `adv_attributes` (e.g. `gender`), and `concept` unless spec `adv_queries` lists the
+    adversary's queries. Writes `out_dir` (module docstring) and returns the metadata plus
+    `out_dir`, `steps`, `final_loss` and `losses` (the per-epoch DataFrame).
+    """
+    s = resolve_spec(spec)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VlmbiasError(f"device {device!r} requested but CUDA is not available")
+    df, classes, queries = check_table(table, s)
+    with deterministic(threads, warn_only=True):
+        model, tokenizer, processor = _load_base(str(base))
+        model.to(device)
+        torch.manual_seed(s["seed"])
+        prompts = _init_prompts(model, s, device)
+        text = PromptedText(model, tokenizer, prompts)
+        pixels = load_pixels(df["path"].tolist(), processor, ids=df["image_id"].tolist(), what="prompt-array training")
+        with torch.no_grad():
+            images = torch.cat([features(model.get_image_features(pixel_values=pixels[i:i + 64].to(device)))
+                                for i in range(0, len(df), 64)])
+        captions = sorted(df["caption"].astype(str).unique())
+        cap_of_row = torch.tensor(df["caption"].astype(str).map({c: i for i, c in enumerate(captions)}).to_numpy())
+        cap_toks, query_toks = text.tokenize(captions), text.tokenize(queries)
+        adversaries = torch.nn.ModuleDict({a: _adversary(len(queries), len(classes[a]), s["adv_hidden"], s["adv_layers"])
+                                           for a in s["adv_attributes"]}).to(device).train()
+        labels = {a: torch.tensor([classes[a].index(v) for v in df[a]]) for a in s["adv_attributes"]}
+        weights = {a: inverse_frequency_weights(df[a], classes[a]).to(device) for a in s["adv_attributes"]}
+        scale = model.logit_scale.exp().detach()
+
+        def step(idx):
+            img = images[idx]
+            comp = {"contrastive": contrastive_loss(img, text.encode(cap_toks, cap_of_row[idx], device), scale,
+                                                    cap_of_row[idx].to(device))}
+            total = s["contrastive_weight"] * comp["contrastive"]
+            neutral = text.encode(query_toks, device=device)
+            x = grad_reverse(scale * F.normalize(img, dim=-1) @ F.normalize(neutral, dim=-1).T, s["adv_weight"])
+            for a in s["adv_attributes"]:
+                comp[f"adv_{a}"] = F.cross_entropy(adversaries[a](x), labels[a][idx].to(device), weight=weights[a])
+                total = total + comp[f"adv_{a}"]
+            return {"loss": total, **comp}
+
+        opt = torch.optim.AdamW([{"params": [prompts]},
+                                 {"params": list(adversaries.parameters()), "lr": s["head_lr"] or s["lr"]}],
+                                lr=s["lr"], weight_decay=s["weight_decay"])
+        gen = torch.Generator().manual_seed(s["seed"])
+        loader = torch.utils.data.DataLoader(torch.arange(len(df)), batch_size=s["batch_size"], shuffle=True,
+                                             generator=gen, num_workers=0)
+        total_steps = s["epochs"] * len(loader)
+        if s["max_steps"]:
+            total_steps = min(total_steps, s["max_steps"])
+        log.info("prompt array on %s: %d tokens, %d rows, %d steps", base, s["n_tokens"], len(df), total_steps)
+        losses, steps = train_steps(step, lambda epoch: loader, opt, epochs=s["epochs"], total_steps=total_steps,
+                                    desc="prompt array", progress=progress)
+    meta = {"base": str(base), "n_tokens": s["n_tokens"], "hidden_size": int(prompts.shape[1]), "spec": s,
+            "classes": classes, "adv_queries": queries, "n_train": len(df), "steps": int(steps),
+            "image_embeddings_unchanged": True, "vlmbias_version": __version__}
+    _save(prompts.detach().cpu(), losses, meta, Path(out_dir))
+    final = float(losses["loss"].iloc[-1])
+    log.info("wrote prompt array to %s (%d steps, final loss %.4f)", out_dir, steps, final)
+    return {**meta, "out_dir": str(out_dir), "final_loss": final, "losses": losses}
+
+
+def _save(prompts: torch.Tensor, losses: pd.DataFrame, meta: dict, out_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        save_file({"prompts": prompts.contiguous()}, str(tmp / WEIGHTS))
+        write_table(losses, tmp / "losses.csv")
+        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if (out_dir / META).exists():
+            (out_dir / META).unlink()
+        # the metadata file goes last: its presence marks a complete directory
+        for f in sorted(tmp.iterdir(), key=lambda p: p.name == META):
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- use
+
+def load_prompts(out_dir) -> tuple[torch.Tensor, dict]:
+    """The saved prompt vectors ([n_tokens, hidden]) and their metadata."""
+    from safetensors.torch import load_file
+
+    out_dir = Path(out_dir)
+    if not (out_dir / META).is_file() or not (out_dir / WEIGHTS).is_file():
+        raise VlmbiasError(f"{out_dir} is not a trained prompt-array directory (needs {META} and {WEIGHTS})")
+    meta = json.loads((out_dir / META).read_text())
+    tensors = load_file(str(out_dir / WEIGHTS))
+    if "prompts" not in tensors:
+        raise VlmbiasError(f"{out_dir / WEIGHTS} holds no 'prompts' tensor")
+    return tensors["prompts"].float(), meta
+
+
+def load_prompt_encoder(base: str, out_dir, device: str = "cpu") -> Encoder:
+    """An `Encoder` for `base` whose texts are encoded with the saved prompt array prepended;
+    images are encoded by the unchanged base model."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VlmbiasError(f"device {device!r} requested but CUDA is not available")
+    prompts, _ = load_prompts(out_dir)
+    model, tokenizer, processor = _load_base(str(base))
+    model.to(device)
+    text = PromptedText(model, tokenizer, prompts.to(device))
+
+    def preprocess(img):
+        return processor(images=img, return_tensors="pt")["pixel_values"][0]
+
+    return Encoder(name=f"{base}+prompts:{Path(out_dir).name}", preprocess=preprocess, device=device,
+                   dtype=torch.float32, module=model,
+                   _image_fn=lambda px: features(model.get_image_features(pixel_values=px)),
+                   _text_fn=lambda texts: text.encode_texts(texts, device))
+
+
+def encode_with_prompts(base: str, out_dir, texts: list[str], device: str = "cpu") -> np.ndarray:
+    """L2-normalised float32 embeddings of `texts` with the prompt array of `out_dir` prepended."""
+    return load_prompt_encoder(base, out_dir, device).encode_texts(list(texts))
