@@ -244,14 +244,14 @@ def test_match_rate_and_confusion_matrix():
 
 DOC_CLASSES = ("model, dataset, query_set, query_id, query, k, n, attribute, class, count, proportion, "
                "proportion_low, proportion_high, dataset_proportion, rd, rd_low, rd_high, skew_uniform, skew_dataset, "
-               "skew_convention, interval_method").split(", ")
+               "skew_convention, interval_method, interval_undercovers").split(", ")
 DOC_SUMMARY = ("model, dataset, query_set, query_id, query, k, n, attribute, fd, fd_low, fd_high, fd_strict, "
                "tvd, tvd_low, tvd_high, "
                "max_skew_uniform, max_skew_uniform_low, max_skew_uniform_high, min_skew_uniform, "
                "max_skew_dataset, max_skew_dataset_low, max_skew_dataset_high, min_skew_dataset, "
                "ndkl_uniform, ndkl_uniform_low, ndkl_uniform_high, ndkl_dataset, ndkl_dataset_low, ndkl_dataset_high, "
                "chi2, p_value, named_class, match_rate, match_low, match_high, skew_convention, "
-               "interval_method").split(", ")
+               "interval_method, interval_undercovers").split(", ")
 
 
 def test_documented_columns_match_docs():
@@ -413,3 +413,15 @@ def test_confusion_table_of_group_naming_queries():
     assert t.loc[(2, "Black", "Black"), "count"] == 1  # first 2 ranks only
     assert "Indian" not in t.index.get_level_values("named_class")  # no query names it
     assert m.confusion_table(r.drop(columns=["names_attribute", "names_class"]), dist, [2]).empty
+
+
+def test_rows_mark_the_intervals_whose_measured_coverage_falls_short():
+    # from the shipped simulation (benchmarks/coverage.py): 2 classes, k = 20, 95% one class -> the
+    # bootstrap intervals under-cover; k = 1000 at parity -> FD, RD, MaxSkew hold 93%+
+    short = m.undercovering(2, 20, 0.95).split(";")
+    assert {"ndkl_dataset", "max_skew_uniform", "tvd", "fd"} <= set(short)
+    assert "max_skew_uniform" not in m.undercovering(2, 1000, 0.6).split(";")
+    assert m.undercovering(2, 20, 0.95, "bootstrap-percentile") == "not measured"
+    cov = pd.read_csv(m.COVERAGE_TABLE)
+    cell = cov[(cov.classes == 2) & (cov.k == 20) & (cov.share == 0.95)].set_index("metric")["coverage"]
+    assert set(short) == set(cell[cell < 0.93].index)

@@ -27,9 +27,11 @@ keeps the bias away" (MaxSkew, NDKL for CLIP retrieval).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,7 +48,8 @@ __all__ = [
 ]
 
 KEY_COLUMNS = ["model", "dataset", "query_set", "query_id", "query"]
-CONVENTION_COLUMNS = ["skew_convention", "interval_method"]
+CONVENTION_COLUMNS = ["skew_convention", "interval_method", "interval_undercovers"]
+COVERAGE_TABLE = Path(__file__).with_name("coverage_measured.csv")  # written by benchmarks/coverage.py
 CLASS_COLUMNS = KEY_COLUMNS + [
     "k", "n", "attribute", "class", "count", "proportion", "proportion_low", "proportion_high",
     "dataset_proportion", "rd", "rd_low", "rd_high", "skew_uniform", "skew_dataset"] + CONVENTION_COLUMNS
@@ -513,6 +516,8 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                 n = len(codes)
                 c = np.bincount(codes, minlength=C).astype(float)
                 nan_c = np.full(C, np.nan)
+                convention["interval_undercovers"] = undercovering(int((q > 0).sum()), n,
+                                                                   c.max() / n if n else np.nan, interval)
                 sk_u, sk_d = _skew(c, u, skew_eps), _skew(c, q, skew_eps)
                 est = {"fd": float(_fd(c, False)) if n else np.nan, "tvd": float(_tvd(c, q)) if n else np.nan,
                        "max_skew_uniform": _nanext(np.nanmax, sk_u), "max_skew_dataset": _nanext(np.nanmax, sk_d),
@@ -592,6 +597,26 @@ def confusion_table(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list
             parts.append(long.assign(model=model, dataset=dataset, query_set=qset, k=k, attribute=attr,
                                      share=np.where(totals > 0, long["count"] / totals.where(totals > 0, 1), np.nan)))
     return pd.concat(parts, ignore_index=True)[CONFUSION_COLUMNS] if parts else pd.DataFrame(columns=CONFUSION_COLUMNS)
+
+
+@functools.lru_cache(maxsize=1)
+def _coverage() -> pd.DataFrame:
+    return pd.read_csv(COVERAGE_TABLE)
+
+
+def undercovering(n_classes: int, k: int, top_share: float, interval: str = INTERVAL_METHOD) -> str:
+    """The bootstrap intervals whose measured coverage (benchmarks/coverage.py) fell below 93% in the
+    simulated cell nearest to this row (2 or 7 classes, k in 20/200/1000, the top class's share),
+    ';'-joined; `not measured` for an interval method the simulation did not run."""
+    if interval != INTERVAL_METHOD:
+        return "not measured"
+    if not np.isfinite(top_share):
+        return ""
+    t = _coverage()
+    c = t[t["classes"] == min(t["classes"].unique(), key=lambda v: abs(v - n_classes))]
+    c = c[c["k"] == min(c["k"].unique(), key=lambda v: abs(np.log(v) - np.log(max(k, 1))))]
+    c = c[c["share"] == min(c["share"].unique(), key=lambda v: abs(v - top_share))]
+    return ";".join(sorted(c.loc[c["coverage"] < 0.93, "metric"].unique()))
 
 
 def _rowmax(x: np.ndarray) -> np.ndarray:
