@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from vlmbias import VlmbiasError
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, refusal
 from vlmbias.io import run_cli
 from vlmbias.mitigate.label import (
     DEEPFACE_WEIGHTS,
@@ -240,6 +241,22 @@ def test_deepface_bad_options(deepface_env, tmp_path):
         label_images({"source": "deepface", "asian_as": "Asian"}, acquired, None, progress=False)
     with pytest.raises(VlmbiasError, match="unknown key"):
         label_images({"source": "deepface", "detector": "skip"}, acquired, None, progress=False)
+
+
+def test_deepface_input_goes_through_the_image_gate(deepface_env, tmp_path, bomb_png):
+    acquired = acquired_table(tmp_path, [("face", flat(face_colour("Man", "white", 30)))])
+    bomb = {**acquired.iloc[0].to_dict(), "image_id": "kw/bomb.png", "path": str(bomb_png),
+            "sha1": hashlib.sha1(bomb_png.read_bytes()).hexdigest()}
+    acquired = pd.concat([acquired, pd.DataFrame([bomb])], ignore_index=True)
+    spec = {"source": "deepface", "detector_backend": "skip"}
+    labels, dropped, _ = label_images(spec, acquired, None, progress=False)
+    assert labels["image_id"].tolist() == ["kw/face.png"]
+    assert dropped["image_id"].tolist() == ["kw/bomb.png"]
+    assert refusal(DEFAULT_MAX_PIXELS) in dropped["reason"].iat[0]
+    # the configured limit, not a constant: the 64 x 64 face is over 1000 pixels
+    with pytest.raises(VlmbiasError, match="no image could be labelled") as e:
+        label_images(spec, acquired, None, progress=False, max_pixels=1000)
+    assert refusal(1000) in str(e.value)
 
 
 # ------------------------------------------------------------------------------------------- world

@@ -8,7 +8,9 @@ Label sources (config `source`):
   pickles). Weights live in `$DEEPFACE_HOME/.deepface/weights` (`deepface_home` in config sets
   it): `gender_model_weights.onnx`, `age_model_weights.onnx`, `race_model_single_batch.onnx`, plus
   the detector's own files. They are loaded once before the first image, so a missing file fails
-  the stage with its name instead of dropping every image.
+  the stage with its name instead of dropping every image. Images reach
+  DeepFace as decoded arrays, through the image gate (`vlmbias.imagegate`, `images.max_pixels`);
+  a refused image is dropped with the gate's sentence as its reason.
 
   Mapping to the FairFace schema (kept side by side with DeepFace's raw output):
   - gender: Man -> Male, Woman -> Female (`gender_source` keeps DeepFace's label);
@@ -57,6 +59,7 @@ from tqdm import tqdm
 
 from vlmbias import VlmbiasError
 from vlmbias.audit.data import FAIRFACE_CLASSES
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_table
 
 log = logging.getLogger(__name__)
@@ -102,21 +105,18 @@ def _deepface_classes(asian_as: str) -> dict[str, list[str]]:
             "age": FAIRFACE_CLASSES["age"]}
 
 
-def _load_bgr(path: str) -> np.ndarray:
-    """Decode with PIL (GIF/WebP/EXIF rotation handled alike for every image) into DeepFace's BGR array."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as img:
-        img.load()
-        rgb = ImageOps.exif_transpose(img).convert("RGB")
+def _load_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode through the image gate (GIF/WebP/EXIF rotation handled alike for every image) into
+    DeepFace's BGR array; DeepFace never opens a file itself."""
+    rgb = open_image(path, max_pixels, exif_transpose=True)
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
 
 
 class DeepFaceLabeller:
     """DeepFace set up once (engine, weights, detector); `analyze(path)` -> raw result or a drop reason."""
 
-    def __init__(self, opts: dict):
-        self.opts = opts
+    def __init__(self, opts: dict, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.opts, self.max_pixels = opts, check_limit(max_pixels)
         if opts["deepface_home"]:
             os.environ["DEEPFACE_HOME"] = str(Path(opts["deepface_home"]).resolve())
         # Read by deepface when it first picks an engine; set before the import so torch is not chosen.
@@ -175,7 +175,7 @@ class DeepFaceLabeller:
     def analyze(self, path: str) -> dict:
         """Raw DeepFace answer for one image: {'status': ok|no-face|error, 'reason', ...raw fields}."""
         try:
-            img = _load_bgr(path)
+            img = _load_bgr(path, self.max_pixels)
         except Exception as e:
             return {"status": "error", "reason": f"cannot read image: {type(e).__name__}: {e}"}
         try:
@@ -244,14 +244,14 @@ def _write_cache(path: Path, entries: dict[str, dict], fingerprint: str) -> None
 
 
 def label_deepface(images: pd.DataFrame, spec: dict, cache_path: Path | None = None, progress: bool = True,
-                   labeller: DeepFaceLabeller | None = None):
+                   labeller: DeepFaceLabeller | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Returns (labelled rows, dropped rows, the labeller's classes, its extra column names)."""
     opts = {**DEEPFACE_DEFAULTS, **{k: v for k, v in spec.items() if k in DEEPFACE_DEFAULTS}}
     if opts["asian_as"] not in ("East Asian", "Southeast Asian"):
         raise VlmbiasError(f"label: asian_as must be 'East Asian' or 'Southeast Asian', got {opts['asian_as']!r}")
     if opts["multiple_faces"] not in ("largest", "first", "drop"):
         raise VlmbiasError(f"label: multiple_faces must be largest, first or drop, got {opts['multiple_faces']!r}")
-    lab = labeller or DeepFaceLabeller(opts)
+    lab = labeller or DeepFaceLabeller(opts, max_pixels)
     fp = lab.fingerprint()
     cache_path = Path(opts["cache"]) if opts["cache"] else cache_path
     cache = _read_cache(cache_path, fp) if cache_path else {}
@@ -478,8 +478,10 @@ def acquired_images(acquired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     return ok.loc[exists].reset_index(drop=True), gone
 
 
-def label_images(spec: dict, acquired: pd.DataFrame, cache_path: Path | None = None, progress: bool = True):
-    """Returns (labels, dropped, classes)."""
+def label_images(spec: dict, acquired: pd.DataFrame, cache_path: Path | None = None, progress: bool = True,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Returns (labels, dropped, classes). `max_pixels`: the image gate's limit for images that are
+    decoded here (DeepFace's input; config images.max_pixels)."""
     source = spec.get("source")
     if source not in LABEL_SOURCES:
         raise VlmbiasError(f"label: source {source!r} is not one of {list(LABEL_SOURCES)}")
@@ -491,7 +493,7 @@ def label_images(spec: dict, acquired: pd.DataFrame, cache_path: Path | None = N
     if images.empty:
         raise VlmbiasError(f"none of the {len(gone)} acquired image files exists; first: {gone['path'].iloc[0]}")
     if source == "deepface":
-        labelled, dropped, classes, extra = label_deepface(images, spec, cache_path, progress)
+        labelled, dropped, classes, extra = label_deepface(images, spec, cache_path, progress, max_pixels=max_pixels)
     elif source == "world":
         labelled, dropped, classes, extra = label_world(images, spec)
     else:
@@ -515,13 +517,14 @@ def main(argv=None) -> None:
     p.add_argument("--out-dropped", required=True)
     p.add_argument("--out-distribution", required=True)
     p.add_argument("--out-balanced", help="also draw a balanced fine-tuning set (spec key 'balanced')")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
     a = p.parse_args(argv)
     spec = parse_json_arg(a.spec_json, "--spec-json")
     if not Path(a.acquired).is_file():
         raise VlmbiasError(f"acquired manifest not found: {a.acquired}")
     # The cache sits beside the labels but is no declared output, so Snakemake keeps it between runs.
     cache = Path(a.out_labels).parent / ".label-cache.parquet"
-    labels, dropped, classes = label_images(spec, read_table(a.acquired), cache)
+    labels, dropped, classes = label_images(spec, read_table(a.acquired), cache, max_pixels=a.max_pixels)
     balanced = None
     if a.out_balanced:
         b = dict(spec.get("balanced") or {})

@@ -28,6 +28,7 @@ import logging
 import re
 from pathlib import Path
 
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import read_table
 from vlmbias.plots.base import PlotInputError, require
 from vlmbias.plots.charts import (
@@ -52,9 +53,11 @@ log = logging.getLogger(__name__)
 HEATMAP_METRICS = ("fd", "ndkl_dataset", "max_skew_dataset")
 
 
-def audit_figures(classes, summary, rankings, manifest, out_dir, bar_k: int, grid_k: int, grid_cols: int) -> list[Path]:
+def audit_figures(classes, summary, rankings, manifest, out_dir, bar_k: int, grid_k: int, grid_cols: int, *,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Path]:
     """bars_<attribute>.png per attribute, heatmap_<metric>.png per metric of HEATMAP_METRICS that
-    the summary has, and grid_<safe query id>.png per query, into out_dir."""
+    the summary has, and grid_<safe query id>.png per query, into out_dir (grid images through the
+    image gate, at most `max_pixels` pixels)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     require(classes, ["k", "attribute"], "audit_figures (classes)")
@@ -69,7 +72,7 @@ def audit_figures(classes, summary, rankings, manifest, out_dir, bar_k: int, gri
     for metric in HEATMAP_METRICS:
         if metric in summary.columns:
             made.append(plot_disparity_heatmap(summary, metric, k_bar, out_dir / f"heatmap_{metric}.png"))
-    made += query_grids(rankings, manifest, grid_k, out_dir, grid_cols)
+    made += query_grids(rankings, manifest, grid_k, out_dir, grid_cols, max_pixels=max_pixels)
     return made
 
 
@@ -82,9 +85,10 @@ def main(argv=None) -> None:
     s.add_argument("--bar-k", type=int, default=20)
     s.add_argument("--grid-k", type=int, default=20)
     s.add_argument("--grid-cols", type=int, default=5)
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
     a = p.parse_args(argv)
     made = audit_figures(read_table(a.classes), read_table(a.summary), read_table(a.rankings), read_table(a.manifest),
-                         a.out, a.bar_k, a.grid_k, a.grid_cols)
+                         a.out, a.bar_k, a.grid_k, a.grid_cols, max_pixels=a.max_pixels)
     log.info("wrote %d figures to %s", len(made), a.out)
 
 
