@@ -11,6 +11,12 @@ Sources:
 - `world`: the calibration world's search-engine stand-in (`vlmbias.world.generate.search`); its true
   labels ride along as `world_gender`, `world_race`, `world_age` for `label` source `world`.
 
+Every URL fetched (the search page, each scraped or listed link, every redirect) must resolve to
+public addresses only: loopback, private, link-local, multicast, reserved and unspecified addresses
+are refused after DNS resolution (see `vlmbias.mitigate.websearch`), since a scraped link must not
+reach the machine's own services or its network. `allow_private_addresses: true` (or a list of
+networks, e.g. `["10.1.0.0/16"]`) lifts that for tests and intranet image servers.
+
 Keyword items are strings or `{keyword, concept?, urls?, folder?}`. `concept` defaults to the
 keyword without a leading article ("a doctor" -> "doctor"; the world source reports its own).
 
@@ -43,6 +49,7 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -56,8 +63,10 @@ from vlmbias.imagegate import DEFAULT_MAX_PIXELS, ImageRefused, check_limit, ope
 from vlmbias.io import atomic_path, parse_json_arg, run_cli, write_table
 from vlmbias.mitigate.websearch import (
     CAPTCHA_MARKERS,
+    AddressRefused,
     Fetcher,
     FetchError,
+    allowed_networks,
     extract_image_links,
     package_user_agent,
     search_url,
@@ -84,7 +93,7 @@ DEFAULTS = {
     "seed": 0,                   # world source: order of its results
 }
 SPEC_KEYS = {"source", "keywords", "concepts", "urls", "root", "world", "lang", "search_url", "user_agent",
-             *DEFAULTS}
+             "allow_private_addresses", *DEFAULTS}
 
 # Image formats kept, with the extension they are stored under.
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
@@ -199,6 +208,8 @@ def web_search(keyword: str, fetcher: Fetcher, opts: dict) -> SearchResult:
     try:
         resp = fetcher(url, timeout=opts["timeout"], max_bytes=10 * 2 ** 20,
                        headers={"User-Agent": opts["user_agent"], "Accept-Language": "en"})
+    except AddressRefused as e:
+        return SearchResult([], "search-error", str(e))
     except FetchError as e:
         return SearchResult([], "search-error", f"search engine unreachable ({e}); check the network")
     if resp.status in (403, 429, 503):
@@ -275,7 +286,8 @@ def resolve_spec(spec: dict) -> tuple[dict, list[dict]]:
         if not isinstance(opts[key], int) or isinstance(opts[key], bool) or opts[key] < 1:
             raise VlmbiasError(f"acquire: {key} must be a positive integer, got {opts[key]!r}")
     opts.update(source=source, search_url=spec.get("search_url"), lang=spec.get("lang"),
-                user_agent=spec.get("user_agent") or package_user_agent())
+                user_agent=spec.get("user_agent") or package_user_agent(),
+                allow_private_addresses=allowed_networks(spec.get("allow_private_addresses", False)))
     if opts["search_url"] and "{query}" not in opts["search_url"]:
         raise VlmbiasError("acquire: search_url must contain '{query}' where the quoted keyword goes")
     raw = spec.get("keywords")
@@ -437,12 +449,13 @@ def acquire(spec: dict, out_dir: str | Path, *, manifest: str | Path | None = No
     """Fetch, gate and store images for every keyword; returns the manifest (see the module doc).
 
     `manifest`: the manifest of an earlier run to resume from (its journal in out_dir is read too).
-    `fetcher`: the HTTP layer (`urllib_fetch` unless given; tests inject their own).
+    `fetcher`: the HTTP layer (`urllib_fetch` unless given, refusing private addresses unless the
+    spec's `allow_private_addresses` allows them; tests inject their own).
     `max_pixels`: the image gate's limit (config images.max_pixels).
     """
     opts, items = resolve_spec(spec)
     opts["max_pixels"] = check_limit(max_pixels)
-    fetcher = fetcher or urllib_fetch
+    fetcher = fetcher or partial(urllib_fetch, allow_private=opts["allow_private_addresses"])
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = out_dir / JOURNAL_NAME
