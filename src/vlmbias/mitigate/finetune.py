@@ -3,7 +3,7 @@
 Input: a table in the dataset-manifest schema plus text — `image_id, path, caption, concept,
 gender, race, age` (age: a FairFace bin such as "20-29", "more than 70", or a number). Output, in
 `out_dir`: the peft adapter only (`adapter_config.json`, `adapter_model.safetensors`), loadable with
-`PeftModel.from_pretrained(CLIPModel.from_pretrained(base), out_dir)` or
+`PeftModel.from_pretrained(CLIPModel.from_pretrained(base, use_safetensors=True), out_dir)` or
 `vlmbias.audit.models.load_encoder({"backend": "hf", "name": base, "adapter": out_dir})`;
 `losses.csv` (`epoch, step_count, loss, <components...>, seconds`; `step_count` = optimizer steps
 in that epoch, losses are their means); `vlmbias_finetune.json` (`towers, objective, base, spec`,
@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
-from vlmbias.audit.models import features, offline_error
+from vlmbias.audit.models import features, load_clip_weights, offline_error
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_table
 from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps
@@ -285,13 +285,15 @@ def check_table(table: pd.DataFrame, s: dict) -> tuple[pd.DataFrame, dict[str, l
 # --------------------------------------------------------------------------- model pieces
 
 def _load_base(base: str):
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    from transformers import AutoTokenizer, CLIPImageProcessor
 
     local = Path(base).exists()
     try:
-        model = CLIPModel.from_pretrained(base, dtype=torch.float32)
+        model = load_clip_weights(base, torch.float32, "base model")
         tokenizer = AutoTokenizer.from_pretrained(base)
         processor = CLIPImageProcessor.from_pretrained(base)
+    except VlmbiasError:
+        raise
     except Exception as e:
         if local:
             raise VlmbiasError(f"base model {base} is not a loadable CLIPModel directory: "
