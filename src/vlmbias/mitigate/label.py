@@ -8,7 +8,9 @@ Label sources (config `source`):
   pickles). Weights live in `$DEEPFACE_HOME/.deepface/weights` (`deepface_home` in config sets
   it): `gender_model_weights.onnx`, `age_model_weights.onnx`, `race_model_single_batch.onnx`, plus
   the detector's own files. They are loaded once before the first image, so a missing file fails
-  the stage with its name instead of dropping every image. Images reach
+  the stage with its name instead of dropping every image. `weights_sha256: {file: digest}` pins
+  files by SHA-256 (over `DEEPFACE_SHA256`, which records no real digest: see there); a pinned file
+  whose digest differs stops the stage, and each unpinned file's digest is logged. Images reach
   DeepFace as decoded arrays, through the image gate (`vlmbias.imagegate`, `images.max_pixels`);
   a refused image is dropped with the gate's sentence as its reason.
 
@@ -50,6 +52,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -77,8 +80,14 @@ DEEPFACE_RACE = {"indian": "Indian", "black": "Black", "white": "White", "middle
                  "latino hispanic": "Latino_Hispanic"}  # + "asian" -> asian_as
 DEEPFACE_WEIGHTS = {"Gender": "gender_model_weights.onnx", "Age": "age_model_weights.onnx",
                     "Race": "race_model_single_batch.onnx"}
+# Expected SHA-256 of each weight file. None: NOT KNOWN here. These files come from deepface's
+# download URLs (GitHub releases / the Hugging Face hub), which this project could not reach when
+# the pins were written, so no real digest is recorded; the stage logs the digest of every unpinned
+# file it loads, and `weights_sha256: {file: digest}` in the label spec pins it (a mismatch stops
+# the stage).
+DEEPFACE_SHA256: dict[str, str | None] = {name: None for name in DEEPFACE_WEIGHTS.values()}
 DEEPFACE_DEFAULTS = {"detector_backend": "opencv", "align": True, "engine": "onnx", "asian_as": "East Asian",
-                     "multiple_faces": "largest", "deepface_home": None, "cache": None}
+                     "multiple_faces": "largest", "deepface_home": None, "cache": None, "weights_sha256": None}
 SOURCE_KEYS = {"deepface": set(DEEPFACE_DEFAULTS), "world": {"error_rate", "seed"},
                "csv": {"csv", "file_column", "match", "root", "attributes"}}
 _AGE_EDGES = [(3, "0-2"), (10, "3-9"), (20, "10-19"), (30, "20-29"), (40, "30-39"), (50, "40-49"),
@@ -105,6 +114,41 @@ def _deepface_classes(asian_as: str) -> dict[str, list[str]]:
             "age": FAIRFACE_CLASSES["age"]}
 
 
+def pinned_hashes(spec_pins) -> dict[str, str | None]:
+    """DEEPFACE_SHA256 overlaid with the spec's `weights_sha256` ({file name: hex digest})."""
+    if spec_pins is None:
+        spec_pins = {}
+    if not isinstance(spec_pins, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{64}", v)
+            for k, v in spec_pins.items()):
+        raise VlmbiasError(f"label: weights_sha256 must map weight file names to 64-hex-digit SHA-256 digests, "
+                           f"got {spec_pins!r}")
+    return {**DEEPFACE_SHA256, **{k: v.lower() for k, v in spec_pins.items()}}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2 ** 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_weights(folder: Path, pins: dict[str, str | None]) -> dict[str, str]:
+    """SHA-256 of every pinned file present in `folder` ({name: digest}); a file whose digest differs
+    from its pin stops the stage with a sentence naming the file and both digests."""
+    found = {}
+    for name, expected in pins.items():
+        path = folder / name
+        if not path.is_file():
+            continue
+        found[name] = actual = _sha256(path)
+        if expected is not None and actual != expected:
+            raise VlmbiasError(f"DeepFace weight file {path} has SHA-256 {actual}, expected {expected} "
+                               f"(label weights_sha256); replace the file with the pinned one or update the pin")
+    return found
+
+
 def _load_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode through the image gate (GIF/WebP/EXIF rotation handled alike for every image) into
     DeepFace's BGR array; DeepFace never opens a file itself."""
@@ -117,6 +161,7 @@ class DeepFaceLabeller:
 
     def __init__(self, opts: dict, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.opts, self.max_pixels = opts, check_limit(max_pixels)
+        self.pins = pinned_hashes(opts["weights_sha256"])
         if opts["deepface_home"]:
             os.environ["DEEPFACE_HOME"] = str(Path(opts["deepface_home"]).resolve())
         # Read by deepface when it first picks an engine; set before the import so torch is not chosen.
@@ -124,8 +169,8 @@ class DeepFaceLabeller:
         try:
             from deepface import DeepFace
         except ImportError as e:
-            raise VlmbiasError(f"label source 'deepface' needs the deepface package and its dependencies "
-                               f"(pip install 'vlmbias[label]'): {e}") from None
+            raise VlmbiasError(f"label source 'deepface' needs the deepface package and its dependencies, which "
+                               f"vlmbias declares (pip install -e . installs them): {e}") from None
         self.DeepFace = DeepFace
         try:
             from deepface.commons import backend_utils
@@ -141,7 +186,13 @@ class DeepFaceLabeller:
         except ImportError:
             self.no_face_errors = ()
         self.home = Path(os.environ.get("DEEPFACE_HOME", Path.home())) / ".deepface" / "weights"
+        check_weights(self.home, self.pins)  # files already there are checked before deepface loads them
         self._build_models()
+        # ... and files deepface has just downloaded, before any image is analysed
+        for name, digest in check_weights(self.home, self.pins).items():
+            if self.pins.get(name) is None:
+                log.warning("DeepFace weight file %s is not pinned (SHA-256 %s); pin it with label spec "
+                            "weights_sha256: {%s: %s}", name, digest, name, digest)
         try:
             from importlib.metadata import version
             self.version = version("deepface")
