@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from vlmbias.audit.data import build_manifest
-from vlmbias.audit.embed import embed_image_files, open_rgb
+from vlmbias.audit.embed import embed_image_files
 from vlmbias.audit.models import load_encoder
 from vlmbias.audit.retrieve import top_k
+from vlmbias.imagegate import open_image
 from vlmbias.testing import make_fairface_folder
 
 QUERIES = ["a doctor", "a nurse", "a teacher", "a scientist", "a software engineer", "a construction worker",
@@ -39,7 +40,7 @@ def thesis_loop(encoder, paths, queries_emb, k):
     feats = []
     with torch.no_grad():
         for p in paths:
-            x = encoder.preprocess(open_rgb(p))[None]
+            x = encoder.preprocess(open_image(p))[None]
             feats.append(encoder.encode_images(x)[0])
     ranked = []
     for q in queries_emb:

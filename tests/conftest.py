@@ -1,4 +1,6 @@
 import os
+import struct
+import zlib
 
 import pytest
 
@@ -22,3 +24,22 @@ def tiny_hf(tmp_path_factory):
 def tiny_open_clip(tmp_path_factory):
     cfg = tiny_open_clip_config(tmp_path_factory.mktemp("tiny_oc") / "vlmbias-tiny-vit.json")
     return {"backend": "open_clip", "name": "vlmbias-tiny-vit", "config": str(cfg), "pretrained": None}
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.fixture(scope="session")
+def bomb_png(tmp_path_factory):
+    """A valid 30000 x 30000 one-bit PNG of a single colour: about 100 KB on disk, 900 million
+    pixels once decoded (a decompression bomb). Written row by row, never held as an image."""
+    w = h = 30000
+    row = b"\0" * (1 + (w + 7) // 8)  # filter byte + w bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+                     + _png_chunk(b"IEND", b""))
+    return path

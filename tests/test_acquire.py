@@ -1,8 +1,10 @@
-"""acquire: the gate, every source, resuming, and the search engine's failure modes. Offline: the
-HTTP layer is a fake fetcher or a local http.server on 127.0.0.1."""
+"""acquire: the gate, every source, resuming, the search engine's failure modes, and the refusal of
+private addresses. Offline: the HTTP layer is a fake fetcher or a local http.server on 127.0.0.1,
+which the fetcher reaches only with the opt-in (OPT_IN); no test connects anywhere else."""
 import hashlib
 import http.server
 import io
+import socket
 import threading
 import urllib.parse
 from pathlib import Path
@@ -13,9 +15,18 @@ import pytest
 from PIL import Image
 
 from vlmbias import VlmbiasError
+from vlmbias.imagegate import refusal
 from vlmbias.io import run_cli
 from vlmbias.mitigate.acquire import acquire, check_image, main, slugify
-from vlmbias.mitigate.websearch import FetchError, Response, extract_image_links, search_url, urllib_fetch
+from vlmbias.mitigate.websearch import (
+    AddressRefused,
+    FetchError,
+    Response,
+    address_kind,
+    extract_image_links,
+    search_url,
+    urllib_fetch,
+)
 
 
 def image_bytes(colour, fmt="PNG", size=(16, 16)) -> bytes:
@@ -26,6 +37,7 @@ def image_bytes(colour, fmt="PNG", size=(16, 16)) -> bytes:
 
 RED, GREEN, BLUE = image_bytes((200, 0, 0)), image_bytes((0, 200, 0), "JPEG"), image_bytes((0, 0, 200))
 BIG = image_bytes((9, 9, 9), "PNG", (64, 64)) + b"\0" * 5000  # trailing bytes: still decodes, but > cap
+OPT_IN = {"allow_private_addresses": True}  # the local test server is on 127.0.0.1, a loopback address
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -34,10 +46,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         type(self).hits.append(self.path)
-        status, ctype, body = self.routes.get(urllib.parse.urlsplit(self.path).path, (404, "text/plain", b"nope"))
+        status, ctype, body, *headers = self.routes.get(urllib.parse.urlsplit(self.path).path,
+                                                        (404, "text/plain", b"nope"))
         self.send_response(status)
         if ctype:
             self.send_header("Content-Type", ctype)
+        for key, value in (headers[0] if headers else {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -80,7 +95,7 @@ def test_check_image_statuses():
     assert check_image(GREEN[: len(GREEN) // 2], 10 ** 6, 10 ** 6)[0] == "undecodable"
     assert check_image(RED, 10, 10 ** 6)[0] == "too-large"                   # bytes
     status, reason, _ = check_image(RED, 10 ** 6, 100)                        # pixels: 16 x 16 > 100
-    assert status == "too-large" and "16x16" in reason
+    assert status == "too-large" and reason == refusal(100)
 
 
 def test_decompression_bomb_refused_from_header():
@@ -88,7 +103,7 @@ def test_decompression_bomb_refused_from_header():
     buf = io.BytesIO()
     Image.new("1", (20000, 20000)).save(buf, format="PNG")
     status, reason, _ = check_image(buf.getvalue(), 10 ** 7, 40_000_000)
-    assert status == "too-large"
+    assert status == "too-large" and reason == refusal(40_000_000)
 
 
 # ------------------------------------------------------------------------------------- urls source
@@ -107,7 +122,7 @@ def test_urls_source_against_local_server(server, tmp_path):
     urls = [f"{base}/{p}" for p in ["red.png", "green.jpg", "red-again.png", "blue.bin", "page.html", "big.png",
                                      "broken.jpg", "missing.png"]]
     spec = {"source": "urls", "keywords": ["a doctor"], "urls": {"a doctor": urls}, "limit": 10,
-            "max_bytes": 4000, "timeout": 5}
+            "max_bytes": 4000, "timeout": 5, **OPT_IN}
     df = acquire(spec, tmp_path / "img", progress=False)
     status = dict(zip(df["origin"].str.rsplit("/", n=1).str[1], df["status"]))
     assert status == {"red.png": "ok", "green.jpg": "ok", "red-again.png": "duplicate", "blue.bin": "ok",
@@ -128,7 +143,7 @@ def test_rerun_keeps_everything_and_refetches_only_failures(server, tmp_path):
     handler, base = server
     handler.routes.update({"/a.png": (200, "image/png", RED), "/b.png": (200, "image/png", BLUE),
                            "/c.html": (200, "text/html", b"<p>")})
-    spec = {"source": "urls", "keywords": ["nurse"], "limit": 10, "timeout": 5,
+    spec = {"source": "urls", "keywords": ["nurse"], "limit": 10, "timeout": 5, **OPT_IN,
             "urls": {"nurse": [f"{base}/a.png", f"{base}/b.png", f"{base}/c.html", f"{base}/late.png"]}}
     manifest = tmp_path / "acquired.parquet"
     first = acquire(spec, tmp_path / "img", manifest=manifest, progress=False)
@@ -153,7 +168,8 @@ def test_rerun_keeps_everything_and_refetches_only_failures(server, tmp_path):
 def test_limit_counts_usable_images(server, tmp_path):
     handler, base = server
     handler.routes.update({f"/{i}.png": (200, "image/png", image_bytes((i, 0, 0))) for i in range(5)})
-    spec = {"source": "urls", "keywords": ["x"], "limit": 2, "urls": {"x": [f"{base}/{i}.png" for i in range(5)]}}
+    spec = {"source": "urls", "keywords": ["x"], "limit": 2, "urls": {"x": [f"{base}/{i}.png" for i in range(5)]},
+            **OPT_IN}
     df = acquire(spec, tmp_path / "img", progress=False)
     assert len(ok_rows(df)) == 2 and len(handler.hits) == 2
 
@@ -225,7 +241,8 @@ def test_one_blocked_keyword_is_recorded_not_fatal(tmp_path):
 def test_web_search_real_http_layer(server, tmp_path):
     handler, base = server
     handler.routes["/search"] = (429, "text/html", b"Too Many Requests")
-    spec = {"source": "web-search", "keywords": ["a doctor"], "search_url": base + "/search?q={query}", "delay": 0}
+    spec = {"source": "web-search", "keywords": ["a doctor"], "search_url": base + "/search?q={query}", "delay": 0,
+            **OPT_IN}
     with pytest.raises(VlmbiasError, match="HTTP 429"):
         acquire(spec, tmp_path, progress=False)
     assert handler.hits == ["/search?q=a%20doctor"]
@@ -235,15 +252,139 @@ def test_web_search_real_http_layer(server, tmp_path):
 def test_urllib_fetch_caps_and_refuses():
     with pytest.raises(FetchError, match="scheme"):
         urllib_fetch("file:///etc/passwd", timeout=1, max_bytes=10)
-    with pytest.raises(FetchError):
-        urllib_fetch("http://127.0.0.1:9/x.png", timeout=2, max_bytes=10)  # port 9: nothing listens
+    with pytest.raises(FetchError, match="Connection refused") as e:  # port 9: nothing listens
+        urllib_fetch("http://127.0.0.1:9/x.png", timeout=2, max_bytes=10, allow_private=True)
+    assert not isinstance(e.value, AddressRefused)
+    with pytest.raises(FetchError, match="Connection refused"):  # the https connection class, the same way
+        urllib_fetch("https://127.0.0.1:9/x.png", timeout=2, max_bytes=10, allow_private=["127.0.0.1/32"])
 
 
 def test_urllib_fetch_byte_cap(server):
     handler, base = server
     handler.routes["/big.png"] = (200, "image/png", BIG)
-    r = urllib_fetch(base + "/big.png", timeout=5, max_bytes=100)
+    r = urllib_fetch(base + "/big.png", timeout=5, max_bytes=100, allow_private=True)
     assert r.too_large and r.body == b""
+
+
+# ------------------------------------------------------------------------------ private addresses
+
+@pytest.fixture
+def only_local_connections(monkeypatch):
+    """Fail a test that would open a connection anywhere but 127.0.0.1 (no refusal may come too late)."""
+    real = socket.create_connection
+
+    def guarded(address, *args, **kwargs):
+        assert address[0] == "127.0.0.1", f"connection attempted to {address}"
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", guarded)
+
+
+@pytest.mark.parametrize("address, kind", [
+    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"), ("10.1.2.3", "private"),
+    ("192.168.0.7", "private"), ("172.16.0.1", "private"), ("169.254.169.254", "link-local"),
+    ("fe80::1%eth0", "link-local"), ("224.0.0.1", "multicast"), ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"),
+    ("::", "unspecified"), ("240.0.0.1", "reserved"), ("fd00::1", "private"),
+    ("93.184.215.14", None), ("2606:4700:4700::1111", None),
+])
+def test_address_kinds(address, kind):
+    assert address_kind(address) == kind
+
+
+def test_local_server_refused_without_opt_in(server, tmp_path, only_local_connections):
+    handler, base = server
+    handler.routes["/a.png"] = (200, "image/png", RED)
+    with pytest.raises(AddressRefused, match=r"refused 127\.0\.0\.1: it resolves to 127\.0\.0\.1, a loopback address"):
+        urllib_fetch(base + "/a.png", timeout=5, max_bytes=10 ** 6)
+    spec = {"source": "urls", "keywords": ["x"], "urls": {"x": [base + "/a.png"]}, "timeout": 5}
+    with pytest.raises(VlmbiasError, match="no keyword returned a usable image"):
+        acquire(spec, tmp_path / "img", progress=False)
+    journal = pd.read_parquet(tmp_path / "img" / ".acquire-journal.parquet")
+    assert journal["status"].tolist() == ["fetch-error"]
+    assert "loopback address" in journal["reason"].iat[0] and "allow_private_addresses" in journal["reason"].iat[0]
+    assert handler.hits == []                                  # refused before any connection
+    # the opt-in: the same fetch goes through, and a rerun retries the refused URL
+    df = acquire({**spec, **OPT_IN}, tmp_path / "img", progress=False)
+    assert ok_rows(df)["origin"].tolist() == [base + "/a.png"] and handler.hits == ["/a.png"]
+
+
+def test_names_are_checked_after_dns_resolution(monkeypatch, only_local_connections):
+    real = socket.getaddrinfo
+
+    def fake(host, *args, **kwargs):  # a public-looking name whose DNS answer is a private address
+        if host == "images.example.com":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.8", 80)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", 80))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    with pytest.raises(AddressRefused, match="images.example.com: it resolves to 10.0.0.8, a private address"):
+        urllib_fetch("http://images.example.com/a.png", timeout=5, max_bytes=100)
+
+
+def test_connection_goes_to_the_checked_address(server, monkeypatch, only_local_connections):
+    """DNS rebinding: a name that passes the check, then resolves to 127.0.0.1 when urllib connects.
+    The connection resolves and checks again itself, so the second answer is refused too."""
+    handler, base = server
+    handler.routes["/a.png"] = (200, "image/png", RED)
+    port = int(base.rsplit(":", 1)[1])
+    real, answers = socket.getaddrinfo, iter(["93.184.215.14"])
+
+    def rebinding(host, *args, **kwargs):
+        if host == "rebind.example.com":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers, "127.0.0.1"), port))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with pytest.raises(AddressRefused, match="resolves to 127.0.0.1"):
+        urllib_fetch(f"http://rebind.example.com:{port}/a.png", timeout=5, max_bytes=10 ** 6)
+    assert handler.hits == []
+
+
+def test_web_search_page_on_private_address_is_named(tmp_path, only_local_connections):
+    spec = {"source": "web-search", "keywords": ["a doctor"], "search_url": "http://127.0.0.1:9/s?q={query}",
+            "delay": 0}
+    with pytest.raises(VlmbiasError, match="search-error .*loopback address") as e:
+        acquire(spec, tmp_path, progress=False)
+    assert "check the network" not in str(e.value)
+
+
+def test_redirect_to_private_address_refused(server, only_local_connections):
+    handler, base = server
+    port = base.rsplit(":", 1)[1]
+    handler.routes.update({"/a.png": (200, "image/png", RED),
+                           "/to-ok": (302, "text/plain", b"", {"Location": "/a.png"}),
+                           "/to-private": (302, "text/plain", b"", {"Location": f"http://10.11.12.13:{port}/a.png"}),
+                           "/to-metadata": (301, "text/plain", b"", {"Location": "http://169.254.169.254/latest/"})})
+    allow_local = ["127.0.0.1/32"]  # the test server only: every other private address stays refused
+    assert urllib_fetch(base + "/to-ok", timeout=5, max_bytes=10 ** 6, allow_private=allow_local).body == RED
+    with pytest.raises(AddressRefused, match="10.11.12.13, a private address"):
+        urllib_fetch(base + "/to-private", timeout=5, max_bytes=10 ** 6, allow_private=allow_local)
+    with pytest.raises(AddressRefused, match="169.254.169.254, a link-local address"):
+        urllib_fetch(base + "/to-metadata", timeout=5, max_bytes=10 ** 6, allow_private=allow_local)
+    assert handler.hits == ["/to-ok", "/a.png", "/to-private", "/to-metadata"]
+
+
+def test_redirect_to_ftp_is_a_clean_fetch_error(server, tmp_path, only_local_connections):
+    handler, base = server
+    port = base.rsplit(":", 1)[1]
+    handler.routes["/ftp"] = (302, "text/plain", b"", {"Location": f"ftp://127.0.0.1:{port}/a.png"})
+    handler.routes["/file"] = (302, "text/plain", b"", {"Location": "file:///etc/passwd"})
+    with pytest.raises(FetchError, match="redirect to a non-http"):
+        urllib_fetch(base + "/ftp", timeout=5, max_bytes=10 ** 6, allow_private=True)
+    with pytest.raises(FetchError, match="redirect not followed"):  # urllib itself refuses file:
+        urllib_fetch(base + "/file", timeout=5, max_bytes=10 ** 6, allow_private=True)
+    spec = {"source": "urls", "keywords": ["x"], "urls": {"x": [base + "/ftp"]}, "timeout": 5, **OPT_IN}
+    with pytest.raises(VlmbiasError, match="every candidate was rejected"):
+        acquire(spec, tmp_path / "img", progress=False)
+    journal = pd.read_parquet(tmp_path / "img" / ".acquire-journal.parquet")
+    assert journal["status"].tolist() == ["fetch-error"] and "non-http(s)" in journal["reason"].iat[0]
+
+
+def test_allow_private_addresses_is_validated(tmp_path):
+    for bad in ("yes", [], ["not-a-network"], 1):
+        with pytest.raises(VlmbiasError, match="allow_private_addresses"):
+            acquire({"source": "urls", "keywords": ["x"], "allow_private_addresses": bad}, tmp_path)
 
 
 # ------------------------------------------------------------------------------- folder and world
@@ -317,7 +458,7 @@ def test_all_keywords_empty_fails_clearly(tmp_path):
 def test_cli(server, tmp_path, capsys):
     handler, base = server
     handler.routes["/a.png"] = (200, "image/png", RED)
-    spec = '{"source": "urls", "keywords": ["a"], "urls": {"a": ["%s/a.png"]}}' % base
+    spec = '{"source": "urls", "keywords": ["a"], "urls": {"a": ["%s/a.png"]}, "allow_private_addresses": true}' % base
     args = ["--spec-json", spec, "--out-dir", str(tmp_path / "img"), "--manifest", str(tmp_path / "acq.parquet")]
     assert run_cli(main, args) == 0
     assert pd.read_parquet(tmp_path / "acq.parquet")["status"].tolist() == ["ok"]

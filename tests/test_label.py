@@ -18,12 +18,15 @@ import pytest
 from PIL import Image
 
 from vlmbias import VlmbiasError
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, refusal
 from vlmbias.io import run_cli
 from vlmbias.mitigate.label import (
+    DEEPFACE_SHA256,
     DEEPFACE_WEIGHTS,
     add_label_noise,
     age_bin,
     balanced_set,
+    check_weights,
     distribution_by_keyword,
     label_images,
     main,
@@ -133,8 +136,8 @@ def deepface_env(deepface_home, monkeypatch):
     # label.py sets these for deepface; monkeypatch puts back the values the session started with
     monkeypatch.setenv("DEEPFACE_HOME", str(deepface_home))
     monkeypatch.setenv("DEEPFACE_BACKEND_ENGINE", "onnx")
-    # deepface is the optional `label` extra (it also imports werkzeug without declaring it)
-    pytest.importorskip("deepface.DeepFace", reason="needs the label extra: pip install -e '.[label]' werkzeug")
+    # deepface (and werkzeug, which it imports without declaring) are vlmbias dependencies
+    pytest.importorskip("deepface.DeepFace", reason="needs deepface and werkzeug: pip install -e .")
     return deepface_home
 
 
@@ -240,6 +243,65 @@ def test_deepface_bad_options(deepface_env, tmp_path):
         label_images({"source": "deepface", "asian_as": "Asian"}, acquired, None, progress=False)
     with pytest.raises(VlmbiasError, match="unknown key"):
         label_images({"source": "deepface", "detector": "skip"}, acquired, None, progress=False)
+
+
+def test_deepface_input_goes_through_the_image_gate(deepface_env, tmp_path, bomb_png):
+    acquired = acquired_table(tmp_path, [("face", flat(face_colour("Man", "white", 30)))])
+    bomb = {**acquired.iloc[0].to_dict(), "image_id": "kw/bomb.png", "path": str(bomb_png),
+            "sha1": hashlib.sha1(bomb_png.read_bytes()).hexdigest()}
+    acquired = pd.concat([acquired, pd.DataFrame([bomb])], ignore_index=True)
+    spec = {"source": "deepface", "detector_backend": "skip"}
+    labels, dropped, _ = label_images(spec, acquired, None, progress=False)
+    assert labels["image_id"].tolist() == ["kw/face.png"]
+    assert dropped["image_id"].tolist() == ["kw/bomb.png"]
+    assert refusal(DEFAULT_MAX_PIXELS) in dropped["reason"].iat[0]
+    # the configured limit, not a constant: the 64 x 64 face is over 1000 pixels
+    with pytest.raises(VlmbiasError, match="no image could be labelled") as e:
+        label_images(spec, acquired, None, progress=False, max_pixels=1000)
+    assert refusal(1000) in str(e.value)
+
+
+# ----------------------------------------------------------------------------------- pinned weights
+
+def standin_sha256() -> dict[str, str]:
+    return {name: hashlib.sha256(data).hexdigest() for name, data in standin_weights().items()}
+
+
+def test_check_weights_accepts_matches_and_names_a_mismatch(tmp_path):
+    (tmp_path / "a.onnx").write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    assert check_weights(tmp_path, {"a.onnx": digest, "absent.onnx": "1" * 64}) == {"a.onnx": digest}
+    assert check_weights(tmp_path, {"a.onnx": None}) == {"a.onnx": digest}  # unknown pin: digest reported
+    with pytest.raises(VlmbiasError) as e:
+        check_weights(tmp_path, {"a.onnx": "0" * 64})
+    assert str(tmp_path / "a.onnx") in str(e.value) and "0" * 64 in str(e.value) and digest in str(e.value)
+
+
+def test_no_real_deepface_digest_is_claimed():
+    # the real files could not be downloaded here: every built-in pin says "unknown", none is made up
+    assert set(DEEPFACE_SHA256) == set(DEEPFACE_WEIGHTS.values()) and set(DEEPFACE_SHA256.values()) == {None}
+
+
+def test_pinned_deepface_weights(deepface_env, tmp_path, caplog):
+    acquired = acquired_table(tmp_path, [("face", flat(face_colour("Woman", "black", 25)))])
+    spec = {"source": "deepface", "detector_backend": "skip"}
+    pins = standin_sha256()
+    labels, _, _ = label_images({**spec, "weights_sha256": pins}, acquired, None, progress=False)
+    assert labels["gender"].tolist() == ["Female"]
+
+    gender_file = DEEPFACE_WEIGHTS["Gender"]
+    with pytest.raises(VlmbiasError) as e:
+        label_images({**spec, "weights_sha256": {**pins, gender_file: "ab" * 32}}, acquired, None, progress=False)
+    msg = str(e.value)
+    assert gender_file in msg and "ab" * 32 in msg and pins[gender_file] in msg
+
+    caplog.clear()  # unpinned files are loaded, and their digest is logged for the user to pin
+    label_images(spec, acquired, None, progress=False)
+    assert any(pins[gender_file] in r.getMessage() and "not pinned" in r.getMessage() for r in caplog.records)
+
+    for bad in ({gender_file: "not-a-digest"}, ["x"], {gender_file: 5}):
+        with pytest.raises(VlmbiasError, match="weights_sha256"):
+            label_images({**spec, "weights_sha256": bad}, acquired, None, progress=False)
 
 
 # ------------------------------------------------------------------------------------------- world

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,7 @@ from PIL import Image
 
 from vlmbias import VlmbiasError
 from vlmbias.audit.models import load_encoder
+from vlmbias.mitigate.finetune import _load_base
 
 
 @pytest.fixture(params=["hf", "open_clip"])
@@ -53,4 +56,37 @@ def test_offline_hub_models_give_clear_errors(monkeypatch):
 
 def test_adapter_errors(tiny_hf, tmp_path):
     with pytest.raises(VlmbiasError, match="no adapter_config.json"):
+        load_encoder({"backend": "hf", "name": str(tiny_hf), "adapter": str(tmp_path)})
+
+
+@pytest.fixture
+def pickle_only(tiny_hf, tmp_path):
+    """The tiny model with its weights as a pickle checkpoint (pytorch_model.bin), no safetensors."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_hf, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_pickle_checkpoint_is_refused_never_unpickled(pickle_only, monkeypatch):
+    unpickled = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a))
+    message = r"holds only pickle weights \(pytorch_model.bin\), and vlmbias loads safetensors only"
+    with pytest.raises(VlmbiasError, match=message):
+        load_encoder({"backend": "hf", "name": str(pickle_only)})
+    with pytest.raises(VlmbiasError, match="base model .*" + message):  # the LoRA base, the same way
+        _load_base(str(pickle_only))
+    assert unpickled == []
+
+
+def test_pickle_adapter_is_refused(tiny_hf, tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.bin").write_bytes(b"not read")
+    with pytest.raises(VlmbiasError, match=r"adapter .* holds only pickle weights \(adapter_model.bin\)"):
+        load_encoder({"backend": "hf", "name": str(tiny_hf), "adapter": str(tmp_path)})
+    (tmp_path / "adapter_model.bin").unlink()
+    with pytest.raises(VlmbiasError, match="no adapter_model.safetensors"):
         load_encoder({"backend": "hf", "name": str(tiny_hf), "adapter": str(tmp_path)})

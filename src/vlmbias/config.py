@@ -80,7 +80,9 @@ def check_config(config: dict) -> None:
         for key, names, have in checks:
             unknown = [n for n in names if n not in have]
             if unknown:
-                raise VlmbiasError(f"experiments.{exp}: {key} {unknown} not configured (known: {have})")
+                hint = ("; a '<base>~<method>' model is a method of the mitigation block (mitigation.methods)"
+                        if any("~" in str(n) for n in unknown) else "")
+                raise VlmbiasError(f"experiments.{exp}: {key} {unknown} not configured (known: {have}){hint}")
         if exp == "training_data" and not (mit and mit.get("acquire") and mit.get("label")):
             raise VlmbiasError("experiments.training_data compares web-search images with retrievals; it needs "
                                "mitigation.acquire and mitigation.label blocks")

@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vlmbias import VlmbiasError
-from vlmbias.audit.embed import open_rgb
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
 
 
 def load_pixels(paths: list[str], processor, *, chunk: int = 64, ids: list | None = None, what: str = "training",
-                progress: bool = False) -> torch.Tensor:
-    """Preprocessed pixel values of every image, in order. Every unreadable image is named in one error."""
+                progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Preprocessed pixel values of every image, in order, each through the image gate (at most
+    `max_pixels` pixels). Every unreadable or refused image is named in one error."""
+    check_limit(max_pixels)
     ids = list(ids) if ids is not None else list(paths)
     out, bad = [], []
     for start in tqdm(range(0, len(paths), chunk), desc="load images", unit="batch", mininterval=2,
@@ -30,7 +32,7 @@ def load_pixels(paths: list[str], processor, *, chunk: int = 64, ids: list | Non
         imgs = []
         for iid, path in zip(ids[start:start + chunk], paths[start:start + chunk]):
             try:
-                imgs.append(open_rgb(path))
+                imgs.append(open_image(path, max_pixels))
             except Exception as e:  # collected: the error below names every bad image, not just the first
                 bad.append(f"{iid} ({path}: {type(e).__name__}: {e})")
         if not bad:

@@ -17,8 +17,8 @@ rule dataset_manifest:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.audit.data --spec-json {params.spec:q} --max-missing-fraction {params.max_missing}"
-        " --manifest {output.manifest} --distribution {output.distribution} --missing {output.missing} > {log} 2>&1"
+        "{PY} -m vlmbias.audit.data --spec-json {params.spec:q} --max-missing-fraction {params.max_missing:q}"
+        " --manifest {output.manifest:q} --distribution {output.distribution:q} --missing {output.missing:q} > {log:q} 2>&1"
 
 
 rule embed_images:
@@ -36,6 +36,7 @@ rule embed_images:
         batch_size=config["embed"]["batch_size"],
         workers=config["embed"]["num_workers"],
         max_bad=config["embed"]["max_bad_fraction"],
+        max_pixels=MAX_PIXELS,
     threads: config["threads"]
     resources:
         mem_mb=8000,
@@ -46,10 +47,11 @@ rule embed_images:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.audit.embed images --model-json {params.model:q} --device {params.device}"
-        " --precision {params.precision} --threads {threads} --manifest {input.manifest}"
-        " --batch-size {params.batch_size} --num-workers {params.workers} --max-bad-fraction {params.max_bad}"
-        " --out-npy {output.npy} --out-table {output.table} --skipped {output.skipped} > {log} 2>&1"
+        "{PY} -m vlmbias.audit.embed images --model-json {params.model:q} --device {params.device:q}"
+        " --precision {params.precision:q} --threads {threads:q} --manifest {input.manifest:q}"
+        " --batch-size {params.batch_size:q} --num-workers {params.workers:q} --max-bad-fraction {params.max_bad:q}"
+        " --max-pixels {params.max_pixels:q} --out-npy {output.npy:q} --out-table {output.table:q}"
+        " --skipped {output.skipped:q} > {log:q} 2>&1"
 
 
 rule embed_queries:
@@ -69,9 +71,9 @@ rule embed_queries:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.audit.embed queries --model-json {params.model:q} --device {params.device}"
-        " --precision {params.precision} --threads {threads} --name {wildcards.qset}"
-        " --queries-json {params.queries:q} --out-npy {output.npy} --out-table {output.table} > {log} 2>&1"
+        "{PY} -m vlmbias.audit.embed queries --model-json {params.model:q} --device {params.device:q}"
+        " --precision {params.precision:q} --threads {threads:q} --name {wildcards.qset:q}"
+        " --queries-json {params.queries:q} --out-npy {output.npy:q} --out-table {output.table:q} > {log:q} 2>&1"
 
 
 def image_embeddings(wildcards):
@@ -96,10 +98,10 @@ rule retrieve:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.audit.retrieve --images-npy {input.images} --images-table {input.image_rows}"
-        " --queries-npy {input.queries} --queries-table {input.query_rows} --manifest {input.manifest}"
-        " --k {params.k} --method {params.method} --model {wildcards.model} --dataset {wildcards.dataset}"
-        " --query-set {wildcards.qset} --out {output} > {log} 2>&1"
+        "{PY} -m vlmbias.audit.retrieve --images-npy {input.images:q} --images-table {input.image_rows:q}"
+        " --queries-npy {input.queries:q} --queries-table {input.query_rows:q} --manifest {input.manifest:q}"
+        " --k {params.k:q} --method {params.method:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
+        " --query-set {wildcards.qset:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule metrics:
@@ -123,11 +125,11 @@ rule metrics:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.audit.metrics --rankings {input.rankings} --distribution {input.distribution}"
-        " --k {params.k} --n-boot {params.n_boot} --ci-method {params.ci} --seed {params.seed}"
-        " --attributes {params.attributes} --skew-pseudocount {params.skew} --interval {params.interval}"
-        " --out-classes {output.classes} --out-summary {output.summary} --out-confusion {output.confusion}"
-        " > {log} 2>&1"
+        "{PY} -m vlmbias.audit.metrics --rankings {input.rankings:q} --distribution {input.distribution:q}"
+        " --k {params.k:q} --n-boot {params.n_boot:q} --ci-method {params.ci:q} --seed {params.seed:q}"
+        " --attributes {params.attributes:q} --skew-pseudocount {params.skew:q} --interval {params.interval:q}"
+        " --out-classes {output.classes:q} --out-summary {output.summary:q} --out-confusion {output.confusion:q}"
+        " > {log:q} 2>&1"
 
 
 # Figures per (dataset, model, query set): distribution bar plots per attribute, a disparity
@@ -153,11 +155,13 @@ rule figures:
         bar_k=config["figures"]["bar_k"],
         grid_k=config["figures"]["grid_k"],
         grid_cols=config["figures"]["grid_cols"],
+        max_pixels=MAX_PIXELS,
     log:
         f"{RES}/logs/figures/{{dataset}}_{{model}}_{{qset}}.log",
     conda:
         "../../envs/report.yaml"
     shell:
-        "{PY} -m vlmbias.plots audit --classes {input.classes} --summary {input.summary} --confusion {input.confusion}"
-        " --rankings {input.rankings} --manifest {input.manifest} --bar-k {params.bar_k}"
-        " --grid-k {params.grid_k} --grid-cols {params.grid_cols} --out {output} > {log} 2>&1"
+        "{PY} -m vlmbias.plots audit --classes {input.classes:q} --summary {input.summary:q}"
+        " --confusion {input.confusion:q} --rankings {input.rankings:q} --manifest {input.manifest:q}"
+        " --bar-k {params.bar_k:q} --grid-k {params.grid_k:q} --grid-cols {params.grid_cols:q}"
+        " --max-pixels {params.max_pixels:q} --out {output:q} > {log:q} 2>&1"

@@ -1,4 +1,5 @@
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ except VlmbiasError as e:
 validate(config, "../schemas/config.schema.yaml")  # fills in the schema's defaults
 
 RES = vconfig.results_root(config)
+MAX_PIXELS = config["images"]["max_pixels"]  # the image gate's one limit, passed to every rule that opens images
 SELECTED = vconfig.audit_selection(config)
 
 
@@ -30,7 +32,8 @@ def _python():
 
 
 # Every rule runs `{PY} -m vlmbias.<module>`: src/ on the path, so the package need not be installed in an env.
-PY = f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} {_python()}"
+# Quoted like every value in the rules' shell commands: a checkout path with a space must not split.
+PY = f"PYTHONPATH={shlex.quote(workflow.basedir + '/src')}\"${{PYTHONPATH:+:$PYTHONPATH}}\" {shlex.quote(_python())}"
 
 
 wildcard_constraints:

@@ -15,14 +15,14 @@ rule architecture:
     output:
         report(f"{RES}/experiments/architecture.csv", caption="../report/experiments.rst", category="Experiments"),
     params:
-        classes=lambda w: " ".join(f"{m}={f}" for m, files in experiment_classes("architecture").items() for f in files),
+        classes=lambda w: [f"{m}={f}" for m, files in experiment_classes("architecture").items() for f in files],
         k=EXP.get("architecture", {}).get("k", 20),
     log:
         f"{RES}/logs/experiments/architecture.log",
     conda:
         "../../envs/report.yaml"
     shell:
-        "{PY} -m vlmbias.experiments architecture --classes {params.classes} --k {params.k} --out {output} > {log} 2>&1"
+        "{PY} -m vlmbias.experiments architecture --classes {params.classes:q} --k {params.k:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule training_data:
@@ -38,5 +38,5 @@ rule training_data:
     conda:
         "../../envs/report.yaml"
     shell:
-        "{PY} -m vlmbias.experiments training-data --labels {input.labels} --classes {input.classes} --k {params.k}"
-        " --out {output} > {log} 2>&1"
+        "{PY} -m vlmbias.experiments training-data --labels {input.labels:q} --classes {input.classes:q} --k {params.k:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -16,15 +16,16 @@ rule acquire:
         f"{MIT}/acquired/acquired.parquet",
     params:
         spec=as_json(config.get("mitigation", {}).get("acquire", {})),
-        world=lambda w, input: f"--world {input[0]}" if input else "",
+        world=lambda w, input: ["--world", input[0]] if input else [],
         folder=f"{MIT}/acquired/images",
+        max_pixels=MAX_PIXELS,
     log:
         f"{RES}/logs/acquire/acquire.log",
     conda:
         "../../envs/mitigate.yaml"
     shell:
-        "{PY} -m vlmbias.mitigate.acquire --spec-json {params.spec:q} --out-dir {params.folder} --manifest {output}"
-        " {params.world} > {log} 2>&1"
+        "{PY} -m vlmbias.mitigate.acquire --spec-json {params.spec:q} --out-dir {params.folder:q} --manifest {output:q}"
+        " {params.world:q} --max-pixels {params.max_pixels:q} > {log:q} 2>&1"
 
 
 rule label:
@@ -37,14 +38,15 @@ rule label:
         balanced=f"{MIT}/labels/balanced.parquet",
     params:
         spec=as_json(config.get("mitigation", {}).get("label", {})),
+        max_pixels=MAX_PIXELS,
     log:
         f"{RES}/logs/label/label.log",
     conda:
         "../../envs/mitigate.yaml"
     shell:
-        "{PY} -m vlmbias.mitigate.label --spec-json {params.spec:q} --acquired {input} --out-labels {output.labels}"
-        " --out-dropped {output.dropped} --out-distribution {output.distribution}"
-        " --out-balanced {output.balanced} > {log} 2>&1"
+        "{PY} -m vlmbias.mitigate.label --spec-json {params.spec:q} --acquired {input:q} --out-labels {output.labels:q}"
+        " --out-dropped {output.dropped:q} --out-distribution {output.distribution:q}"
+        " --out-balanced {output.balanced:q} --max-pixels {params.max_pixels:q} > {log:q} 2>&1"
 
 
 def finetune_inputs(wildcards):
@@ -61,6 +63,7 @@ rule finetune:
     params:
         base=lambda w: vconfig.model_spec(config, config["mitigation"]["base_model"])["name"],
         spec=lambda w: as_json(vconfig.finetune_spec(config, w.method)),
+        max_pixels=MAX_PIXELS,
     threads: config["threads"]
     resources:
         mem_mb=8000,
@@ -71,8 +74,8 @@ rule finetune:
     conda:
         "../../envs/mitigate.yaml"
     shell:
-        "{PY} -m vlmbias.mitigate.finetune --base {params.base} --train {input.train} --spec-json {params.spec:q}"
-        " --out {output} --threads {threads} --no-progress > {log} 2>&1"
+        "{PY} -m vlmbias.mitigate.finetune --base {params.base:q} --train {input.train:q} --spec-json {params.spec:q}"
+        " --out {output:q} --threads {threads:q} --max-pixels {params.max_pixels:q} --no-progress > {log:q} 2>&1"
 
 
 def quality_inputs(wildcards):
@@ -92,17 +95,19 @@ rule quality:
         f"{MIT}/quality/{{model}}.csv",
     params:
         model=lambda w: as_json(vconfig.model_spec(config, w.model)),
-        world=lambda w, input: f"--world {input.world}" if "world" in input.keys() else "",
+        world=lambda w, input: ["--world", input.world] if "world" in input.keys() else [],
         device=config["device"],
+        max_pixels=MAX_PIXELS,
     threads: config["threads"]
     log:
         f"{RES}/logs/quality/{{model}}.log",
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.mitigate.quality --model-json {params.model:q} --model-name {wildcards.model}"
-        " --images-npy {input.images} --images-table {input.image_rows} --manifest {input.manifest}"
-        " {params.world} --device {params.device} --out {output} > {log} 2>&1"
+        "{PY} -m vlmbias.mitigate.quality --model-json {params.model:q} --model-name {wildcards.model:q}"
+        " --images-npy {input.images:q} --images-table {input.image_rows:q} --manifest {input.manifest:q}"
+        " {params.world:q} --device {params.device:q} --max-pixels {params.max_pixels:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 def compare_inputs(wildcards):
@@ -117,7 +122,7 @@ def method_args(wildcards, input):
     mit = config["mitigation"]
     n = len(mit["query_sets"])
     files = list(input.methods)
-    return " ".join(f"--method {m} " + " ".join(files[i * n:(i + 1) * n]) for i, m in enumerate(mit["methods"]))
+    return [arg for i, m in enumerate(mit["methods"]) for arg in ["--method", m, *files[i * n:(i + 1) * n]]]
 
 
 rule compare:
@@ -137,6 +142,6 @@ rule compare:
     conda:
         "../../envs/report.yaml"
     shell:
-        "{PY} -m vlmbias.mitigate.compare --base {input.base} {params.methods} --quality {input.quality} --k {params.k}"
-        " --out-table {output.table} --out-summary {output.summary} --out-quality {output.quality}"
-        " --out-figures {output.figures} > {log} 2>&1"
+        "{PY} -m vlmbias.mitigate.compare --base {input.base:q} {params.methods:q} --quality {input.quality:q} --k {params.k:q}"
+        " --out-table {output.table:q} --out-summary {output.summary:q} --out-quality {output.quality:q}"
+        " --out-figures {output.figures:q} > {log:q} 2>&1"

@@ -12,5 +12,5 @@ rule run_info:
     conda:
         "../../envs/report.yaml"
     shell:
-        "{PY} -m vlmbias.report run-info --config-json {params.config:q} --out-config {output.config}"
-        " --out-versions {output.versions} > {log} 2>&1"
+        "{PY} -m vlmbias.report run-info --config-json {params.config:q} --out-config {output.config:q}"
+        " --out-versions {output.versions:q} > {log:q} 2>&1"

@@ -11,7 +11,7 @@ rule world_generate:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.world.generate generate --spec-json {params.spec:q} --out {output} > {log} 2>&1"
+        "{PY} -m vlmbias.world.generate generate --spec-json {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule world_train:
@@ -21,6 +21,7 @@ rule world_train:
         directory(f"{RES}/world/models/{{wmodel}}"),  # wmodel: one of vconfig.WORLD_MODELS
     params:
         spec=as_json(config.get("world", {})),
+        max_pixels=MAX_PIXELS,
     threads: config["threads"]
     log:
         f"{RES}/logs/world_train/{{wmodel}}.log",
@@ -29,8 +30,8 @@ rule world_train:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.world.model train --world {input} --spec-json {params.spec:q}"
-        " --out {output} --threads {threads} > {log} 2>&1"
+        "{PY} -m vlmbias.world.model train --world {input:q} --spec-json {params.spec:q}"
+        " --out {output:q} --threads {threads:q} --max-pixels {params.max_pixels:q} > {log:q} 2>&1"
 
 
 def calibration_inputs(wildcards):
@@ -63,8 +64,8 @@ rule calibrate:
     conda:
         "../../envs/audit.yaml"
     shell:
-        "{PY} -m vlmbias.world.calibrate --world {input.world} --classes {input.classes} --queries {input.queries}"
-        " --images-npy {input.images} --images-table {input.image_rows} --manifest {input.manifest}"
-        " --k {params.k} --strong-gender {params.strong[gender]} --strong-race {params.strong[race]}"
-        " --out-table {output.table} --out-checks {output.checks} --out-tracking {output.tracking}"
-        " --out-plot {output.plot} > {log} 2>&1"
+        "{PY} -m vlmbias.world.calibrate --world {input.world:q} --classes {input.classes:q} --queries {input.queries:q}"
+        " --images-npy {input.images:q} --images-table {input.image_rows:q} --manifest {input.manifest:q}"
+        " --k {params.k:q} --strong-gender {params.strong[gender]:q} --strong-race {params.strong[race]:q}"
+        " --out-table {output.table:q} --out-checks {output.checks:q} --out-tracking {output.tracking:q}"
+        " --out-plot {output.plot:q} > {log:q} 2>&1"

@@ -1,7 +1,8 @@
 """Embedding stages: every image once per (dataset, model); queries per (model, query set).
 
 Images are decoded in DataLoader workers and encoded in batches under `torch.inference_mode`.
-An image that cannot be decoded is skipped and listed with the reason; the stage fails, writing
+An image that cannot be decoded, or that the image gate refuses (`vlmbias.imagegate`, more than
+`images.max_pixels` pixels), is skipped and listed with the reason; the stage fails, writing
 nothing, when the skipped fraction exceeds `max_bad_fraction`.
 """
 from __future__ import annotations
@@ -9,17 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import warnings
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from vlmbias import VlmbiasError
 from vlmbias.audit.models import Encoder, load_encoder
 from vlmbias.audit.queries import expand_query_set, strip_article
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_npy, write_table
 from vlmbias.mitigate.debias import apply_projection, projection_for
 
@@ -27,25 +27,16 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def open_rgb(path: str) -> Image.Image:
-    """Decode fully (so truncated files fail here, not later); decompression bombs are errors."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-
-
 class _ImageFiles(torch.utils.data.Dataset):
-    def __init__(self, paths: list[str], preprocess):
-        self.paths, self.preprocess = paths, preprocess
+    def __init__(self, paths: list[str], preprocess, max_pixels: int):
+        self.paths, self.preprocess, self.max_pixels = paths, preprocess, max_pixels
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return i, self.preprocess(open_rgb(self.paths[i])), ""
+            return i, self.preprocess(open_image(self.paths[i], self.max_pixels)), ""
         except Exception as e:  # any decode failure is reported per image, never fatal here
             return i, None, f"{type(e).__name__}: {e}"
 
@@ -58,9 +49,11 @@ def _collate(items):
 
 
 def embed_image_files(encoder: Encoder, paths: list[str], batch_size: int = 64, num_workers: int = 2,
-                      progress: bool = True) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+                      progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+                      ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
     """Encode images; returns (embeddings of the readable ones, their indices into paths, [(index, reason)])."""
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, encoder.preprocess), batch_size=batch_size,
+    check_limit(max_pixels)  # a bad limit is one config error, not every image skipped
+    loader = torch.utils.data.DataLoader(_ImageFiles(paths, encoder.preprocess, max_pixels), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate, shuffle=False)
     chunks, kept, bad = [], [], []
     for idx, pixels, failed in tqdm(loader, desc="embed images", unit="batch", disable=not progress):
@@ -72,9 +65,11 @@ def embed_image_files(encoder: Encoder, paths: list[str], batch_size: int = 64, 
     return emb, kept, bad
 
 
-def embed_images(manifest: pd.DataFrame, encoder: Encoder, batch_size=64, num_workers=2, max_bad_fraction=0.01):
+def embed_images(manifest: pd.DataFrame, encoder: Encoder, batch_size=64, num_workers=2, max_bad_fraction=0.01,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
     """Returns (embeddings, row-order table, skipped table); raises if too many images are unreadable."""
-    emb, kept, bad = embed_image_files(encoder, manifest["path"].tolist(), batch_size, num_workers)
+    emb, kept, bad = embed_image_files(encoder, manifest["path"].tolist(), batch_size, num_workers,
+                                       max_pixels=max_pixels)
     skipped = pd.DataFrame({"image_id": [manifest["image_id"].iat[i] for i, _ in bad],
                             "path": [manifest["path"].iat[i] for i, _ in bad],
                             "reason": [r for _, r in bad]}, columns=["image_id", "path", "reason"])
@@ -127,6 +122,7 @@ def main(argv=None) -> None:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--num-workers", type=int, default=2)
     s.add_argument("--max-bad-fraction", type=float, default=0.01)
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
     s = sub.choices["queries"]
     s.add_argument("--name", required=True)
     s.add_argument("--queries-json", required=True, help="the query set's config block as JSON")
@@ -136,7 +132,7 @@ def main(argv=None) -> None:
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device, a.precision)
     if a.what == "images":
         emb, rows, skipped = embed_images(read_table(a.manifest), encoder, a.batch_size, a.num_workers,
-                                          a.max_bad_fraction)
+                                          a.max_bad_fraction, a.max_pixels)
         write_table(skipped, a.skipped)
         log.info("embedded %d images (dim %d), skipped %d", len(rows), emb.shape[1], len(skipped))
     else:

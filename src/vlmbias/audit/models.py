@@ -42,6 +42,30 @@ def offline_error(what: str, e: Exception) -> VlmbiasError:
     )
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_only(folder: Path, what: str) -> None:
+    """A local model folder must hold safetensors weights: a pickle checkpoint (pytorch_model.bin)
+    can run arbitrary code when it is unpickled, so vlmbias never loads one."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise VlmbiasError(f"{what} {folder} holds only pickle weights ({', '.join(pickles)}), and vlmbias loads "
+                           "safetensors only (unpickling can run code); convert them to .safetensors where you trust "
+                           "the file (e.g. save_pretrained(..., safe_serialization=True))")
+
+
+def load_clip_weights(name: str, dtype: torch.dtype, what: str = "model"):
+    """`CLIPModel.from_pretrained` from safetensors only (see `refuse_pickle_only`); transformers
+    refuses a hub model that has no safetensors weights."""
+    from transformers import CLIPModel
+
+    refuse_pickle_only(Path(name), what)
+    return CLIPModel.from_pretrained(name, dtype=dtype, use_safetensors=True)
+
+
 def _normalise(x: torch.Tensor) -> np.ndarray:
     x = x.float()
     return torch.nn.functional.normalize(x, dim=-1).cpu().numpy().astype(np.float32)
@@ -116,14 +140,16 @@ def features(out) -> torch.Tensor:
 
 
 def _load_hf(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    from transformers import AutoTokenizer, CLIPImageProcessor
 
     name = str(spec["name"])
     local = Path(name).exists()
     try:
-        model = CLIPModel.from_pretrained(name, dtype=dtype)
+        model = load_clip_weights(name, dtype)
         tokenizer = AutoTokenizer.from_pretrained(name)
         processor = CLIPImageProcessor.from_pretrained(name)
+    except VlmbiasError:
+        raise
     except Exception as e:
         if local:
             raise VlmbiasError(f"{name} is not a loadable CLIPModel directory: {e}") from None
@@ -152,6 +178,9 @@ def _apply_adapter(model, adapter: Path, base: str):
 
     if not (adapter / "adapter_config.json").is_file():
         raise VlmbiasError(f"adapter directory {adapter} has no adapter_config.json")
+    if not (adapter / "adapter_model.safetensors").is_file():  # peft would unpickle adapter_model.bin
+        refuse_pickle_only(adapter, "adapter")
+        raise VlmbiasError(f"adapter directory {adapter} has no adapter_model.safetensors")
     try:
         model = PeftModel.from_pretrained(model, str(adapter))
     except (RuntimeError, ValueError, KeyError) as e:

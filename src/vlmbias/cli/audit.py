@@ -13,6 +13,7 @@ from pathlib import Path
 from vlmbias import VlmbiasError, __version__
 from vlmbias.audit import presets
 from vlmbias.cli.cache import cache_key, cache_root, read_cache, write_cache
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("vlmbias.cli")
 
@@ -176,7 +177,8 @@ def run_audit(a: argparse.Namespace) -> dict:
         emb, rows, skipped = cached
     else:
         log.info("embedding %d images with %s (cache miss; key %s)", len(manifest), encoder.name, key)
-        emb, rows, skipped = embed_images(manifest, encoder, a.batch_size, a.workers, a.max_bad_fraction)
+        emb, rows, skipped = embed_images(manifest, encoder, a.batch_size, a.workers, a.max_bad_fraction,
+                                          a.max_pixels)
         write_cache(entry, emb, rows, skipped, {
             "model": format_model_spec(model), "dataset": dspec, "precision": a.precision,
             "n_images": int(len(rows)), "n_skipped": int(len(skipped)), "vlmbias": __version__})
@@ -372,5 +374,7 @@ def register(sub, formatter) -> None:
                    help="share of listed images allowed to be missing on disk")
     s.add_argument("--max-bad-fraction", type=float, default=0.01,
                    help="share of images allowed to be unreadable (skipped and reported)")
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="larger images are refused before decoding (decompression bombs); config images.max_pixels")
     s.add_argument("--json", action="store_true", help="print a machine-readable JSON object instead of tables")
     s.set_defaults(func=cmd_audit)

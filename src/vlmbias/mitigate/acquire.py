@@ -11,11 +11,18 @@ Sources:
 - `world`: the calibration world's search-engine stand-in (`vlmbias.world.generate.search`); its true
   labels ride along as `world_gender`, `world_race`, `world_age` for `label` source `world`.
 
+Every URL fetched (the search page, each scraped or listed link, every redirect) must resolve to
+public addresses only: loopback, private, link-local, multicast, reserved and unspecified addresses
+are refused after DNS resolution (see `vlmbias.mitigate.websearch`), since a scraped link must not
+reach the machine's own services or its network. `allow_private_addresses: true` (or a list of
+networks, e.g. `["10.1.0.0/16"]`) lifts that for tests and intranet image servers.
+
 Keyword items are strings or `{keyword, concept?, urls?, folder?}`. `concept` defaults to the
 keyword without a leading article ("a doctor" -> "doctor"; the world source reports its own).
 
-The gate, the same for every source: size cap in bytes, known image format, at most `max_pixels`
-(decompression bombs refused), full decode (`img.load()`). Accepted bytes are stored unchanged
+The gate, the same for every source: size cap in bytes, known image format, the project's image
+gate (`vlmbias.imagegate`: at most `images.max_pixels` pixels, read from the header before any
+pixel is decoded, so decompression bombs are refused), full decode. Accepted bytes are stored unchanged
 at `<out_dir>/<slug>/<sha1[:16]>.<ext>`. The slug is ASCII, carries a hash of the keyword (so "../x"
 cannot escape and two keywords never share a folder) and the file name is the content hash (so
 names never collide and a rerun rewrites nothing).
@@ -41,23 +48,25 @@ import logging
 import re
 import time
 import unicodedata
-import warnings
 from dataclasses import dataclass, field
-from io import BytesIO
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from vlmbias import VlmbiasError
 from vlmbias.audit.queries import strip_article
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, ImageRefused, check_limit, open_image
 from vlmbias.io import atomic_path, parse_json_arg, run_cli, write_table
 from vlmbias.mitigate.websearch import (
     CAPTCHA_MARKERS,
+    AddressRefused,
     Fetcher,
     FetchError,
+    allowed_networks,
     extract_image_links,
     package_user_agent,
     search_url,
@@ -79,13 +88,12 @@ RECOVERED = "file on disk: "      # origin of a stored image adopted without a r
 DEFAULTS = {
     "limit": 50,                 # usable images kept per keyword
     "max_bytes": 20 * 2 ** 20,   # per downloaded file
-    "max_pixels": 40_000_000,    # width x height; PIL's own bomb guard starts at ~89M
     "timeout": 20.0,             # seconds per network operation
     "delay": 1.0,                # seconds between two search-engine requests (rate limits)
     "seed": 0,                   # world source: order of its results
 }
 SPEC_KEYS = {"source", "keywords", "concepts", "urls", "root", "world", "lang", "search_url", "user_agent",
-             *DEFAULTS}
+             "allow_private_addresses", *DEFAULTS}
 
 # Image formats kept, with the extension they are stored under.
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
@@ -102,24 +110,19 @@ def slugify(keyword: str) -> str:
     return f"{ascii_part}-{digest}" if ascii_part else f"kw-{digest}"
 
 
-def check_image(data: bytes, max_bytes: int, max_pixels: int) -> tuple[str, str, str | None]:
-    """(status, reason, extension) of candidate bytes; status 'ok' only for a fully decodable image."""
+def check_image(data: bytes, max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, str, str | None]:
+    """(status, reason, extension) of candidate bytes; status 'ok' only for a fully decodable image
+    that the image gate (`vlmbias.imagegate`, at most `max_pixels` pixels) lets through."""
     if len(data) > max_bytes:
         return "too-large", f"{len(data)} bytes > max_bytes {max_bytes}", None
     if not data:
         return "not-image", "empty file", None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(BytesIO(data)) as img:
-                fmt, (w, h) = img.format, img.size
-                if w * h > max_pixels:  # checked from the header, before any pixel is decoded
-                    return "too-large", f"{w}x{h} pixels > max_pixels {max_pixels}", None
-                img.load()
+        fmt = open_image(data, max_pixels, mode=None).format
+    except ImageRefused as e:
+        return "too-large", str(e), None
     except UnidentifiedImageError:
         return "not-image", "not a recognised image format", None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        return "too-large", f"decompression bomb refused: {e}", None
     except Exception as e:  # truncated/corrupt data surfaces as many exception types inside PIL
         return "undecodable", f"{type(e).__name__}: {e}", None
     if fmt not in EXTENSIONS:
@@ -205,6 +208,8 @@ def web_search(keyword: str, fetcher: Fetcher, opts: dict) -> SearchResult:
     try:
         resp = fetcher(url, timeout=opts["timeout"], max_bytes=10 * 2 ** 20,
                        headers={"User-Agent": opts["user_agent"], "Accept-Language": "en"})
+    except AddressRefused as e:
+        return SearchResult([], "search-error", str(e))
     except FetchError as e:
         return SearchResult([], "search-error", f"search engine unreachable ({e}); check the network")
     if resp.status in (403, 429, 503):
@@ -267,6 +272,9 @@ def resolve_spec(spec: dict) -> tuple[dict, list[dict]]:
     """Validate the config block; returns (options, keyword items)."""
     if not isinstance(spec, dict):
         raise VlmbiasError("acquire: the spec must be a mapping")
+    if "max_pixels" in spec:  # one limit for every stage that opens images
+        raise VlmbiasError("acquire: max_pixels is no longer set per stage; set images.max_pixels in the config "
+                           "(one limit for every stage that opens images)")
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise VlmbiasError(f"acquire: unknown key(s) {unknown}; known keys: {sorted(SPEC_KEYS)}")
@@ -274,11 +282,12 @@ def resolve_spec(spec: dict) -> tuple[dict, list[dict]]:
     if source not in SOURCES:
         raise VlmbiasError(f"acquire: source {source!r} is not one of {list(SOURCES)}")
     opts = {**DEFAULTS, **{k: v for k, v in spec.items() if k in DEFAULTS and v is not None}}
-    for key in ("limit", "max_bytes", "max_pixels"):
+    for key in ("limit", "max_bytes"):
         if not isinstance(opts[key], int) or isinstance(opts[key], bool) or opts[key] < 1:
             raise VlmbiasError(f"acquire: {key} must be a positive integer, got {opts[key]!r}")
     opts.update(source=source, search_url=spec.get("search_url"), lang=spec.get("lang"),
-                user_agent=spec.get("user_agent") or package_user_agent())
+                user_agent=spec.get("user_agent") or package_user_agent(),
+                allow_private_addresses=allowed_networks(spec.get("allow_private_addresses", False)))
     if opts["search_url"] and "{query}" not in opts["search_url"]:
         raise VlmbiasError("acquire: search_url must contain '{query}' where the quoted keyword goes")
     raw = spec.get("keywords")
@@ -436,14 +445,17 @@ class _Keyword:
 # --------------------------------------------------------------------------------------------- stage
 
 def acquire(spec: dict, out_dir: str | Path, *, manifest: str | Path | None = None, world: str | Path | None = None,
-            fetcher: Fetcher | None = None, progress: bool = True) -> pd.DataFrame:
+            fetcher: Fetcher | None = None, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
     """Fetch, gate and store images for every keyword; returns the manifest (see the module doc).
 
     `manifest`: the manifest of an earlier run to resume from (its journal in out_dir is read too).
-    `fetcher`: the HTTP layer (`urllib_fetch` unless given; tests inject their own).
+    `fetcher`: the HTTP layer (`urllib_fetch` unless given, refusing private addresses unless the
+    spec's `allow_private_addresses` allows them; tests inject their own).
+    `max_pixels`: the image gate's limit (config images.max_pixels).
     """
     opts, items = resolve_spec(spec)
-    fetcher = fetcher or urllib_fetch
+    opts["max_pixels"] = check_limit(max_pixels)
+    fetcher = fetcher or partial(urllib_fetch, allow_private=opts["allow_private_addresses"])
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = out_dir / JOURNAL_NAME
@@ -544,8 +556,10 @@ def main(argv=None) -> None:
     p.add_argument("--out-dir", required=True, help="folder the images are stored in (kept between runs)")
     p.add_argument("--manifest", required=True, help="acquired.parquet to write (and to resume from)")
     p.add_argument("--world", help="the calibration world's folder (source 'world')")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
     a = p.parse_args(argv)
-    manifest = acquire(parse_json_arg(a.spec_json, "--spec-json"), a.out_dir, manifest=a.manifest, world=a.world)
+    manifest = acquire(parse_json_arg(a.spec_json, "--spec-json"), a.out_dir, manifest=a.manifest, world=a.world,
+                       max_pixels=a.max_pixels)
     write_table(manifest, a.manifest)
     ok = manifest["status"] == "ok"
     log.info("acquired %d usable images for %d keywords; %d rows in %s", int(ok.sum()),

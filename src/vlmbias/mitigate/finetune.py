@@ -3,7 +3,7 @@
 Input: a table in the dataset-manifest schema plus text — `image_id, path, caption, concept,
 gender, race, age` (age: a FairFace bin such as "20-29", "more than 70", or a number). Output, in
 `out_dir`: the peft adapter only (`adapter_config.json`, `adapter_model.safetensors`), loadable with
-`PeftModel.from_pretrained(CLIPModel.from_pretrained(base), out_dir)` or
+`PeftModel.from_pretrained(CLIPModel.from_pretrained(base, use_safetensors=True), out_dir)` or
 `vlmbias.audit.models.load_encoder({"backend": "hf", "name": base, "adapter": out_dir})`;
 `losses.csv` (`epoch, step_count, loss, <components...>, seconds`; `step_count` = optimizer steps
 in that epoch, losses are their means); `vlmbias_finetune.json` (`towers, objective, base, spec`,
@@ -55,7 +55,8 @@ import torch
 import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
-from vlmbias.audit.models import features, offline_error
+from vlmbias.audit.models import features, load_clip_weights, offline_error
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_table
 from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps
 
@@ -283,14 +284,17 @@ def check_table(table: pd.DataFrame, s: dict) -> tuple[pd.DataFrame, dict[str, l
 
 # --------------------------------------------------------------------------- model pieces
 
-def _load_base(base: str):
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+def load_base(base: str):
+    """(CLIPModel from safetensors, tokenizer, image processor) of a hub id or directory; errors are sentences."""
+    from transformers import AutoTokenizer, CLIPImageProcessor
 
     local = Path(base).exists()
     try:
-        model = CLIPModel.from_pretrained(base, dtype=torch.float32)
+        model = load_clip_weights(base, torch.float32, "base model")
         tokenizer = AutoTokenizer.from_pretrained(base)
         processor = CLIPImageProcessor.from_pretrained(base)
+    except VlmbiasError:
+        raise
     except Exception as e:
         if local:
             raise VlmbiasError(f"base model {base} is not a loadable CLIPModel directory: "
@@ -368,16 +372,16 @@ def _adversary_inputs(image_emb: torch.Tensor, neutral_emb: torch.Tensor, scale)
 # --------------------------------------------------------------------------- training
 
 def finetune(base: str, table: pd.DataFrame, spec: dict, out_dir, threads: int = 2, *,
-             device: str = "cpu", progress: bool = True) -> dict:
+             device: str = "cpu", progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Train LoRA adapters on `base` with `spec` (see `DEFAULTS`); write them and losses.csv to
-    `out_dir`. Returns the metadata written to vlmbias_finetune.json plus `steps`, `final_loss`
+    `out_dir`. Images go through the image gate (`max_pixels`: config images.max_pixels). Returns the metadata written to vlmbias_finetune.json plus `steps`, `final_loss`
     and `losses` (the per-epoch DataFrame)."""
     s = resolve_spec(spec)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VlmbiasError(f"device {device!r} requested but CUDA is not available")
     df, classes = check_table(table, s)
     with deterministic(threads, warn_only=True):
-        model, losses, steps = _train(base, df, classes, s, device, progress)
+        model, losses, steps = _train(base, df, classes, s, device, progress, max_pixels)
         return _save(model, (losses, steps), base, s, df, Path(out_dir))
 
 
@@ -385,7 +389,8 @@ class _Objective:
     """One objective's forward pass on a batch of row indices: `step(idx)` -> {"loss", components}.
     Frozen towers are encoded once, before the adapters exist (the base weights are what they stay)."""
 
-    def __init__(self, model, tokenizer, processor, df: pd.DataFrame, classes: dict, s: dict, device: str):
+    def __init__(self, model, tokenizer, processor, df: pd.DataFrame, classes: dict, s: dict, device: str,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.model, self.s, self.device, self.obj = model, s, device, s["objective"]
         captions = sorted(df["caption"].unique())
         cap_index = {c: i for i, c in enumerate(captions)}
@@ -396,7 +401,8 @@ class _Objective:
                              if self.obj == "adversarial" else None)
         self.pixels = self.image_cache = self.caption_cache = self.neutral_cache = None
         if self.obj != "thesis":
-            self.pixels = load_pixels(df["path"].tolist(), processor, ids=df["image_id"].tolist(), what="fine-tuning")
+            self.pixels = load_pixels(df["path"].tolist(), processor, ids=df["image_id"].tolist(), what="fine-tuning",
+                                      max_pixels=max_pixels)
             with torch.no_grad():
                 if "vision" not in s["towers"]:
                     self.image_cache = torch.cat([self._image_features(torch.arange(i, min(i + 64, len(df))))
@@ -467,10 +473,11 @@ class _Objective:
         return {"loss": total, **comp}
 
 
-def _train(base: str, df: pd.DataFrame, classes: dict, s: dict, device: str, progress: bool):
-    model, tokenizer, processor = _load_base(base)
+def _train(base: str, df: pd.DataFrame, classes: dict, s: dict, device: str, progress: bool,
+           max_pixels: int = DEFAULT_MAX_PIXELS):
+    model, tokenizer, processor = load_base(base)
     model.to(device).eval()
-    objective = _Objective(model, tokenizer, processor, df, classes, s, device)
+    objective = _Objective(model, tokenizer, processor, df, classes, s, device, max_pixels)
     torch.manual_seed(s["seed"])
     objective.model = model = _add_lora(model, s)
     model.train()
@@ -530,6 +537,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps (overrides the spec)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
     a = p.parse_args(argv)
     spec = parse_json_arg(a.spec_json, "--spec-json")
     if a.max_steps is not None:
@@ -539,7 +547,8 @@ def main(argv=None) -> None:
         raise VlmbiasError(f"fine-tuning table not found: {train}")
     if train.suffix not in (".parquet", ".csv"):
         raise VlmbiasError(f"fine-tuning table {train} must be .parquet or .csv")
-    finetune(a.base, read_table(train), spec, a.out, threads=a.threads, device=a.device, progress=not a.no_progress)
+    finetune(a.base, read_table(train), spec, a.out, threads=a.threads, device=a.device, progress=not a.no_progress,
+             max_pixels=a.max_pixels)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ Label sources (config `source`):
   pickles). Weights live in `$DEEPFACE_HOME/.deepface/weights` (`deepface_home` in config sets
   it): `gender_model_weights.onnx`, `age_model_weights.onnx`, `race_model_single_batch.onnx`, plus
   the detector's own files. They are loaded once before the first image, so a missing file fails
-  the stage with its name instead of dropping every image.
+  the stage with its name instead of dropping every image. `weights_sha256: {file: digest}` pins
+  files by SHA-256 (over `DEEPFACE_SHA256`, which records no real digest: see there); a pinned file
+  whose digest differs stops the stage, and each unpinned file's digest is logged. Images reach
+  DeepFace as decoded arrays, through the image gate (`vlmbias.imagegate`, `images.max_pixels`);
+  a refused image is dropped with the gate's sentence as its reason.
 
   Mapping to the FairFace schema (kept side by side with DeepFace's raw output):
   - gender: Man -> Male, Woman -> Female (`gender_source` keeps DeepFace's label);
@@ -48,6 +52,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -57,6 +62,7 @@ from tqdm import tqdm
 
 from vlmbias import VlmbiasError
 from vlmbias.audit.data import FAIRFACE_CLASSES
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_table
 
 log = logging.getLogger(__name__)
@@ -74,8 +80,14 @@ DEEPFACE_RACE = {"indian": "Indian", "black": "Black", "white": "White", "middle
                  "latino hispanic": "Latino_Hispanic"}  # + "asian" -> asian_as
 DEEPFACE_WEIGHTS = {"Gender": "gender_model_weights.onnx", "Age": "age_model_weights.onnx",
                     "Race": "race_model_single_batch.onnx"}
+# Expected SHA-256 of each weight file. None: NOT KNOWN here. These files come from deepface's
+# download URLs (GitHub releases / the Hugging Face hub), which this project could not reach when
+# the pins were written, so no real digest is recorded; the stage logs the digest of every unpinned
+# file it loads, and `weights_sha256: {file: digest}` in the label spec pins it (a mismatch stops
+# the stage).
+DEEPFACE_SHA256: dict[str, str | None] = {name: None for name in DEEPFACE_WEIGHTS.values()}
 DEEPFACE_DEFAULTS = {"detector_backend": "opencv", "align": True, "engine": "onnx", "asian_as": "East Asian",
-                     "multiple_faces": "largest", "deepface_home": None, "cache": None}
+                     "multiple_faces": "largest", "deepface_home": None, "cache": None, "weights_sha256": None}
 SOURCE_KEYS = {"deepface": set(DEEPFACE_DEFAULTS), "world": {"error_rate", "seed"},
                "csv": {"csv", "file_column", "match", "root", "attributes"}}
 _AGE_EDGES = [(3, "0-2"), (10, "3-9"), (20, "10-19"), (30, "20-29"), (40, "30-39"), (50, "40-49"),
@@ -102,21 +114,54 @@ def _deepface_classes(asian_as: str) -> dict[str, list[str]]:
             "age": FAIRFACE_CLASSES["age"]}
 
 
-def _load_bgr(path: str) -> np.ndarray:
-    """Decode with PIL (GIF/WebP/EXIF rotation handled alike for every image) into DeepFace's BGR array."""
-    from PIL import Image, ImageOps
+def pinned_hashes(spec_pins) -> dict[str, str | None]:
+    """DEEPFACE_SHA256 overlaid with the spec's `weights_sha256` ({file name: hex digest})."""
+    if spec_pins is None:
+        spec_pins = {}
+    if not isinstance(spec_pins, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{64}", v)
+            for k, v in spec_pins.items()):
+        raise VlmbiasError(f"label: weights_sha256 must map weight file names to 64-hex-digit SHA-256 digests, "
+                           f"got {spec_pins!r}")
+    return {**DEEPFACE_SHA256, **{k: v.lower() for k, v in spec_pins.items()}}
 
-    with Image.open(path) as img:
-        img.load()
-        rgb = ImageOps.exif_transpose(img).convert("RGB")
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2 ** 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_weights(folder: Path, pins: dict[str, str | None]) -> dict[str, str]:
+    """SHA-256 of every pinned file present in `folder` ({name: digest}); a file whose digest differs
+    from its pin stops the stage with a sentence naming the file and both digests."""
+    found = {}
+    for name, expected in pins.items():
+        path = folder / name
+        if not path.is_file():
+            continue
+        found[name] = actual = _sha256(path)
+        if expected is not None and actual != expected:
+            raise VlmbiasError(f"DeepFace weight file {path} has SHA-256 {actual}, expected {expected} "
+                               f"(label weights_sha256); replace the file with the pinned one or update the pin")
+    return found
+
+
+def _load_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode through the image gate (GIF/WebP/EXIF rotation handled alike for every image) into
+    DeepFace's BGR array; DeepFace never opens a file itself."""
+    rgb = open_image(path, max_pixels, exif_transpose=True)
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
 
 
 class DeepFaceLabeller:
     """DeepFace set up once (engine, weights, detector); `analyze(path)` -> raw result or a drop reason."""
 
-    def __init__(self, opts: dict):
-        self.opts = opts
+    def __init__(self, opts: dict, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.opts, self.max_pixels = opts, check_limit(max_pixels)
+        self.pins = pinned_hashes(opts["weights_sha256"])
         if opts["deepface_home"]:
             os.environ["DEEPFACE_HOME"] = str(Path(opts["deepface_home"]).resolve())
         # Read by deepface when it first picks an engine; set before the import so torch is not chosen.
@@ -124,8 +169,8 @@ class DeepFaceLabeller:
         try:
             from deepface import DeepFace
         except ImportError as e:
-            raise VlmbiasError(f"label source 'deepface' needs the deepface package and its dependencies "
-                               f"(pip install 'vlmbias[label]'): {e}") from None
+            raise VlmbiasError(f"label source 'deepface' needs the deepface package and its dependencies, which "
+                               f"vlmbias declares (pip install -e . installs them): {e}") from None
         self.DeepFace = DeepFace
         try:
             from deepface.commons import backend_utils
@@ -141,7 +186,13 @@ class DeepFaceLabeller:
         except ImportError:
             self.no_face_errors = ()
         self.home = Path(os.environ.get("DEEPFACE_HOME", Path.home())) / ".deepface" / "weights"
+        check_weights(self.home, self.pins)  # files already there are checked before deepface loads them
         self._build_models()
+        # ... and files deepface has just downloaded, before any image is analysed
+        for name, digest in check_weights(self.home, self.pins).items():
+            if self.pins.get(name) is None:
+                log.warning("DeepFace weight file %s is not pinned (SHA-256 %s); pin it with label spec "
+                            "weights_sha256: {%s: %s}", name, digest, name, digest)
         try:
             from importlib.metadata import version
             self.version = version("deepface")
@@ -175,7 +226,7 @@ class DeepFaceLabeller:
     def analyze(self, path: str) -> dict:
         """Raw DeepFace answer for one image: {'status': ok|no-face|error, 'reason', ...raw fields}."""
         try:
-            img = _load_bgr(path)
+            img = _load_bgr(path, self.max_pixels)
         except Exception as e:
             return {"status": "error", "reason": f"cannot read image: {type(e).__name__}: {e}"}
         try:
@@ -244,14 +295,14 @@ def _write_cache(path: Path, entries: dict[str, dict], fingerprint: str) -> None
 
 
 def label_deepface(images: pd.DataFrame, spec: dict, cache_path: Path | None = None, progress: bool = True,
-                   labeller: DeepFaceLabeller | None = None):
+                   labeller: DeepFaceLabeller | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Returns (labelled rows, dropped rows, the labeller's classes, its extra column names)."""
     opts = {**DEEPFACE_DEFAULTS, **{k: v for k, v in spec.items() if k in DEEPFACE_DEFAULTS}}
     if opts["asian_as"] not in ("East Asian", "Southeast Asian"):
         raise VlmbiasError(f"label: asian_as must be 'East Asian' or 'Southeast Asian', got {opts['asian_as']!r}")
     if opts["multiple_faces"] not in ("largest", "first", "drop"):
         raise VlmbiasError(f"label: multiple_faces must be largest, first or drop, got {opts['multiple_faces']!r}")
-    lab = labeller or DeepFaceLabeller(opts)
+    lab = labeller or DeepFaceLabeller(opts, max_pixels)
     fp = lab.fingerprint()
     cache_path = Path(opts["cache"]) if opts["cache"] else cache_path
     cache = _read_cache(cache_path, fp) if cache_path else {}
@@ -478,8 +529,10 @@ def acquired_images(acquired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     return ok.loc[exists].reset_index(drop=True), gone
 
 
-def label_images(spec: dict, acquired: pd.DataFrame, cache_path: Path | None = None, progress: bool = True):
-    """Returns (labels, dropped, classes)."""
+def label_images(spec: dict, acquired: pd.DataFrame, cache_path: Path | None = None, progress: bool = True,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Returns (labels, dropped, classes). `max_pixels`: the image gate's limit for images that are
+    decoded here (DeepFace's input; config images.max_pixels)."""
     source = spec.get("source")
     if source not in LABEL_SOURCES:
         raise VlmbiasError(f"label: source {source!r} is not one of {list(LABEL_SOURCES)}")
@@ -491,7 +544,7 @@ def label_images(spec: dict, acquired: pd.DataFrame, cache_path: Path | None = N
     if images.empty:
         raise VlmbiasError(f"none of the {len(gone)} acquired image files exists; first: {gone['path'].iloc[0]}")
     if source == "deepface":
-        labelled, dropped, classes, extra = label_deepface(images, spec, cache_path, progress)
+        labelled, dropped, classes, extra = label_deepface(images, spec, cache_path, progress, max_pixels=max_pixels)
     elif source == "world":
         labelled, dropped, classes, extra = label_world(images, spec)
     else:
@@ -515,13 +568,14 @@ def main(argv=None) -> None:
     p.add_argument("--out-dropped", required=True)
     p.add_argument("--out-distribution", required=True)
     p.add_argument("--out-balanced", help="also draw a balanced fine-tuning set (spec key 'balanced')")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
     a = p.parse_args(argv)
     spec = parse_json_arg(a.spec_json, "--spec-json")
     if not Path(a.acquired).is_file():
         raise VlmbiasError(f"acquired manifest not found: {a.acquired}")
     # The cache sits beside the labels but is no declared output, so Snakemake keeps it between runs.
     cache = Path(a.out_labels).parent / ".label-cache.parquet"
-    labels, dropped, classes = label_images(spec, read_table(a.acquired), cache)
+    labels, dropped, classes = label_images(spec, read_table(a.acquired), cache, max_pixels=a.max_pixels)
     balanced = None
     if a.out_balanced:
         b = dict(spec.get("balanced") or {})

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from vlmbias import VlmbiasError, __version__
 from vlmbias.audit.models import Encoder, features, offline_error
 from vlmbias.io import write_table
-from vlmbias.mitigate.finetune import grad_reverse, inverse_frequency_weights
+from vlmbias.mitigate.finetune import grad_reverse, inverse_frequency_weights, load_base
 from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps
 
 log = logging.getLogger(__name__)
@@ -167,18 +167,7 @@ def check_table(table: pd.DataFrame, s: dict) -> tuple[pd.DataFrame, dict, list[
 # --------------------------------------------------------------------------- the prepend
 
 def _load_base(base: str):
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
-
-    try:
-        model = CLIPModel.from_pretrained(base, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        processor = CLIPImageProcessor.from_pretrained(base)
-    # any loader or hub client error becomes one readable message
-    except Exception as e:  # noqa: BLE001
-        if Path(base).exists():
-            raise VlmbiasError(f"base model {base} is not a loadable CLIPModel directory: "
-                               f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-        raise offline_error(f"Hugging Face base model {base}", e) from None
+    model, tokenizer, processor = load_base(base)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), tokenizer, processor

@@ -23,6 +23,7 @@ from vlmbias import VlmbiasError
 from vlmbias.audit.embed import embed_image_files
 from vlmbias.audit.metrics import proportion_ci
 from vlmbias.audit.models import load_encoder
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
 from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS
 
@@ -54,7 +55,8 @@ def caption_precision(image_emb: np.ndarray, image_concepts: np.ndarray, caption
 
 
 def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFrame, attributes: list[str],
-             template: str, corpus: pd.DataFrame | None, k: int, corpus_emb: np.ndarray | None = None) -> pd.DataFrame:
+             template: str, corpus: pd.DataFrame | None, k: int, corpus_emb: np.ndarray | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
     rows = []
     for attr in attributes:
         words = DEFAULT_GROUP_WORDS.get(attr)
@@ -64,9 +66,11 @@ def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFra
         rows.append(_row(model_name, "zero_shot_accuracy", attr, hits))
     if corpus is not None and len(corpus):
         if corpus_emb is None:
-            corpus_emb, kept, bad = embed_image_files(encoder, corpus["path"].tolist(), progress=False)
+            corpus_emb, kept, bad = embed_image_files(encoder, corpus["path"].tolist(), progress=False,
+                                                      max_pixels=max_pixels)
             if bad:
-                raise VlmbiasError(f"quality: {len(bad)} held-out images could not be read")
+                raise VlmbiasError(f"quality: {len(bad)} held-out images could not be read; first: "
+                                   f"{corpus['path'].iat[bad[0][0]]}: {bad[0][1]}")
         captions = corpus.drop_duplicates("caption")
         cap_emb = encoder.encode_texts(captions["caption"].tolist())
         prec = caption_precision(corpus_emb, corpus["concept"].to_numpy(), cap_emb, captions["concept"].to_numpy(), k)
@@ -102,13 +106,15 @@ def main(argv=None) -> None:
     p.add_argument("--world", help="calibration world directory: adds caption retrieval on its held-out corpus")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
     rows = read_table(a.images_table)
     labels = read_table(a.manifest).set_index("image_id").loc[rows["image_id"]].reset_index()
     corpus = heldout_corpus(a.world) if a.world else None
-    table = evaluate(encoder, a.model_name, read_npy(a.images_npy), labels, a.attributes, a.template, corpus, a.k)
+    table = evaluate(encoder, a.model_name, read_npy(a.images_npy), labels, a.attributes, a.template, corpus, a.k,
+                     max_pixels=a.max_pixels)
     write_table(table, a.out)
     for r in table.itertuples():
         log.info("%s %s %s: %.3f (%.3f-%.3f, n=%d)", r.model, r.metric, r.attribute, r.value, r.low, r.high, r.n)

@@ -15,16 +15,32 @@ the package when its release exposes them) for the WHOLE phrase, and applies the
 link rule (a quoted `https://...` string cut at the first backslash, kept if it names an image
 extension), here bounded and de-duplicated. Rate limiting (HTTP 429/403/503), a captcha page,
 an empty result page and an unreachable network each get a status of their own.
+
+Links scraped from a page are chosen by whoever wrote the page, so `urllib_fetch` fetches only
+from public addresses: the host is resolved (`socket.getaddrinfo`) and every address it resolves
+to is checked; loopback, private, link-local, multicast, reserved and unspecified addresses are
+refused (`AddressRefused`), on the first request and on every redirect, and a redirect may only
+lead to http(s). The connection is then made to the address that was checked, not to the name
+resolved again, so a DNS answer that changes in between (rebinding) cannot slip through. Through a
+configured proxy the proxy connects: the target's addresses are still checked first.
+`allow_private` (the acquire spec's `allow_private_addresses`: true, or a list of networks) lifts
+the refusal, for tests and intranet image servers.
 """
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import re
+import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
+
+from vlmbias import VlmbiasError
 
 # simple-image-download 0.2's request, inlined there; 0.4+ exposes BASE_URL, GOOGLE_PICTURE_ID, HEADERS.
 _SID_BASE_URL = "https://www.google.com/search?q="
@@ -38,7 +54,149 @@ CAPTCHA_MARKERS = ("captcha", "unusual traffic", "/sorry/", "detected unusual")
 
 
 class FetchError(Exception):
-    """The request got no HTTP answer (DNS, refused, reset, timeout, bad URL)."""
+    """The request got no HTTP answer (DNS, refused, reset, timeout, bad URL, refused address)."""
+
+
+class AddressRefused(FetchError):
+    """The URL's host resolves to an address that is not public, and nothing allows it."""
+
+
+# ipaddress' own categories, the most specific first (127.0.0.1 is also "private")
+_NOT_PUBLIC = (("loopback", "is_loopback"), ("link-local", "is_link_local"), ("multicast", "is_multicast"),
+               ("unspecified", "is_unspecified"), ("reserved", "is_reserved"), ("private", "is_private"))
+_OPT_IN = "set allow_private_addresses in the acquire spec to fetch from it"
+Allowed = bool | tuple  # True: any address; a tuple of ip networks: those too; False: public only
+
+
+def allowed_networks(value) -> Allowed:
+    """The acquire spec's `allow_private_addresses`: true, false or a list of networks ("10.1.0.0/16")."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)) and value:
+        try:
+            return tuple(ipaddress.ip_network(str(v), strict=False) for v in value)
+        except ValueError as e:
+            raise VlmbiasError(f"acquire: allow_private_addresses: {e}") from None
+    raise VlmbiasError(f"acquire: allow_private_addresses must be true, false or a list of networks "
+                       f"(e.g. ['10.1.0.0/16']), got {value!r}")
+
+
+def _ip(address: str):
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # without an IPv6 zone ("fe80::1%eth0")
+    if ip.version == 6 and ip.ipv4_mapped:  # ::ffff:127.0.0.1 is 127.0.0.1
+        return ip.ipv4_mapped
+    return ip
+
+
+def address_kind(address: str) -> str | None:
+    """Why an address is not public ("loopback", "private", ...), or None when it is public."""
+    ip = _ip(address)
+    return next((kind for kind, attr in _NOT_PUBLIC if getattr(ip, attr)), None)
+
+
+def resolve_checked(host: str, port: int, allow: Allowed = False) -> list[tuple]:
+    """`socket.getaddrinfo` of host:port; AddressRefused when ANY address is not public and not allowed
+    (a name with one public and one private address could be steered to the private one)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise FetchError(f"cannot resolve {host!r}: {e}") from None
+    if allow is True:
+        return infos
+    for *_, sockaddr in infos:
+        kind = address_kind(sockaddr[0])
+        if kind and not (allow and any(_ip(sockaddr[0]) in net for net in allow)):
+            raise AddressRefused(f"refused {host}: it resolves to {sockaddr[0]}, a {kind} address, which a scraped "
+                                 f"link may not reach; {_OPT_IN}")
+    return infos
+
+
+def check_url(url: str, allow: Allowed = False) -> None:
+    """An http(s) URL whose host resolves to allowed addresses only, or FetchError / AddressRefused."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise FetchError(f"unsupported URL scheme in {url[:80]!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise FetchError(f"bad port in {url[:80]!r}") from None
+    if not parts.hostname:
+        raise FetchError(f"no host in {url[:80]!r}")
+    resolve_checked(parts.hostname, port, allow)
+
+
+class _Pinned:
+    """Mixin for http.client connections: connect only to addresses that pass the check, resolved
+    once here, so no second lookup between check and connect can return another address."""
+
+    def __init__(self, *args, allow: Allowed = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = partial(_connect_checked, allow=allow)
+
+
+class _PinnedHTTPConnection(_Pinned, http.client.HTTPConnection):
+    pass
+
+
+class _PinnedHTTPSConnection(_Pinned, http.client.HTTPSConnection):  # TLS still verifies the host's name
+    pass
+
+
+def _connect_checked(address, timeout, source_address=None, *, allow: Allowed):
+    host, port = address
+    error = None
+    for *_, sockaddr in resolve_checked(host, port, allow):
+        try:
+            return socket.create_connection(sockaddr[:2], timeout, source_address)
+        except OSError as e:
+            error = e
+    raise error or OSError(f"no address for {host}")
+
+
+def _proxied(req) -> bool:  # the connection goes to a proxy, which resolves the target itself
+    return req.has_proxy() or bool(getattr(req, "_tunnel_host", None))
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, allow: Allowed):
+        super().__init__()
+        self.allow = allow
+
+    def http_open(self, req):
+        conn = http.client.HTTPConnection if _proxied(req) else partial(_PinnedHTTPConnection, allow=self.allow)
+        return self.do_open(conn, req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, allow: Allowed):
+        super().__init__()
+        self.allow = allow
+
+    def https_open(self, req):
+        conn = http.client.HTTPSConnection if _proxied(req) else partial(_PinnedHTTPSConnection, allow=self.allow)
+        return self.do_open(conn, req, context=self._context)
+
+
+class _GuardedRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Every redirect target is checked like the first URL: http(s) only, allowed addresses only."""
+
+    def __init__(self, allow: Allowed):
+        self.allow = allow
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        try:
+            if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+                raise FetchError(f"redirect to a non-http(s) URL refused: {newurl[:80]!r}")
+            check_url(newurl, self.allow)
+        except FetchError:
+            fp.close()
+            raise
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener(allow: Allowed) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(_GuardedHTTPHandler(allow), _GuardedHTTPSHandler(allow),
+                                       _GuardedRedirectHandler(allow))
 
 
 @dataclass
@@ -53,17 +211,21 @@ class Response:
 Fetcher = Callable[..., Response]  # fetcher(url, *, timeout, max_bytes, headers) -> Response
 
 
-def urllib_fetch(url: str, *, timeout: float, max_bytes: int, headers: dict | None = None) -> Response:
-    """GET with a per-operation timeout, an overall deadline and a byte cap (never reads past it)."""
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise FetchError(f"unsupported URL scheme in {url[:80]!r}")
+def urllib_fetch(url: str, *, timeout: float, max_bytes: int, headers: dict | None = None,
+                 allow_private: bool | tuple | list = False) -> Response:
+    """GET with a per-operation timeout, an overall deadline and a byte cap (never reads past it),
+    from public addresses only unless `allow_private` (see the module doc)."""
+    allow = allowed_networks(allow_private)
+    check_url(url, allow)
     req = urllib.request.Request(url, headers=headers or {})
     deadline = time.monotonic() + 4 * timeout  # a server dribbling bytes must not hang the stage
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
+        resp = _opener(allow).open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         with e:
             body = e.read(min(max_bytes, 2 ** 20)) if e.fp is not None else b""
+        if 300 <= e.code < 400:  # a redirect urllib would not follow (loop, or a scheme it refuses)
+            raise FetchError(f"redirect not followed (HTTP {e.code}): {e.reason}") from None
         return Response(e.code, body, e.headers.get("Content-Type") if e.headers else None, url)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise FetchError(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import read_table
 from vlmbias.plots.base import PlotInputError, require
 from vlmbias.plots.charts import (
@@ -56,10 +57,11 @@ HEATMAP_METRICS = ("max_skew_uniform", "max_skew_dataset", "ndkl_dataset", "fd")
 
 
 def audit_figures(classes, summary, rankings, manifest, out_dir, bar_k: int, grid_k: int, grid_cols: int,
-                  confusion: pd.DataFrame | None = None) -> list[Path]:
+                  confusion: pd.DataFrame | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Path]:
     """bars_<attribute>.png per attribute, heatmap_<metric>.png per metric of HEATMAP_METRICS that
     the summary has, confusion_<attribute>.png per attribute the group-naming queries name, and
-    grid_<safe query id>.png per query, into out_dir."""
+    grid_<safe query id>.png per query, into out_dir (grid images through the image gate, at most
+    `max_pixels` pixels)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     require(classes, ["k", "attribute"], "audit_figures (classes)")
@@ -78,7 +80,7 @@ def audit_figures(classes, summary, rankings, manifest, out_dir, bar_k: int, gri
         k_conf = k_bar if k_bar in set(confusion["k"]) else int(min(confusion["k"]))
         for a in dict.fromkeys(confusion["attribute"]):
             made.append(plot_confusion(confusion, a, k_conf, out_dir / f"confusion_{safe_name(a)}.png"))
-    made += query_grids(rankings, manifest, grid_k, out_dir, grid_cols)
+    made += query_grids(rankings, manifest, grid_k, out_dir, grid_cols, max_pixels=max_pixels)
     return made
 
 
@@ -92,9 +94,11 @@ def main(argv=None) -> None:
     s.add_argument("--bar-k", type=int, default=20)
     s.add_argument("--grid-k", type=int, default=20)
     s.add_argument("--grid-cols", type=int, default=5)
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
     a = p.parse_args(argv)
     made = audit_figures(read_table(a.classes), read_table(a.summary), read_table(a.rankings), read_table(a.manifest),
-                         a.out, a.bar_k, a.grid_k, a.grid_cols, read_table(a.confusion) if a.confusion else None)
+                         a.out, a.bar_k, a.grid_k, a.grid_cols, read_table(a.confusion) if a.confusion else None,
+                         max_pixels=a.max_pixels)
     log.info("wrote %d figures to %s", len(made), a.out)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageOps
 
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
 from vlmbias.io import atomic_path
 from vlmbias.plots.base import GREY, PlotInputError, check_k, pil_font, require
 
@@ -87,20 +88,18 @@ def _blank_tile(thumb: int, label: str, font) -> Image.Image:
     return tile
 
 
-def _tile(path, thumb: int, font) -> Image.Image:
+def _tile(path, thumb: int, font, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if path is None or (isinstance(path, float) and math.isnan(path)) or str(path) == "":
         log.warning("grid: no path for an image; drawing a grey tile")
         return _blank_tile(thumb, "missing", font)
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode not in ("RGB", "L"):
-                img = img.convert("RGBA")
-                bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(bg, img)
-            return ImageOps.fit(img.convert("RGB"), (thumb, thumb), method=Image.Resampling.BILINEAR)
-    except Exception as e:  # one unreadable image must not sink the whole grid
+        img = open_image(path, max_pixels, mode=None, exif_transpose=True)  # mode kept: alpha goes on white
+        if img.mode not in ("RGB", "L"):
+            img = img.convert("RGBA")
+            bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(bg, img)
+        return ImageOps.fit(img.convert("RGB"), (thumb, thumb), method=Image.Resampling.BILINEAR)
+    except Exception as e:  # one unreadable (or refused) image must not sink the whole grid
         log.warning("grid: cannot read %s (%s: %s); drawing a grey tile", path, type(e).__name__, e)
         return _blank_tile(thumb, "unreadable", font)
 
@@ -120,7 +119,8 @@ def _path_lookup(paths, rankings: pd.DataFrame) -> dict:
 
 
 def image_grid(rankings: pd.DataFrame, query_id: str, k: int, out_png, ncols: int = 5,
-               label_columns=("gender", "race"), thumb: int = 96, *, paths=None) -> Path:
+               label_columns=("gender", "race"), thumb: int = 96, *, paths=None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
     """The top-k images of one query as a grid (thesis Figures 4.8-4.34), in rank order.
 
     `rankings` is a Rankings table (`query_id, rank, image_id`, plus `query`, `score` and the
@@ -128,11 +128,13 @@ def image_grid(rankings: pd.DataFrame, query_id: str, k: int, out_png, ncols: in
     image_id -> path or a manifest DataFrame with `image_id, path`; when omitted the rankings'
     own `path` column is used. Each tile is captioned with `#rank` (and the score) and one line
     per column of `label_columns` that the rankings have. Unreadable images become grey tiles
-    marked "unreadable" (ids without a path: "missing"), with a logged warning. Fewer than k
+    marked "unreadable" (ids without a path: "missing"), with a logged warning; so do images the
+    image gate refuses (more than `max_pixels` pixels, config images.max_pixels). Fewer than k
     ranked images give a smaller grid. Pixel size: `grid_size(n, ncols, thumb, n_labels)`."""
     if isinstance(ncols, (Mapping, pd.DataFrame)):  # the older call order image_grid(r, q, k, out, paths)
         paths, ncols = ncols, 5
     k = check_k(k)
+    check_limit(max_pixels)
     if int(ncols) < 1 or int(thumb) < 16:
         raise PlotInputError(f"image_grid: ncols must be >= 1 and thumb >= 16 (got {ncols}, {thumb})")
     ncols, thumb = int(ncols), int(thumb)
@@ -167,7 +169,7 @@ def image_grid(rankings: pd.DataFrame, query_id: str, k: int, out_png, ncols: in
     for i, (rank, image_id) in enumerate(zip(r["rank"], r["image_id"])):
         x = GRID_PAD + (i % cols) * (thumb + GRID_PAD)
         y = top + (i // cols) * (thumb + line * (1 + len(labels)) + GRID_PAD)
-        canvas.paste(_tile(lookup.get(image_id), thumb, font), (x, y))
+        canvas.paste(_tile(lookup.get(image_id), thumb, font, max_pixels), (x, y))
         head = f"#{rank}" + (f"  {scores[i]:.3f}" if scores is not None and np.isfinite(scores[i]) else "")
         for j, t in enumerate([head, *captions[i]]):
             draw.text((x + 1, y + thumb + 1 + j * line), _fit(t, font, thumb - 2), fill="black", font=font)
@@ -187,7 +189,8 @@ def safe_name(text, max_slug: int = 40) -> str:
 
 
 def query_grids(rankings: pd.DataFrame, manifest, k: int, out_dir, ncols: int = 5,
-                label_columns=("gender", "race"), thumb: int = 96, prefix: str = "grid_") -> list[Path]:
+                label_columns=("gender", "race"), thumb: int = 96, prefix: str = "grid_", *,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Path]:
     """One `image_grid` per query (in order of first appearance) into `out_dir`, named
     `<prefix><safe_name(query_id)>.png`; returns the paths written. `manifest`: a manifest
     DataFrame (`image_id, path`) or a mapping image_id -> path, or None to use the rankings'
@@ -204,7 +207,8 @@ def query_grids(rankings: pd.DataFrame, manifest, k: int, out_dir, ncols: int = 
         if stem in names:  # an 8-hex-digit collision: fall back to the full hash
             stem = f"{stem.rsplit('-', 1)[0]}-{hashlib.sha1(str(q).encode('utf-8')).hexdigest()}"
         names[stem] = q
-    return [image_grid(rankings, q, k, out_dir / f"{prefix}{stem}.png", ncols, label_columns, thumb, paths=lookup)
+    return [image_grid(rankings, q, k, out_dir / f"{prefix}{stem}.png", ncols, label_columns, thumb, paths=lookup,
+                       max_pixels=max_pixels)
             for stem, q in names.items()]
 
 

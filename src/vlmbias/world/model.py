@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 
 from vlmbias import VlmbiasError
-from vlmbias.audit.embed import open_rgb
 from vlmbias.audit.models import features
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, open_image
 from vlmbias.io import run_cli
 from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps
 from vlmbias.world.tokenizer import build_tokenizer, check_round_trip
@@ -142,9 +142,16 @@ def _augment(x: torch.Tensor, shift: int, noise: torch.Tensor, gen: torch.Genera
     return x
 
 
-def _pixel_stats(paths: list[str], n: int = 512) -> tuple[list[float], list[float]]:
+def _pixel_stats(paths: list[str], n: int = 512,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[float], list[float]]:
     """Per-channel mean/std of (a fixed subset of) the training images, rounded for a readable config."""
-    arr = np.stack([np.asarray(open_rgb(p), np.float32) / 255 for p in paths[:n]])
+    imgs = []
+    for p in paths[:n]:
+        try:
+            imgs.append(np.asarray(open_image(p, max_pixels), np.float32) / 255)
+        except Exception as e:  # name the file: the gate's and PIL's messages do not
+            raise VlmbiasError(f"world image {p}: {type(e).__name__}: {e}") from None
+    arr = np.stack(imgs)
     return ([round(float(x), 4) for x in arr.mean((0, 1, 2))], [round(float(x), 4) for x in arr.std((0, 1, 2))])
 
 
@@ -161,7 +168,7 @@ def _optimiser(model, m: dict, total: int):
 
 
 def train_world_model(world_dir: str | os.PathLike, spec: dict | None, out_dir: str | os.PathLike,
-                      threads: int = 2) -> None:
+                      threads: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Train the tiny CLIP on the world's train split and save a hub-style model directory."""
     m = resolve_model_spec(spec)
     world_dir, out_dir = Path(world_dir).resolve(), Path(out_dir)
@@ -179,7 +186,7 @@ def train_world_model(world_dir: str | os.PathLike, spec: dict | None, out_dir: 
     try:
         with deterministic(int(threads) if threads else None):
             torch.manual_seed(m["seed"])
-            info = _train(world_dir, world_spec, train, corpus, names, m, tmp)
+            info = _train(world_dir, world_spec, train, corpus, names, m, tmp, max_pixels)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -190,7 +197,7 @@ def train_world_model(world_dir: str | os.PathLike, spec: dict | None, out_dir: 
 
 
 def _train(world_dir: Path, world_spec: dict, train: pd.DataFrame, corpus: pd.DataFrame, names: list[str],
-           m: dict, tmp: Path) -> dict:
+           m: dict, tmp: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     from transformers import CLIPModel
 
     t0 = time.perf_counter()
@@ -204,9 +211,9 @@ def _train(world_dir: Path, world_spec: dict, train: pd.DataFrame, corpus: pd.Da
         log.warning("%d captions reach max_length %d and may be truncated", n_trunc, m["max_length"])
     size = int(world_spec["image_size"])
     paths = [str(world_dir / p) for p in train["path"]]
-    mean, std = _pixel_stats(paths)
+    mean, std = _pixel_stats(paths, max_pixels=max_pixels)
     processor = _image_processor(size, mean, std)
-    pixels = load_pixels(paths, processor, chunk=512, what="world", progress=True)
+    pixels = load_pixels(paths, processor, chunk=512, what="world", progress=True, max_pixels=max_pixels)
     groups = (torch.as_tensor(pd.factorize(_positive_keys(train, m["positives"]))[0])
               if m["positives"] != "none" else None)
 
@@ -260,6 +267,7 @@ def main(argv=None) -> None:
     src.add_argument("--spec", help="a YAML file with a `world:` block")
     t.add_argument("--out", required=True)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
     a = p.parse_args(argv)
     if a.spec_json:
         from vlmbias.io import parse_json_arg
@@ -270,7 +278,7 @@ def main(argv=None) -> None:
             spec = yaml.safe_load(f) or {}
     else:
         spec = {}
-    train_world_model(a.world, spec, a.out, a.threads)
+    train_world_model(a.world, spec, a.out, a.threads, a.max_pixels)
 
 
 if __name__ == "__main__":
