@@ -7,7 +7,7 @@ from PIL import Image
 
 from vlmbias import VlmbiasError
 from vlmbias.audit.models import load_encoder
-from vlmbias.mitigate.finetune import _load_base
+from vlmbias.mitigate.finetune import load_base
 
 
 @pytest.fixture(params=["hf", "open_clip"])
@@ -78,7 +78,7 @@ def test_pickle_checkpoint_is_refused_never_unpickled(pickle_only, monkeypatch):
     with pytest.raises(VlmbiasError, match=message):
         load_encoder({"backend": "hf", "name": str(pickle_only)})
     with pytest.raises(VlmbiasError, match="base model .*" + message):  # the LoRA base, the same way
-        _load_base(str(pickle_only))
+        load_base(str(pickle_only))
     assert unpickled == []
 
 

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
-from vlmbias.audit.models import Encoder, features, offline_error
+from vlmbias.audit.models import Encoder, features
 from vlmbias.io import write_table
 from vlmbias.mitigate.finetune import grad_reverse, inverse_frequency_weights, load_base
 from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps
