@@ -106,7 +106,7 @@ def train_steps(step: Callable[[torch.Tensor], dict[str, torch.Tensor]], batches
             for k, v in comp.items():
                 sums[k] += float(v.detach())
             bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{float(comp['loss'].detach()):.4f}")
+            bar.set_postfix(epoch=epoch, loss=f"{float(comp['loss'].detach()):.4f}", refresh=False)
         if count == 0:
             continue
         if not math.isfinite(sums["loss"]):
