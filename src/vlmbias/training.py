@@ -74,6 +74,20 @@ def deterministic(threads: int | None, warn_only: bool = False):
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
 
 
+def is_number(v) -> bool:
+    """A finite int or float, not a bool: what every training spec's numeric keys must be."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int, epochs: int, max_steps: int | None = None):
+    """A seeded DataLoader over row indices (reshuffled every epoch, last batch ragged) and the
+    number of optimiser steps: epochs x batches, capped at `max_steps`."""
+    loader = torch.utils.data.DataLoader(torch.arange(n), batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed), num_workers=0)
+    total = epochs * len(loader)
+    return loader, min(total, max_steps) if max_steps else total
+
+
 def train_steps(step: Callable[[torch.Tensor], dict[str, torch.Tensor]], batches: Callable[[int], Iterable],
                 opt: torch.optim.Optimizer, *, epochs: int, total_steps: int, params=None, clip_grad: float | None = None,
                 scheduler=None, after_step: Callable[[], None] | None = None, desc: str = "train",

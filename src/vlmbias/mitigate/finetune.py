@@ -58,7 +58,8 @@ from vlmbias import VlmbiasError, __version__
 from vlmbias.audit.models import features, load_clip_weights, offline_error
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_table
-from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps
+from vlmbias.training import (contrastive_loss, deterministic, is_number, load_pixels, shuffled_batches,
+                              train_steps)
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -183,14 +184,14 @@ def resolve_spec(spec: dict | None) -> dict:
     if s["max_steps"] is not None and (not isinstance(s["max_steps"], int) or s["max_steps"] < 1):
         raise VlmbiasError(f"spec 'max_steps' must be null or an integer >= 1, got {s['max_steps']!r}")
     for key in ("lora_alpha", "lr", "age_scale"):
-        if not _is_number(s[key]) or s[key] <= 0:
+        if not is_number(s[key]) or s[key] <= 0:
             raise VlmbiasError(f"spec {key!r} must be a positive number, got {s[key]!r}")
     for key in ("weight_decay", "age_weight", "adv_weight"):
-        if not _is_number(s[key]) or s[key] < 0:
+        if not is_number(s[key]) or s[key] < 0:
             raise VlmbiasError(f"spec {key!r} must be a number >= 0, got {s[key]!r}")
-    if s["head_lr"] is not None and (not _is_number(s["head_lr"]) or s["head_lr"] <= 0):
+    if s["head_lr"] is not None and (not is_number(s["head_lr"]) or s["head_lr"] <= 0):
         raise VlmbiasError(f"spec 'head_lr' must be null or a positive number, got {s['head_lr']!r}")
-    if not _is_number(s["lora_dropout"]) or not 0 <= s["lora_dropout"] < 1:
+    if not is_number(s["lora_dropout"]) or not 0 <= s["lora_dropout"] < 1:
         raise VlmbiasError(f"spec 'lora_dropout' must be in [0, 1), got {s['lora_dropout']!r}")
     if s["bias"] not in ("none", "lora_only", "all"):
         raise VlmbiasError(f"spec 'bias' must be 'none', 'lora_only' or 'all', got {s['bias']!r}")
@@ -214,9 +215,6 @@ def resolve_spec(spec: dict | None) -> dict:
         raise VlmbiasError(f"spec 'neutral_template' must be a string containing '{{concept}}', got {nt!r}")
     return s
 
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _label_attributes(s: dict) -> list[str]:
@@ -488,12 +486,7 @@ def _train(base: str, df: pd.DataFrame, classes: dict, s: dict, device: str, pro
     if len(objective.heads):
         groups.append({"params": list(objective.heads.parameters()), "lr": s["head_lr"] or s["lr"]})
     opt = torch.optim.AdamW(groups, lr=s["lr"], weight_decay=s["weight_decay"])
-    gen = torch.Generator().manual_seed(s["seed"])
-    loader = torch.utils.data.DataLoader(torch.arange(len(df)), batch_size=s["batch_size"], shuffle=True,
-                                         generator=gen, num_workers=0)
-    total_steps = s["epochs"] * len(loader)
-    if s["max_steps"]:
-        total_steps = min(total_steps, s["max_steps"])
+    loader, total_steps = shuffled_batches(len(df), s["batch_size"], s["seed"], s["epochs"], s["max_steps"])
     log.info("fine-tuning %s (%s objective, adapters on %s): %d rows, %d steps", base, s["objective"], s["towers"],
              len(df), total_steps)
     losses, steps = train_steps(objective.step, lambda epoch: loader, opt, epochs=s["epochs"], total_steps=total_steps,

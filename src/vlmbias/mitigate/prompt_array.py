@@ -59,7 +59,8 @@ from vlmbias import VlmbiasError, __version__
 from vlmbias.audit.models import Encoder, features
 from vlmbias.io import write_table
 from vlmbias.mitigate.finetune import grad_reverse, inverse_frequency_weights, load_base
-from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps
+from vlmbias.training import (contrastive_loss, deterministic, is_number, load_pixels, shuffled_batches,
+                              train_steps)
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -89,9 +90,6 @@ DEFAULTS: dict = {
 
 # --------------------------------------------------------------------------- spec & data
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
-
 
 def resolve_spec(spec: dict | None) -> dict:
     """Defaults filled in and every key checked; errors name the key."""
@@ -110,12 +108,12 @@ def resolve_spec(spec: dict | None) -> dict:
         raise VlmbiasError(f"prompt-array spec 'seed' must be an integer, got {s['seed']!r}")
     if s["init"] not in INITS:
         raise VlmbiasError(f"prompt-array spec 'init' must be one of {list(INITS)}, got {s['init']!r}")
-    if not _is_number(s["lr"]) or s["lr"] <= 0:
+    if not is_number(s["lr"]) or s["lr"] <= 0:
         raise VlmbiasError(f"prompt-array spec 'lr' must be a positive number, got {s['lr']!r}")
-    if s["head_lr"] is not None and (not _is_number(s["head_lr"]) or s["head_lr"] <= 0):
+    if s["head_lr"] is not None and (not is_number(s["head_lr"]) or s["head_lr"] <= 0):
         raise VlmbiasError(f"prompt-array spec 'head_lr' must be null or a positive number, got {s['head_lr']!r}")
     for key in ("adv_weight", "contrastive_weight", "weight_decay"):
-        if not _is_number(s[key]) or s[key] < 0:
+        if not is_number(s[key]) or s[key] < 0:
             raise VlmbiasError(f"prompt-array spec {key!r} must be a number >= 0, got {s[key]!r}")
     attrs = [s["adv_attributes"]] if isinstance(s["adv_attributes"], str) else s["adv_attributes"]
     if (not isinstance(attrs, (list, tuple)) or not attrs or not all(isinstance(a, str) and a for a in attrs)
@@ -295,12 +293,7 @@ def train_prompt_array(base: str, table: pd.DataFrame, spec: dict | None, out_di
         opt = torch.optim.AdamW([{"params": [prompts]},
                                  {"params": list(adversaries.parameters()), "lr": s["head_lr"] or s["lr"]}],
                                 lr=s["lr"], weight_decay=s["weight_decay"])
-        gen = torch.Generator().manual_seed(s["seed"])
-        loader = torch.utils.data.DataLoader(torch.arange(len(df)), batch_size=s["batch_size"], shuffle=True,
-                                             generator=gen, num_workers=0)
-        total_steps = s["epochs"] * len(loader)
-        if s["max_steps"]:
-            total_steps = min(total_steps, s["max_steps"])
+        loader, total_steps = shuffled_batches(len(df), s["batch_size"], s["seed"], s["epochs"], s["max_steps"])
         log.info("prompt array on %s: %d tokens, %d rows, %d steps", base, s["n_tokens"], len(df), total_steps)
         losses, steps = train_steps(step, lambda epoch: loader, opt, epochs=s["epochs"], total_steps=total_steps,
                                     desc="prompt array", progress=progress)

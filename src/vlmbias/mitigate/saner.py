@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
 from vlmbias.io import write_table
-from vlmbias.training import contrastive_loss, deterministic, train_steps
+from vlmbias.training import contrastive_loss, deterministic, is_number, shuffled_batches, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,6 @@ class SanerTransform:
 
 # --------------------------------------------------------------------------- spec & inputs
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
-
 
 def resolve_spec(spec: dict | None) -> dict:
     spec = dict(spec or {})
@@ -205,10 +202,10 @@ def resolve_spec(spec: dict | None) -> dict:
     if not isinstance(s["seed"], int) or isinstance(s["seed"], bool):
         raise VlmbiasError(f"SANER spec 'seed' must be an integer, got {s['seed']!r}")
     for key in ("lr", "logit_scale"):
-        if not _is_number(s[key]) or s[key] <= 0:
+        if not is_number(s[key]) or s[key] <= 0:
             raise VlmbiasError(f"SANER spec {key!r} must be a positive number, got {s[key]!r}")
     for key in ("alpha", "beta", "gamma", "weight_decay"):
-        if not _is_number(s[key]) or s[key] < 0:
+        if not is_number(s[key]) or s[key] < 0:
             raise VlmbiasError(f"SANER spec {key!r} must be a number >= 0, got {s[key]!r}")
     if s["alpha"] == 0:
         raise VlmbiasError("SANER spec 'alpha' (the debiasing loss weight) must be > 0, or nothing is debiased")
@@ -291,10 +288,8 @@ def _train(n: np.ndarray, v: np.ndarray, img: np.ndarray | None, keep: np.ndarra
     _, same = np.unique(n, axis=0, return_inverse=True)
     same = torch.from_numpy(same.reshape(-1).astype(np.int64))
     opt = torch.optim.AdamW(layer.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
-    gen = torch.Generator().manual_seed(s["seed"])
     keep_gen = torch.Generator().manual_seed(s["seed"] + 1)
-    loader = torch.utils.data.DataLoader(torch.arange(len(n)), batch_size=s["batch_size"], shuffle=True,
-                                         generator=gen, num_workers=0)
+    loader, total_steps = shuffled_batches(len(n), s["batch_size"], s["seed"], s["epochs"], s["max_steps"])
 
     def step(idx):
         fn = F.normalize(layer(nt[idx]), dim=-1)
@@ -311,9 +306,6 @@ def _train(n: np.ndarray, v: np.ndarray, img: np.ndarray | None, keep: np.ndarra
             total = total + s["gamma"] * comp["cont"]
         return {"loss": total, **comp}
 
-    total_steps = s["epochs"] * len(loader)
-    if s["max_steps"]:
-        total_steps = min(total_steps, s["max_steps"])
     layer.train()
     losses, steps = train_steps(step, lambda epoch: loader, opt, epochs=s["epochs"], total_steps=total_steps,
                                 desc="saner", progress=progress)
