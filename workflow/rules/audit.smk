@@ -165,3 +165,31 @@ rule figures:
         " --confusion {input.confusion:q} --rankings {input.rankings:q} --manifest {input.manifest:q}"
         " --bar-k {params.bar_k:q} --grid-k {params.grid_k:q} --grid-cols {params.grid_cols:q}"
         " --max-pixels {params.max_pixels:q} --out {output:q} > {log:q} 2>&1"
+
+
+# Zero-shot classification fairness (the audit's second mode): every image classified from class
+# prompts; accuracy per group and the share of each group given crime-related / non-human labels.
+rule zeroshot:
+    input:
+        unpack(image_embeddings),
+        manifest=rules.dataset_manifest.output.manifest,
+        model=model_inputs,
+    output:
+        accuracy=report(f"{RES}/zeroshot/{{dataset}}/{{model}}/accuracy.csv", caption="../report/zeroshot.rst",
+                        category="Zero-shot", subcategory="{dataset} / {model}"),
+        harmful=report(f"{RES}/zeroshot/{{dataset}}/{{model}}/harmful.csv", caption="../report/zeroshot.rst",
+                       category="Zero-shot", subcategory="{dataset} / {model}"),
+    params:
+        model=lambda w: as_json(vconfig.model_spec(config, w.model)),
+        spec=as_json(config.get("zeroshot") or {}),
+        device=config["device"],
+    threads: config["threads"]
+    log:
+        f"{RES}/logs/zeroshot/{{dataset}}_{{model}}.log",
+    conda:
+        "../../envs/audit.yaml"
+    shell:
+        "{PY} -m vlmbias.audit.zeroshot --model-json {params.model:q} --model-name {wildcards.model:q}"
+        " --dataset-name {wildcards.dataset:q} --images-npy {input.images:q} --images-table {input.image_rows:q}"
+        " --manifest {input.manifest:q} --spec-json {params.spec:q} --device {params.device:q}"
+        " --out-accuracy {output.accuracy:q} --out-harmful {output.harmful:q} > {log:q} 2>&1"

@@ -59,8 +59,16 @@ def model_inputs(wildcards):
     return inputs
 
 
+def zeroshot_targets():
+    zs = config.get("zeroshot")
+    if not zs:
+        return []
+    return expand(f"{RES}/zeroshot/{{dataset}}/{{model}}/accuracy.csv", dataset=zs.get("datasets") or SELECTED["datasets"],
+                  model=zs.get("models") or SELECTED["models"])
+
+
 def audit_targets():
-    return expand(
+    return zeroshot_targets() + expand(
         [f"{RES}/metrics/{{dataset}}/{{model}}/{{qset}}_summary.csv", f"{RES}/figures/{{dataset}}/{{model}}/{{qset}}"],
         dataset=SELECTED["datasets"],
         model=SELECTED["models"],

@@ -70,7 +70,7 @@ class MetricsInputError(VlmbiasError, ValueError):
 
 # ---------------------------------------------------------------- helpers
 
-def _labelled(labels) -> pd.Series:
+def labelled(labels) -> pd.Series:
     """The labels as an object Series with null, empty and blank labels set to None (unlabelled)."""
     lab = pd.Series(labels, dtype=object) if not isinstance(labels, pd.Series) else labels.astype(object)
     blank = lab.map(lambda v: isinstance(v, str) and not v.strip())
@@ -79,7 +79,7 @@ def _labelled(labels) -> pd.Series:
 
 def _codes(labels, classes: Sequence) -> np.ndarray:
     """Class index of each labelled item, in rank order (null, empty and blank labels dropped)."""
-    lab = _labelled(labels)
+    lab = labelled(labels)
     lab = lab[lab.notna()]
     codes = pd.Index(list(classes)).get_indexer(lab)
     bad = codes < 0
@@ -590,7 +590,7 @@ def confusion_table(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list
             continue
         for k in sorted({int(k) for k in ks}):
             top = g.groupby("query_id", sort=False).head(k)
-            cm = confusion_matrix(top["names_class"], _labelled(top[attr]), classes[attr])
+            cm = confusion_matrix(top["names_class"], labelled(top[attr]), classes[attr])
             cm = cm.loc[[c for c in cm.index if c in set(top["names_class"])]]
             long = cm.stack().rename("count").reset_index()
             long.columns = ["named_class", "retrieved_class", "count"]
