@@ -1,4 +1,10 @@
-"""Small helpers for writing artifacts atomically and setting up per-stage logging."""
+"""Small helpers for writing artifacts atomically and setting up per-stage logging.
+
+Artifacts are built under a temporary name and renamed into place. `tempfile` creates those
+temporary files 0600 and folders 0700; before the rename they get the permissions a plain
+`open()`/`mkdir()` would have given under the process's umask (0666/0777 & ~umask), so a colleague
+can read a shared results folder whenever the umask allows it.
+"""
 from __future__ import annotations
 
 import json
@@ -13,11 +19,41 @@ import numpy as np
 import pandas as pd
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(path: str | os.PathLike) -> None:
+    """Give `path` the mode a plain open() (file) or mkdir() (folder) would have: 0666/0777 & ~umask."""
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
+def temp_dir_beside(out_dir: str | os.PathLike) -> Path:
+    """A fresh hidden folder next to `out_dir` to build it in (then renamed onto it), with umask permissions."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    umask_mode(tmp)
+    return tmp
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path next to `path`; move it into place only if the block succeeds.
 
-    A crash or an exception leaves no half-written artifact behind.
+    A crash or an exception leaves no half-written artifact behind. The final file gets the
+    permissions a plain open() would give it (see the module doc), not tempfile's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,6 +61,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        umask_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
