@@ -65,3 +65,48 @@ def test_folders_built_beside_and_renamed_follow_the_umask(tmp_path, umask, monk
     assert mode(entry) == 0o777 & ~umask
     assert {p.name: mode(p) for p in entry.iterdir()} == {
         n: 0o666 & ~umask for n in ("images.parquet", "skipped.csv", "meta.json", "images.npy")}
+
+
+def _manifest(root):
+    (root / "img").mkdir(parents=True)
+    for n in ("a", "b"):
+        (root / "img" / f"{n}.jpg").write_bytes(b"x")
+    return pd.DataFrame({"image_id": ["a", "b", "c"],
+                         "path": [str(root / "img/a.jpg"), str(root / "img/b.jpg"), None]})
+
+
+def test_paths_are_stored_relative_and_resolved_after_a_move(tmp_path):
+    project = tmp_path / "project"
+    df = _manifest(project / "data")
+    table = project / "results" / "run" / "manifest.parquet"
+    io.write_table(df, table, path_root=project / "data")
+    stored = pd.read_parquet(table)
+    assert stored["path"].tolist()[:2] == ["img/a.jpg", "img/b.jpg"] and pd.isna(stored["path"].iat[2])
+    assert io.read_table(table)["path"].tolist()[:2] == df["path"].tolist()[:2]
+
+    moved = tmp_path / "elsewhere" / "deeper" / "project"
+    moved.parent.mkdir(parents=True)
+    project.rename(moved)  # the dataset moved with the results: found through the relative root
+    back = io.read_table(moved / "results" / "run" / "manifest.parquet")
+    assert back["path"].tolist()[:2] == [str(moved / "data/img/a.jpg"), str(moved / "data/img/b.jpg")]
+    assert pd.isna(back["path"].iat[2])
+    assert all(os.path.isfile(p) for p in back["path"].iloc[:2])
+
+
+def test_a_dataset_outside_the_results_is_found_through_its_absolute_root(tmp_path):
+    data = tmp_path / "datasets" / "ff"
+    df = _manifest(data)
+    io.write_table(df, tmp_path / "results" / "manifest.parquet", path_root=data)
+    (tmp_path / "moved" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "results").rename(tmp_path / "moved" / "a" / "b" / "results")
+    back = io.read_table(tmp_path / "moved" / "a" / "b" / "results" / "manifest.parquet")
+    assert back["path"].tolist()[:2] == df["path"].tolist()[:2]
+
+
+def test_tables_without_a_root_read_unchanged(tmp_path):
+    df = pd.DataFrame({"image_id": ["a"], "path": ["/abs/a.jpg"]})
+    io.write_table(df, tmp_path / "t.parquet")
+    assert io.table_path_root(tmp_path / "t.parquet") is None
+    assert io.read_table(tmp_path / "t.parquet")["path"].tolist() == ["/abs/a.jpg"]
+    with pytest.raises(ValueError):
+        io.write_table(df, tmp_path / "t.csv", path_root=tmp_path)
