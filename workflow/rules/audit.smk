@@ -12,6 +12,9 @@ rule dataset_manifest:
     params:
         spec=lambda w: as_json(vconfig.dataset_spec(config, w.dataset)),
         max_missing=lambda w: config["datasets"][w.dataset].get("max_missing_fraction", 0.0),
+    threads: 1
+    resources:
+        **rule_resources("dataset_manifest"),
     log:
         f"{RES}/logs/dataset_manifest/{{dataset}}.log",
     conda:
@@ -38,7 +41,7 @@ rule embed_images:
         max_bad=config["embed"]["max_bad_fraction"],
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **rule_resources("embed_images"),
     log:
         f"{RES}/logs/embed_images/{{dataset}}_{{model}}.log",
     benchmark:
@@ -64,6 +67,8 @@ rule embed_queries:
         device=config["device"],
         precision=config["embed"]["precision"],
     threads: config["threads"]
+    resources:
+        **rule_resources("embed_queries"),
     log:
         f"{RES}/logs/embed_queries/{{model}}_{{qset}}.log",
     conda:
@@ -91,6 +96,9 @@ rule retrieve:
     params:
         k=max(config["retrieval"]["k"]),
         method=config["retrieval"]["method"],
+    threads: 1
+    resources:
+        **rule_resources("retrieve"),
     log:
         f"{RES}/logs/retrieve/{{dataset}}_{{model}}_{{qset}}.log",
     conda:
@@ -115,6 +123,9 @@ rule metrics:
         ci=config["metrics"]["ci_method"],
         attributes=config["metrics"].get("attributes", []),
         seed=config["seed"],
+    threads: 1
+    resources:
+        **rule_resources("metrics"),
     log:
         f"{RES}/logs/metrics/{{dataset}}_{{model}}_{{qset}}.log",
     conda:
@@ -147,6 +158,9 @@ rule figures:
         bar_k=config["figures"]["bar_k"],
         grid_k=config["figures"]["grid_k"],
         grid_cols=config["figures"]["grid_cols"],
+    threads: 1
+    resources:
+        **rule_resources("figures"),
     log:
         f"{RES}/logs/figures/{{dataset}}_{{model}}_{{qset}}.log",
     conda:

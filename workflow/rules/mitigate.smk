@@ -18,6 +18,9 @@ rule acquire:
         spec=as_json(config.get("mitigation", {}).get("acquire", {})),
         world=lambda w, input: f"--world {input[0]}" if input else "",
         folder=f"{MIT}/acquired/images",
+    threads: 1
+    resources:
+        **rule_resources("acquire"),
     log:
         f"{RES}/logs/acquire/acquire.log",
     conda:
@@ -37,6 +40,9 @@ rule label:
         balanced=f"{MIT}/labels/balanced.parquet",
     params:
         spec=as_json(config.get("mitigation", {}).get("label", {})),
+    threads: 1
+    resources:
+        **rule_resources("label"),
     log:
         f"{RES}/logs/label/label.log",
     conda:
@@ -61,9 +67,10 @@ rule finetune:
     params:
         base=lambda w: vconfig.model_spec(config, config["mitigation"]["base_model"])["name"],
         spec=lambda w: as_json(vconfig.finetune_spec(config, w.method)),
+        device=config["device"],
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **rule_resources("finetune"),
     log:
         f"{RES}/logs/finetune/{{method}}.log",
     benchmark:
@@ -72,7 +79,7 @@ rule finetune:
         "../../envs/mitigate.yaml"
     shell:
         "{PY} -m vlmbias.mitigate.finetune --base {params.base} --train {input.train} --spec-json {params.spec:q}"
-        " --out {output} --threads {threads} --no-progress > {log} 2>&1"
+        " --out {output} --threads {threads} --device {params.device} --no-progress > {log} 2>&1"
 
 
 def quality_inputs(wildcards):
@@ -95,6 +102,8 @@ rule quality:
         world=lambda w, input: f"--world {input.world}" if "world" in input.keys() else "",
         device=config["device"],
     threads: config["threads"]
+    resources:
+        **rule_resources("quality"),
     log:
         f"{RES}/logs/quality/{{model}}.log",
     conda:
@@ -132,6 +141,9 @@ rule compare:
     params:
         methods=method_args,
         k=config.get("mitigation", {}).get("k", 20),
+    threads: 1
+    resources:
+        **rule_resources("compare"),
     log:
         f"{RES}/logs/compare/compare.log",
     conda:
