@@ -1,3 +1,4 @@
+import copy
 import os
 
 import pytest
@@ -22,3 +23,27 @@ def tiny_hf(tmp_path_factory):
 def tiny_open_clip(tmp_path_factory):
     cfg = tiny_open_clip_config(tmp_path_factory.mktemp("tiny_oc") / "vlmbias-tiny-vit.json")
     return {"backend": "open_clip", "name": "vlmbias-tiny-vit", "config": str(cfg), "pretrained": None}
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow_config(fairface_dir, tiny_hf):
+    """The small audit config of the end-to-end runs (a FairFace-format folder, a tiny hf CLIP, two
+    query sets): `tiny_workflow_config(threads=1)` gives a fresh copy, keyword arguments replacing
+    top-level keys. Used by test_workflow.py and test_slurm.py."""
+    base = {
+        "run_name": "smoke",
+        "datasets": {"ff": {"type": "fairface", "root": str(fairface_dir)}},
+        "models": {"tiny": {"backend": "hf", "name": str(tiny_hf)}},
+        "query_sets": {
+            "jobs": {"queries": ["a doctor", "a nurse"], "templates": ["{}", "a photo of {}"]},
+            "groups": {"queries": [{"text": "a Black person", "names": {"race": "Black"}}]},
+        },
+        "retrieval": {"k": [5, 20]},
+        "metrics": {"n_boot": 200},
+        "embed": {"num_workers": 0},
+        "figures": {"grid_k": 5},
+    }
+
+    def make(**overrides):
+        return {**copy.deepcopy(base), **copy.deepcopy(overrides)}
+    return make
