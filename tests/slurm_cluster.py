@@ -566,7 +566,7 @@ def run_with_sigint_timeout(cmd, cwd, env, timeout: float, log_path, grace: floa
 
 def job_info(handle: ClusterHandle, job_id) -> dict:
     """`scontrol show job` as a dict (JobState, NumCPUs, MinMemoryNode, TimeLimit, ...); {} if unknown."""
-    r = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], env=handle.env,
+    r = subprocess.run([_bin("scontrol") or "scontrol", "show", "job", "-o", str(job_id)], env=handle.env,
                        capture_output=True, text=True, timeout=15)
     if r.returncode != 0:
         return {}
