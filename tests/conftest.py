@@ -1,3 +1,4 @@
+import copy
 import os
 import struct
 import zlib
@@ -43,3 +44,27 @@ def bomb_png(tmp_path_factory):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
                      + _png_chunk(b"IEND", b""))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow_config(fairface_dir, tiny_hf):
+    """The small audit config of the end-to-end runs (a FairFace-format folder, a tiny hf CLIP, two
+    query sets): `tiny_workflow_config(threads=1)` gives a fresh copy, keyword arguments replacing
+    top-level keys. Used by test_workflow.py and test_slurm.py."""
+    base = {
+        "run_name": "smoke",
+        "datasets": {"ff": {"type": "fairface", "root": str(fairface_dir)}},
+        "models": {"tiny": {"backend": "hf", "name": str(tiny_hf)}},
+        "query_sets": {
+            "jobs": {"queries": ["a doctor", "a nurse"], "templates": ["{}", "a photo of {}"]},
+            "groups": {"queries": [{"text": "a Black person", "names": {"race": "Black"}}]},
+        },
+        "retrieval": {"k": [5, 20]},
+        "metrics": {"n_boot": 200},
+        "embed": {"num_workers": 0},
+        "figures": {"grid_k": 5},
+    }
+
+    def make(**overrides):
+        return {**copy.deepcopy(base), **copy.deepcopy(overrides)}
+    return make

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from vlmbias.io import read_table
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -22,22 +24,9 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, fairface_dir, tiny_hf):
+def workdir(tmp_path_factory, tiny_workflow_config):
     wd = tmp_path_factory.mktemp("wf")
-    config = {
-        "run_name": "smoke",
-        "datasets": {"ff": {"type": "fairface", "root": str(fairface_dir)}},
-        "models": {"tiny": {"backend": "hf", "name": str(tiny_hf)}},
-        "query_sets": {
-            "jobs": {"queries": ["a doctor", "a nurse"], "templates": ["{}", "a photo of {}"]},
-            "groups": {"queries": [{"text": "a Black person", "names": {"race": "Black"}}]},
-        },
-        "retrieval": {"k": [5, 20]},
-        "metrics": {"n_boot": 200},
-        "embed": {"num_workers": 0},
-        "figures": {"grid_k": 5},
-    }
-    (wd / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    (wd / "config.yaml").write_text(yaml.safe_dump(tiny_workflow_config(), allow_unicode=True))
     run = snakemake(wd)
     assert run.returncode == 0, run.stdout + run.stderr
     return wd
@@ -180,6 +169,32 @@ def test_report_renders_in_headless_chromium(default_run):
     shot = subprocess.run([CHROMIUM, *flags, f"--screenshot={workdir / 'report.png'}", page],
                           capture_output=True, text=True, timeout=300)
     assert shot.returncode == 0 and (workdir / "report.png").stat().st_size > 10_000, shot.stderr[-2000:]
+
+
+def test_moved_project_still_finds_every_image(default_run, tmp_path_factory):
+    """Image paths are stored relative to a recorded root (docs/artifacts.md): the finished default
+    project moved elsewhere still resolves every image, and later stages run on it from there.
+    Moves default_run's folder, so it comes after every other test that uses default_run."""
+    new = tmp_path_factory.mktemp("moved") / "project"
+    default_run.parents[1].rename(new)
+    res = new / "results" / default_run.name
+    for table in ("data/world/manifest.parquet", "mitigation/acquired/acquired.parquet",
+                  "mitigation/labels/labels.parquet", "mitigation/labels/balanced.parquet"):
+        stored = pd.read_parquet(res / table)["path"].dropna()
+        assert len(stored) and not stored.map(os.path.isabs).any(), table
+        paths = read_table(res / table)["path"].dropna()
+        assert paths.map(lambda p: p.startswith(f"{new}/") and os.path.isfile(p)).all(), table
+    # later stages from the new place: image grids (they read the manifest's paths) and calibration
+    figures, checks = "results/world/figures/world/world-clip/world_gender", res / "calibration/world-clip/checks.csv"
+    before = checks.stat().st_mtime_ns
+    run = snakemake(new, "--forcerun", "figures", "calibrate", "--", figures, str(checks.relative_to(new)))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert checks.stat().st_mtime_ns > before
+    log = (res / "logs/figures/world_world-clip_world_gender.log").read_text()
+    assert "cannot read" not in log and list((new / figures).glob("grid_*.png")), log[-2000:]
+    cli = subprocess.run([sys.executable, "-m", "vlmbias.cli", "calibrate", "--results", str(res)],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode in (0, 1) and "checks passed" in cli.stdout, cli.stdout[-2000:] + cli.stderr[-2000:]
 
 
 def test_thesis_config_is_valid_and_plans_every_experiment(tmp_path):

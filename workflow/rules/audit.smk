@@ -12,6 +12,9 @@ rule dataset_manifest:
     params:
         spec=lambda w: as_json(vconfig.dataset_spec(config, w.dataset)),
         max_missing=lambda w: config["datasets"][w.dataset].get("max_missing_fraction", 0.0),
+    threads: 1
+    resources:
+        **rule_resources("dataset_manifest"),
     log:
         f"{RES}/logs/dataset_manifest/{{dataset}}.log",
     conda:
@@ -39,7 +42,7 @@ rule embed_images:
         max_pixels=MAX_PIXELS,
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **rule_resources("embed_images"),
     log:
         f"{RES}/logs/embed_images/{{dataset}}_{{model}}.log",
     benchmark:
@@ -66,6 +69,8 @@ rule embed_queries:
         device=config["device"],
         precision=config["embed"]["precision"],
     threads: config["threads"]
+    resources:
+        **rule_resources("embed_queries"),
     log:
         f"{RES}/logs/embed_queries/{{model}}_{{qset}}.log",
     conda:
@@ -93,6 +98,9 @@ rule retrieve:
     params:
         k=max(config["retrieval"]["k"]),
         method=config["retrieval"]["method"],
+    threads: 1
+    resources:
+        **rule_resources("retrieve"),
     log:
         f"{RES}/logs/retrieve/{{dataset}}_{{model}}_{{qset}}.log",
     conda:
@@ -120,6 +128,9 @@ rule metrics:
         skew=config["metrics"]["skew_pseudocount"],
         interval=config["metrics"]["interval"],
         seed=config["seed"],
+    threads: 1
+    resources:
+        **rule_resources("metrics"),
     log:
         f"{RES}/logs/metrics/{{dataset}}_{{model}}_{{qset}}.log",
     conda:
@@ -156,6 +167,9 @@ rule figures:
         grid_k=config["figures"]["grid_k"],
         grid_cols=config["figures"]["grid_cols"],
         max_pixels=MAX_PIXELS,
+    threads: 1
+    resources:
+        **rule_resources("figures"),
     log:
         f"{RES}/logs/figures/{{dataset}}_{{model}}_{{qset}}.log",
     conda:
@@ -184,6 +198,8 @@ rule zeroshot:
         spec=as_json(config.get("zeroshot") or {}),
         device=config["device"],
     threads: config["threads"]
+    resources:
+        **rule_resources("zeroshot"),
     log:
         f"{RES}/logs/zeroshot/{{dataset}}_{{model}}.log",
     conda:

@@ -77,3 +77,46 @@ def audit_targets():
         [f"{vconfig.mitigation_dir(config)}/comparison.csv"] if config.get("mitigation") else []
     ) + [f"{RES}/experiments/{name}.csv" for name in (config.get("experiments") or {})] + [
         f"{RES}/run_info/versions.csv"]
+
+
+# Scheduler hints, so that a cluster profile (profiles/slurm) can place every job: memory (MB) and
+# wall time (minutes) per rule, doubled on each retry (`restart-times`: a job killed for memory or
+# time gets more), and one GPU for the rules that load a model on `device` when that is a CUDA
+# device (the SLURM plugin turns `gpu=1` into `--gpus=1`; locally an undeclared `gpu` limits nothing).
+# Override per rule from the command line or a profile: `--set-resources embed_images:mem_mb=32000`,
+# `--set-threads embed_images=8`.
+RULE_RESOURCES = {  # rule: (mem_mb, runtime in minutes), for the first attempt
+    "world_generate": (2000, 30),
+    "world_train": (4000, 120),
+    "calibrate": (2000, 30),
+    "dataset_manifest": (2000, 30),
+    "embed_images": (8000, 240),
+    "embed_queries": (4000, 30),
+    "retrieve": (4000, 30),
+    "metrics": (2000, 30),
+    "figures": (2000, 30),
+    "zeroshot": (4000, 30),
+    "acquire": (2000, 120),
+    "label": (4000, 120),
+    "finetune": (8000, 480),
+    "quality": (4000, 60),
+    "compare": (2000, 30),
+    "architecture": (2000, 30),
+    "training_data": (2000, 30),
+    "run_info": (1000, 10),
+}
+GPU_RULES = {"embed_images", "embed_queries", "finetune", "quality", "zeroshot"}  # the rules that run a model on `device`
+
+
+def uses_gpu(device=None):
+    return str(config["device"] if device is None else device).startswith("cuda")
+
+
+def rule_resources(rule):
+    """`resources: **rule_resources("<rule>")`: mem_mb, runtime and gpu for one rule (see RULE_RESOURCES)."""
+    mem_mb, minutes = RULE_RESOURCES[rule]
+    return {
+        "mem_mb": lambda wildcards, attempt: mem_mb * attempt,
+        "runtime": lambda wildcards, attempt: minutes * attempt,
+        "gpu": 1 if rule in GPU_RULES and uses_gpu() else 0,
+    }

@@ -17,6 +17,9 @@ rule architecture:
     params:
         classes=lambda w: [f"{m}={f}" for m, files in experiment_classes("architecture").items() for f in files],
         k=EXP.get("architecture", {}).get("k", 20),
+    threads: 1
+    resources:
+        **rule_resources("architecture"),
     log:
         f"{RES}/logs/experiments/architecture.log",
     conda:
@@ -33,6 +36,9 @@ rule training_data:
         report(f"{RES}/experiments/training_data.csv", caption="../report/experiments.rst", category="Experiments"),
     params:
         k=EXP.get("training_data", {}).get("k", 20),
+    threads: 1
+    resources:
+        **rule_resources("training_data"),
     log:
         f"{RES}/logs/experiments/training_data.log",
     conda:

@@ -19,6 +19,9 @@ rule acquire:
         world=lambda w, input: ["--world", input[0]] if input else [],
         folder=f"{MIT}/acquired/images",
         max_pixels=MAX_PIXELS,
+    threads: 1
+    resources:
+        **rule_resources("acquire"),
     log:
         f"{RES}/logs/acquire/acquire.log",
     conda:
@@ -39,6 +42,9 @@ rule label:
     params:
         spec=as_json(config.get("mitigation", {}).get("label", {})),
         max_pixels=MAX_PIXELS,
+    threads: 1
+    resources:
+        **rule_resources("label"),
     log:
         f"{RES}/logs/label/label.log",
     conda:
@@ -64,9 +70,10 @@ rule finetune:
         base=lambda w: vconfig.model_spec(config, config["mitigation"]["base_model"])["name"],
         spec=lambda w: as_json(vconfig.finetune_spec(config, w.method)),
         max_pixels=MAX_PIXELS,
+        device=config["device"],
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **rule_resources("finetune"),
     log:
         f"{RES}/logs/finetune/{{method}}.log",
     benchmark:
@@ -75,7 +82,8 @@ rule finetune:
         "../../envs/mitigate.yaml"
     shell:
         "{PY} -m vlmbias.mitigate.finetune --base {params.base:q} --train {input.train:q} --spec-json {params.spec:q}"
-        " --out {output:q} --threads {threads:q} --max-pixels {params.max_pixels:q} --no-progress > {log:q} 2>&1"
+        " --out {output:q} --threads {threads:q} --max-pixels {params.max_pixels:q} --device {params.device:q}"
+        " --no-progress > {log:q} 2>&1"
 
 
 def quality_inputs(wildcards):
@@ -99,6 +107,8 @@ rule quality:
         device=config["device"],
         max_pixels=MAX_PIXELS,
     threads: config["threads"]
+    resources:
+        **rule_resources("quality"),
     log:
         f"{RES}/logs/quality/{{model}}.log",
     conda:
@@ -137,6 +147,9 @@ rule compare:
     params:
         methods=method_args,
         k=config.get("mitigation", {}).get("k", 20),
+    threads: 1
+    resources:
+        **rule_resources("compare"),
     log:
         f"{RES}/logs/compare/compare.log",
     conda:

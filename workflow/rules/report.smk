@@ -7,6 +7,9 @@ rule run_info:
         versions=report(f"{RES}/run_info/versions.csv", caption="../report/run_info.rst", category="Run"),
     params:
         config=as_json(config),
+    threads: 1
+    resources:
+        **rule_resources("run_info"),
     log:
         f"{RES}/logs/run_info.log",
     conda:

@@ -6,6 +6,9 @@ rule world_generate:
         directory(vconfig.world_data_dir(config)),
     params:
         spec=as_json(config.get("world", {})),
+    threads: 1
+    resources:
+        **rule_resources("world_generate"),
     log:
         f"{RES}/logs/world_generate.log",
     conda:
@@ -23,6 +26,8 @@ rule world_train:
         spec=as_json(config.get("world", {})),
         max_pixels=MAX_PIXELS,
     threads: config["threads"]
+    resources:
+        **rule_resources("world_train"),
     log:
         f"{RES}/logs/world_train/{{wmodel}}.log",
     benchmark:
@@ -59,6 +64,9 @@ rule calibrate:
     params:
         k=config.get("calibration", {}).get("k"),
         strong=config.get("calibration", {}).get("strong", {}),
+    threads: 1
+    resources:
+        **rule_resources("calibrate"),
     log:
         f"{RES}/logs/calibrate/{{model}}.log",
     conda:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlmbias import VlmbiasError
-from vlmbias.io import parse_json_arg, run_cli, write_table
+from vlmbias.io import common_folder, parse_json_arg, run_cli, write_table
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,14 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
     return manifest, distribution(manifest, classes), missing
 
 
+def dataset_root(spec: dict, manifest: pd.DataFrame) -> Path:
+    """The folder the manifest's paths are stored relative to: the dataset's root, or (hub copy) the
+    folder its images were unpacked to."""
+    if spec.get("type") in ("fairface", "labelled-folder"):
+        return Path(spec["root"]).resolve()
+    return common_folder(manifest["path"])
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vlmbias.audit.data", description="Build a dataset manifest.")
     p.add_argument("--spec-json", required=True, help="the dataset's config block as JSON")
@@ -221,10 +229,12 @@ def main(argv=None) -> None:
     p.add_argument("--distribution", required=True)
     p.add_argument("--missing", required=True)
     a = p.parse_args(argv)
-    manifest, dist, missing = build_manifest(parse_json_arg(a.spec_json, "--spec-json"), a.max_missing_fraction)
+    spec = parse_json_arg(a.spec_json, "--spec-json")
+    manifest, dist, missing = build_manifest(spec, a.max_missing_fraction)
     write_table(missing, a.missing)
     write_table(dist, a.distribution)
-    write_table(manifest, a.manifest)
+    # image paths are stored relative to the dataset's folder (docs/artifacts.md); read_table resolves them
+    write_table(manifest, a.manifest, path_root=dataset_root(spec, manifest))
     log.info("manifest: %d images; %s", len(manifest), ", ".join(f"{k}: {len(v)} classes" for k, v in
                                                                 classes_from_distribution(dist).items()))
 

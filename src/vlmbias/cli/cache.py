@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 log = logging.getLogger("vlmbias.cli")
@@ -71,12 +70,11 @@ def read_cache(entry: Path, manifest):
 
 def write_cache(entry: Path, emb, rows, skipped, meta: dict) -> None:
     """Write all files into a temporary folder, then rename it into place: readers never see half an entry."""
-    from vlmbias.io import write_npy, write_table
+    from vlmbias.io import temp_dir_beside, write_npy, write_table
 
     tmp = None
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
+        tmp = temp_dir_beside(entry)
         write_table(rows, tmp / "images.parquet")
         write_table(skipped, tmp / "skipped.csv")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")

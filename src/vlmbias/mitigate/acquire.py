@@ -28,7 +28,8 @@ cannot escape and two keywords never share a folder) and the file name is the co
 names never collide and a rerun rewrites nothing).
 
 Manifest (`acquired.parquet`), one row per candidate plus one per keyword that had no candidate:
-`image_id` (`<slug>/<file>`, ok rows only), `path` (absolute; for duplicates the kept copy),
+`image_id` (`<slug>/<file>`, ok rows only), `path` (for duplicates the kept copy; stored relative to
+`out_dir`, which the file's metadata records, and absolute again through `vlmbias.io.read_table`),
 `source, keyword, concept, caption, lang, origin` (URL or source path), `sha1`, `status`
 (ok, duplicate, not-image, too-large, undecodable, fetch-error, no-results, search-blocked,
 search-error), `reason`, `world_image_id, world_gender, world_race, world_age`.
@@ -60,7 +61,7 @@ from tqdm import tqdm
 from vlmbias import VlmbiasError
 from vlmbias.audit.queries import strip_article
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS, ImageRefused, check_limit, open_image
-from vlmbias.io import atomic_path, parse_json_arg, run_cli, write_table
+from vlmbias.io import atomic_path, parse_json_arg, read_table, run_cli, write_table
 from vlmbias.mitigate.websearch import (
     CAPTCHA_MARKERS,
     AddressRefused,
@@ -330,7 +331,7 @@ def _read_previous(paths: list[Path]) -> pd.DataFrame:
     for p in paths:
         if p is not None and Path(p).is_file():
             try:
-                frames.append(pd.read_parquet(p))
+                frames.append(read_table(p))
             except Exception as e:  # a damaged old record must not block a rerun; its files are adopted below
                 log.warning("cannot read earlier record %s (%s); relying on the files on disk", p, e)
     if not frames:
@@ -542,7 +543,7 @@ def _write_journal(journal: Path, previous: pd.DataFrame, states: list[_Keyword]
     df = pd.concat([previous, current], ignore_index=True) if len(previous) else current
     df = df.astype(object).where(df.notna(), None)
     df = df.drop_duplicates(subset=["keyword", "source", "origin", "sha1", "status"], keep="last")
-    write_table(_as_table(df), journal)
+    write_table(_as_table(df), journal, path_root=journal.parent)
 
 
 def _as_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -560,7 +561,8 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     manifest = acquire(parse_json_arg(a.spec_json, "--spec-json"), a.out_dir, manifest=a.manifest, world=a.world,
                        max_pixels=a.max_pixels)
-    write_table(manifest, a.manifest)
+    # image paths are stored relative to the image folder (docs/artifacts.md); read_table resolves them
+    write_table(manifest, a.manifest, path_root=a.out_dir)
     ok = manifest["status"] == "ok"
     log.info("acquired %d usable images for %d keywords; %d rows in %s", int(ok.sum()),
              manifest.loc[ok, "keyword"].nunique(), len(manifest), a.manifest)

@@ -63,7 +63,7 @@ from tqdm import tqdm
 from vlmbias import VlmbiasError
 from vlmbias.audit.data import FAIRFACE_CLASSES
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
-from vlmbias.io import parse_json_arg, read_table, run_cli, write_table
+from vlmbias.io import common_folder, parse_json_arg, read_table, run_cli, table_path_root, write_table
 
 log = logging.getLogger(__name__)
 
@@ -589,9 +589,11 @@ def main(argv=None) -> None:
                                 allow_missing=bool(b.get("allow_missing", False)))
     write_table(dropped, a.out_dropped)
     write_table(distribution_by_keyword(labels, classes), a.out_distribution)
+    # image paths are stored relative to the acquired images' folder (docs/artifacts.md)
+    root = table_path_root(a.acquired) or common_folder(labels["path"])
     if balanced is not None:
-        write_table(balanced, a.out_balanced)
-    write_table(labels, a.out_labels)
+        write_table(balanced, a.out_balanced, path_root=root)
+    write_table(labels, a.out_labels, path_root=root)
 
 
 if __name__ == "__main__":

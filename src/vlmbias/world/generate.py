@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from tqdm import tqdm
 
 from vlmbias import VlmbiasError
 from vlmbias.audit.queries import caption_key
-from vlmbias.io import run_cli
+from vlmbias.io import run_cli, temp_dir_beside
 from vlmbias.world.render import SCENES, keyed_rng, make_decoy, make_glyphs, render_person, save_jpeg, signatures_table
 from vlmbias.world.spec import (
     ATTRIBUTES,
@@ -308,8 +307,7 @@ def generate_world(spec: dict, out_dir: str | os.PathLike) -> None:
     """Write a complete world to out_dir (built in a temporary sibling, then renamed into place)."""
     spec = resolve_spec(spec)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
         _write_world(spec, tmp)
         if out_dir.exists():

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from vlmbias import VlmbiasError
 from vlmbias.audit.models import features
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS, open_image
-from vlmbias.io import run_cli
+from vlmbias.io import run_cli, temp_dir_beside
 from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps
 from vlmbias.world.tokenizer import build_tokenizer, check_round_trip
 
@@ -181,8 +180,7 @@ def train_world_model(world_dir: str | os.PathLike, spec: dict | None, out_dir: 
         raise VlmbiasError(f"{world_dir}: the corpus has no train split")
     names = pd.read_csv(world_dir / "concepts.csv", dtype=str, keep_default_na=False)["name"].tolist()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
         with deterministic(int(threads) if threads else None):
             torch.manual_seed(m["seed"])
