@@ -127,7 +127,7 @@ def test_slurm_results_equal_a_local_run(slurm_run, local_run):
     wd, _ = slurm_run
     res_slurm, res_local = wd / "results" / "smoke", local_run / "results" / "smoke"
     metrics = sorted(p.relative_to(res_local) for p in (res_local / "metrics").rglob("*.csv"))
-    assert len(metrics) == 4
+    assert len(metrics) == 6  # classes, summary and confusion tables of two query sets
     assert sorted(p.relative_to(res_slurm) for p in (res_slurm / "metrics").rglob("*.csv")) == metrics
     differ = [str(p) for p in metrics if (res_slurm / p).read_bytes() != (res_local / p).read_bytes()]
     assert not differ, f"metrics differ between the SLURM and the local run: {differ}"
