@@ -9,6 +9,14 @@ total variation distance from the dataset (TVD), MaxSkew@k (uniform and dataset 
 reported but never judged (`not judged`): with zero counts it is ambiguous (an all-male top 20 has
 FD 1 under the thesis' zero handling, 15/5 has 3). Quality tables (vlmbias.mitigate.quality) are
 joined the same way.
+
+Held-out protocol (issue 11): with the split table (`split.csv` of vlmbias.mitigate.split), every
+row carries the `split` of its query's concept, `fitting` (what the methods were fitted or
+calibrated on) or `held_out` (never seen), and the summary is given per split, so a method's
+in-sample (fitting) number can be set against its held-out one. The summary's mean over queries
+has a 95% interval (`mean_*_low/high`): the mean +- 1.96 x sqrt(sum of the per-query standard
+errors squared) / n, each standard error read off its interval as (high - low) / 3.92 (a normal
+approximation that treats the queries as independent).
 """
 from __future__ import annotations
 
@@ -43,8 +51,17 @@ def _verdict(t: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(t["metric"].isin(JUDGED), v, "not judged"), index=t.index)
 
 
-def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd.DataFrame, pd.DataFrame]]):
-    """base and each method: (summary, classes). Returns (per-query comparison, per-method summary)."""
+def _mean_interval(g: pd.DataFrame, side: str) -> pd.Series:
+    se = (g[f"high_{side}"] - g[f"low_{side}"]) / 3.92
+    mean, half = g[f"value_{side}"].mean(), 1.96 * np.sqrt((se ** 2).sum()) / len(g)
+    return pd.Series({f"mean_{side}_low": mean - half, f"mean_{side}_high": mean + half})
+
+
+def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd.DataFrame, pd.DataFrame]],
+            split: pd.DataFrame | None = None):
+    """base and each method: (summary, classes). split: optional `query_set, query_id, split` table
+    (queries it does not list are an error); without it every row's split is `all`.
+    Returns (per-query comparison, per-(method, split) summary)."""
     if not methods:
         raise VlmbiasError("no mitigation methods to compare")
     before = _long(base[0])
@@ -58,16 +75,33 @@ def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd
     table = pd.concat(rows, ignore_index=True)
     table["change"] = table["value_after"] - table["value_before"]
     table["verdict"] = _verdict(table)
-    table = table[["method", *KEYS, "metric", "value_before", "low_before", "high_before",
+    if split is None:
+        table["split"] = "all"
+    else:
+        missing = [c for c in ("query_set", "query_id", "split") if c not in split.columns]
+        if missing:
+            raise VlmbiasError(f"split table lacks column(s) {missing}; rerun the split stage")
+        sp = split[["query_set", "query_id", "split"]].astype(str)
+        table = table.merge(sp, on=["query_set", "query_id"], how="left")
+        unsplit = table.loc[table["split"].isna(), "query"].unique().tolist()
+        if unsplit:
+            raise VlmbiasError(f"queries {unsplit[:5]} are in no split of the split table; rerun the split stage")
+    table = table[["method", "split", *KEYS, "metric", "value_before", "low_before", "high_before",
                    "value_after", "low_after", "high_after", "change", "verdict"]]
     finite = table[np.isfinite(table["value_before"]) & np.isfinite(table["value_after"])]
     judged = finite["metric"].isin(JUDGED)
-    summary = (finite.assign(improved=(finite["verdict"] == "improved") & judged,
-                             worse=(finite["verdict"] == "worse") & judged)
-               .groupby(["method", "k", "attribute", "metric"])
-               .agg(queries=("query", "size"), mean_before=("value_before", "mean"),
-                    mean_after=("value_after", "mean"), improved=("improved", "sum"), worse=("worse", "sum"))
+    group = ["method", "split", "k", "attribute", "metric"]
+    grouped = finite.assign(improved=(finite["verdict"] == "improved") & judged,
+                            worse=(finite["verdict"] == "worse") & judged).groupby(group)
+    summary = (grouped.agg(queries=("query", "size"), mean_before=("value_before", "mean"),
+                           mean_after=("value_after", "mean"), improved=("improved", "sum"), worse=("worse", "sum"))
                .reset_index())
+    bounds = pd.concat([grouped[["value_before", "low_before", "high_before"]].apply(_mean_interval, "before"),
+                        grouped[["value_after", "low_after", "high_after"]].apply(_mean_interval, "after")],
+                       axis=1).reset_index()
+    summary = summary.merge(bounds, on=group, how="left")
+    summary = summary[[*group, "queries", "mean_before", "mean_before_low", "mean_before_high", "mean_after",
+                       "mean_after_low", "mean_after_high", "improved", "worse"]]
     summary["judged"] = summary["metric"].isin(JUDGED)
     summary["relative_change"] = (summary["mean_after"] - summary["mean_before"]) / summary["mean_before"]
     return table, summary
@@ -79,6 +113,7 @@ def main(argv=None) -> None:
     p.add_argument("--method", nargs="+", action="append", required=True,
                    help="NAME then that method's *_summary.csv files (repeat per method)")
     p.add_argument("--quality", nargs="*", default=[], help="quality CSVs of the base and every method")
+    p.add_argument("--split", help="split.csv of vlmbias.mitigate.split (fitting / held_out per query)")
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-summary", required=True)
     p.add_argument("--out-quality", required=True)
@@ -95,7 +130,7 @@ def main(argv=None) -> None:
 
     base = load(a.base)
     methods = {m[0]: load(m[1:]) for m in a.method}
-    table, summary = compare(base, methods)
+    table, summary = compare(base, methods, read_table(a.split) if a.split else None)
     quality = pd.concat([read_table(q) for q in a.quality], ignore_index=True) if a.quality else pd.DataFrame()
     out = Path(a.out_figures)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +142,7 @@ def main(argv=None) -> None:
     write_table(summary, a.out_summary)
     write_table(quality, a.out_quality)
     for r in summary[summary.metric == "tvd"].itertuples():
-        log.info("%s k=%d %s: mean TVD %.3f -> %.3f (%+.0f%%)", r.method, r.k, r.attribute, r.mean_before,
+        log.info("%s [%s] k=%d %s: mean TVD %.3f -> %.3f (%+.0f%%)", r.method, r.split, r.k, r.attribute, r.mean_before,
                  r.mean_after, 100 * r.relative_change)
 
 
