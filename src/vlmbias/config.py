@@ -67,6 +67,7 @@ def check_config(config: dict) -> None:
         unknown = [q for q in mit["query_sets"] if q not in config.get("query_sets", {})]
         if unknown:
             raise VlmbiasError(f"mitigation.query_sets names unknown query set(s) {unknown}")
+        concept_split(config)  # a split that cannot be drawn is a config error, before any job runs
         lora = [m for m, v in mit["methods"].items() if v["kind"] == "lora"]
         if lora and config["models"][mit["base_model"]]["backend"] != "hf":
             raise VlmbiasError(f"LoRA methods {lora} need an 'hf' base model; {mit['base_model']!r} is not")
@@ -116,6 +117,17 @@ def adapter_dir(config: dict, method: str) -> str:
     return f"{mitigation_dir(config)}/adapters/{method}"
 
 
+def reference_dir(config: dict, method: str) -> str:
+    """BendVLM's reference image embeddings (fitting concepts only) for a `bendvlm` method."""
+    return f"{mitigation_dir(config)}/reference/{method}"
+
+
+def method_inputs(config: dict, method: str) -> list[str]:
+    """What a method's audit needs besides the base model: its adapter or its reference set."""
+    kind = method_spec(config, method)["kind"]
+    return {"lora": [adapter_dir(config, method)], "bendvlm": [reference_dir(config, method)]}.get(kind, [])
+
+
 def split_variant(name: str) -> tuple[str, str | None]:
     base, _, method = name.partition("~")
     return base, (method or None)
@@ -128,6 +140,44 @@ def variant_names(config: dict) -> list[str]:
 
 def method_spec(config: dict, method: str) -> dict:
     return dict(config["mitigation"]["methods"][method])
+
+
+def split_spec(config: dict) -> dict:
+    """mitigation.split with its default filled in (vlmbias.mitigate.split)."""
+    from vlmbias.mitigate.split import DEFAULT
+
+    return dict(config["mitigation"].get("split") or DEFAULT)
+
+
+def mitigation_query_sets(config: dict) -> dict:
+    return {q: config["query_sets"][q] for q in config["mitigation"]["query_sets"]}
+
+
+def concept_split(config: dict):
+    """The fitting / held-out split of the mitigation query sets' concepts (a table, see split.py)."""
+    from vlmbias.mitigate.split import concept_split as split
+
+    return split(mitigation_query_sets(config), split_spec(config))
+
+
+def fitting_concepts(config: dict) -> list[str]:
+    from vlmbias.mitigate.split import FITTING, concepts_of
+
+    return concepts_of(concept_split(config), FITTING)
+
+
+def held_out_concepts(config: dict) -> list[str]:
+    from vlmbias.mitigate.split import HELD_OUT, concepts_of
+
+    return concepts_of(concept_split(config), HELD_OUT)
+
+
+def acquire_spec(config: dict) -> dict:
+    """mitigation.acquire with the held-out concepts excluded: the LoRA set never shows them."""
+    spec = dict(config["mitigation"].get("acquire") or {})
+    if spec:
+        spec["exclude_concepts"] = sorted({*spec.get("exclude_concepts", []), *held_out_concepts(config)})
+    return spec
 
 
 def image_model(config: dict, name: str) -> str:
@@ -157,7 +207,12 @@ def query_set_spec(config: dict, model: str, qset: str) -> dict:
     if m["kind"] == "prompt":
         transform["suffix"] = m["suffix"]
     elif m["kind"] == "projection":
-        transform["projection"] = {k: v for k, v in m.items() if k != "kind"}
+        # calibration pairs come from the fitting concepts only, never from the audited query itself
+        transform["projection"] = {**{k: v for k, v in m.items() if k != "kind"},
+                                   "concepts": fitting_concepts(config)}
+    elif m["kind"] == "bendvlm":
+        transform["bendvlm"] = {**{k: v for k, v in m.items() if k != "kind"},
+                                "reference": reference_dir(config, method)}
     if transform:
         spec["transform"] = transform
     return spec

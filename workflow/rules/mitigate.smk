@@ -4,6 +4,21 @@
 MIT = vconfig.mitigation_dir(config)
 
 
+rule split:
+    output:
+        f"{MIT}/split.csv",
+    params:
+        qsets=lambda w: as_json(vconfig.mitigation_query_sets(config)),
+        spec=lambda w: as_json(vconfig.split_spec(config)),
+    log:
+        f"{RES}/logs/split/split.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.mitigate.split --query-sets-json {params.qsets:q} --spec-json {params.spec:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
 def acquire_inputs(wildcards):
     source = (config["mitigation"].get("acquire") or {}).get("source")
     return [vconfig.world_data_dir(config)] if source == "world" else []
@@ -15,7 +30,7 @@ rule acquire:
     output:
         f"{MIT}/acquired/acquired.parquet",
     params:
-        spec=as_json(config.get("mitigation", {}).get("acquire", {})),
+        spec=lambda w: as_json(vconfig.acquire_spec(config)),  # held-out concepts excluded
         world=lambda w, input: ["--world", input[0]] if input else [],
         folder=f"{MIT}/acquired/images",
         max_pixels=MAX_PIXELS,
@@ -78,6 +93,30 @@ rule finetune:
         " --out {output:q} --threads {threads:q} --max-pixels {params.max_pixels:q} --no-progress > {log:q} 2>&1"
 
 
+def reference_inputs(wildcards):
+    return {"model": finetune_inputs(wildcards)["model"], "world": vconfig.world_data_dir(config)}
+
+
+rule bendvlm_reference:
+    input:
+        unpack(reference_inputs),
+    output:
+        directory(f"{MIT}/reference/{{method}}"),
+    params:
+        base=lambda w: as_json(vconfig.model_spec(config, config["mitigation"]["base_model"])),
+        spec=lambda w: as_json({"concepts": vconfig.fitting_concepts(config),
+                                "attributes": vconfig.method_spec(config, w.method).get("attributes", ["gender"])}),
+        device=config["device"],
+        max_pixels=MAX_PIXELS,
+    log:
+        f"{RES}/logs/bendvlm_reference/{{method}}.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.mitigate.bendvlm --model-json {params.base:q} --world {input.world:q} --spec-json {params.spec:q}"
+        " --device {params.device:q} --max-pixels {params.max_pixels:q} --out {output:q} > {log:q} 2>&1"
+
+
 def quality_inputs(wildcards):
     ds = config["mitigation"]["dataset"]
     folder = f"{RES}/embeddings/{ds}/{vconfig.image_model(config, wildcards.model)}"
@@ -115,7 +154,7 @@ def compare_inputs(wildcards):
     summary = lambda model: [f"{RES}/metrics/{mit['dataset']}/{model}/{q}_summary.csv" for q in mit["query_sets"]]
     models = [base, *vconfig.variant_names(config)]
     return {"base": summary(base), "methods": [f for v in models[1:] for f in summary(v)],
-            "quality": [f"{MIT}/quality/{m}.csv" for m in models]}
+            "quality": [f"{MIT}/quality/{m}.csv" for m in models], "split": rules.split.output[0]}
 
 
 def method_args(wildcards, input):
@@ -143,5 +182,6 @@ rule compare:
         "../../envs/report.yaml"
     shell:
         "{PY} -m vlmbias.mitigate.compare --base {input.base:q} {params.methods:q} --quality {input.quality:q} --k {params.k:q}"
+        " --split {input.split:q}"
         " --out-table {output.table:q} --out-summary {output.summary:q} --out-quality {output.quality:q}"
         " --out-figures {output.figures:q} > {log:q} 2>&1"

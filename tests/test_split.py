@@ -1,0 +1,144 @@
+"""The held-out protocol (issue 11): the concept split is seeded, disjoint and recorded, and what a
+method fits on (projection pairs, acquired keywords, BendVLM references) never holds a held-out concept."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from vlmbias import VlmbiasError
+from vlmbias import config as vconfig
+from vlmbias.audit import metrics as m
+from vlmbias.mitigate.acquire import resolve_spec
+from vlmbias.mitigate.bendvlm import reference_rows
+from vlmbias.mitigate.compare import compare
+from vlmbias.mitigate.debias import projection_for
+from vlmbias.mitigate.split import concept_split, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _default():
+    config = yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))
+    vconfig.validate(config)
+    return config
+
+
+def _qsets(n_gender=6, n_race=3):
+    q = lambda names: {"queries": [{"text": f"a {c}", "concept": c} for c in names]}
+    return {"g": q([f"g{i}" for i in range(n_gender)]), "r": q([f"r{i}" for i in range(n_race)])}
+
+
+def test_split_is_seeded_disjoint_and_stratified():
+    a = concept_split(_qsets(), {"held_out_fraction": 0.4, "seed": 0})
+    assert a.equals(concept_split(_qsets(), {"held_out_fraction": 0.4, "seed": 0}))  # same seed, same split
+    held = a[a.split == "held_out"]
+    # round(0.4 x 6) = 2 gender and round(0.4 x 3) = 1 race concept held out; the rest fit
+    assert held.groupby("query_set").size().to_dict() == {"g": 2, "r": 1}
+    assert set(a.split) == {"fitting", "held_out"}
+    assert not set(held.concept) & set(a.loc[a.split == "fitting", "concept"])
+    others = [concept_split(_qsets(), {"held_out_fraction": 0.4, "seed": s}) for s in range(1, 6)]
+    assert any(not o.equals(a) for o in others)  # the seed matters
+
+
+def test_explicit_held_out_and_bad_specs():
+    t = concept_split(_qsets(), {"held_out": ["g1", "r2"]})
+    assert sorted(t.loc[t.split == "held_out", "concept"]) == ["g1", "r2"]
+    with pytest.raises(VlmbiasError, match=r"names concept\(s\) \['x'\] that no mitigation query set has"):
+        concept_split(_qsets(), {"held_out": ["x"]})
+    with pytest.raises(VlmbiasError, match="either held_out .* or held_out_fraction"):
+        concept_split(_qsets(), {"held_out": ["g1"], "held_out_fraction": 0.5})
+    with pytest.raises(VlmbiasError, match="at least 2 per query set"):
+        concept_split(_qsets(n_race=1), {"held_out_fraction": 0.4, "seed": 0})
+    with pytest.raises(VlmbiasError, match="holds out every concept"):
+        concept_split(_qsets(2, 2), {"held_out": ["g0", "g1", "r0", "r1"]})
+
+
+def test_split_is_written(tmp_path):
+    import json
+
+    out = tmp_path / "split.csv"
+    main(["--query-sets-json", json.dumps(_qsets()), "--spec-json", json.dumps({"held_out": ["g0"]}),
+          "--out", str(out)])
+    t = pd.read_csv(out)
+    assert list(t.columns) == ["query_set", "query_id", "query", "concept", "split"]
+    assert t.set_index("concept").loc["g0", "split"] == "held_out" and (t.split == "fitting").sum() == 8
+
+
+def test_default_config_split_and_schema():
+    config = _default()
+    fit, held = vconfig.fitting_concepts(config), vconfig.held_out_concepts(config)
+    assert held == ["CEO", "nurse", "scientist"]  # seed 0, stated in config.yaml and the README
+    assert not set(fit) & set(held) and len(fit) == 6
+    config["mitigation"]["split"] = {"held_out_fraction": 1.5}
+    with pytest.raises(VlmbiasError, match="at mitigation.split"):
+        vconfig.validate(config)
+
+
+class _Recorder:
+    """An encoder stand-in that records every text it is asked to encode."""
+
+    def __init__(self):
+        self.texts = []
+
+    def encode_texts(self, texts):
+        self.texts += list(texts)
+        rng = np.random.default_rng(len(self.texts))
+        x = rng.normal(size=(len(texts), 16))
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_fitted_methods_never_see_a_held_out_concept():
+    config = _default()
+    held = vconfig.held_out_concepts(config)
+    # projection: the calibration pairs are built from the fitting concepts only
+    spec = vconfig.query_set_spec(config, "world-clip~projection", "world_gender")["transform"]["projection"]
+    assert spec["concepts"] == vconfig.fitting_concepts(config)
+    enc = _Recorder()
+    projection_for(enc, spec, spec["concepts"])
+    pair_texts = [t for t in enc.texts if t.split()[-1] not in {"man", "woman", "person"}]
+    assert pair_texts and not [t for t in pair_texts for c in held if t.endswith(" " + c)]
+    # LoRA: the acquired keywords (and so labels and the fine-tuning set) leave the held-out concepts out
+    _, items = resolve_spec(vconfig.acquire_spec(config))
+    assert {i["concept"] for i in items} & set(held) == set()
+    assert {"doctor", "teacher"} <= {i["concept"] for i in items}
+    # BendVLM: references from the fitting concepts' train images only
+    corpus = pd.DataFrame({"concept": ["doctor", "nurse", "doctor", None], "split": ["train", "train", "heldout", "train"],
+                           "path": ["a", "b", "c", "d"], "gender": ["Male", "Female", "Male", "Female"]})
+    rows = reference_rows(corpus, vconfig.fitting_concepts(config), ["gender"])
+    assert rows["path"].tolist() == ["a"]
+
+
+def test_acquire_rejects_excluding_everything():
+    with pytest.raises(VlmbiasError, match="every keyword's concept is excluded"):
+        resolve_spec({"source": "world", "keywords": ["a nurse"], "exclude_concepts": ["nurse"]})
+
+
+def _audit(query_id, genders):
+    r = pd.DataFrame({"model": "m", "dataset": "d", "query_set": "s", "query_id": query_id, "query": query_id,
+                      "rank": range(1, len(genders) + 1), "gender": genders})
+    dist = pd.DataFrame({"attribute": "gender", "class": ["Male", "Female"], "count": [50, 50],
+                         "percent": [50.0, 50.0]})
+    classes, summary = m.audit_tables(r, dist, [20], n_boot=200)
+    return summary, classes
+
+
+def _both(*audits):
+    return tuple(pd.concat([a[i] for a in audits], ignore_index=True) for i in (0, 1))
+
+
+def test_compare_emits_both_splits_with_intervals():
+    base = _both(_audit("a doctor", ["Male"] * 20), _audit("a nurse", ["Female"] * 20))
+    # fitted: fixes the fitting concept (doctor), leaves the held-out one (nurse) as it was
+    after = _both(_audit("a doctor", ["Male", "Female"] * 10), _audit("a nurse", ["Female"] * 20))
+    split = pd.DataFrame({"query_set": "s", "query_id": ["a doctor", "a nurse"], "split": ["fitting", "held_out"]})
+    table, summary = compare(base, {"fitted": after}, split)
+    assert set(table["split"]) == {"fitting", "held_out"}
+    s = summary[summary.metric == "tvd"].set_index("split")
+    assert s.loc["fitting", "mean_before"] == pytest.approx(0.5) and s.loc["fitting", "mean_after"] == pytest.approx(0.0)
+    assert s.loc["held_out", "mean_after"] == pytest.approx(0.5) and s.loc["held_out", "improved"] == 0
+    assert (s["mean_after_low"] <= s["mean_after"]).all() and (s["mean_after"] <= s["mean_after_high"]).all()
+    assert s.loc["fitting", "improved"] == 1
+    with pytest.raises(VlmbiasError, match="in no split"):
+        compare(base, {"fitted": after}, split.iloc[:1])
