@@ -142,3 +142,38 @@ def test_compare_emits_both_splits_with_intervals():
     assert s.loc["fitting", "improved"] == 1
     with pytest.raises(VlmbiasError, match="in no split"):
         compare(base, {"fitted": after}, split.iloc[:1])
+
+
+def test_saner_training_captions_are_fitting_concepts_with_their_own_gender():
+    from vlmbias.mitigate.saner import world_captions
+
+    corpus = pd.DataFrame({
+        "image_id": list("abcdef"), "path": list("abcdef"),
+        "caption": ["portrait of a doctor", "a nurse at work", "a doctor", "a male person", "somebody", "医生"],
+        "lang": ["en", "en", "en", "en", "en", "zh"], "concept": ["doctor", "nurse", "doctor", None, None, "doctor"],
+        "split": ["train", "train", "heldout", "train", "train", "train"],
+        "gender": ["Female", "Female", "Male", "Male", "Male", "Male"]})
+    names = pd.DataFrame({"concept": ["doctor", "nurse", "doctor"], "lang": ["en", "en", "zh"],
+                          "name": ["a doctor", "a nurse", "医生"]})
+    rows = world_captions(corpus, names, ["doctor"])
+    # the train doctor image with its own gender word, and the group caption that names a gender;
+    # never the held-out concept (nurse), the heldout split, or a caption naming no gender
+    assert rows["caption"].tolist() == ["portrait of a female doctor", "a male person"]
+
+
+def test_new_kinds_validate_and_reuse_the_base_image_embeddings():
+    config = _default()
+    kinds = {m: s["kind"] for m, s in config["mitigation"]["methods"].items()}
+    assert {"bendvlm", "saner"} <= set(kinds.values())
+    for method, kind in kinds.items():
+        if kind in ("bendvlm", "saner"):
+            assert vconfig.image_model(config, f"world-clip~{method}") == "world-clip"
+            t = vconfig.query_set_spec(config, f"world-clip~{method}", "world_gender")["transform"]
+            assert kind in t and vconfig.method_inputs(config, method)
+    config["mitigation"]["methods"]["bendvlm"]["n_neighbours"] = 5
+    with pytest.raises(VlmbiasError, match="n_neighbours"):
+        vconfig.validate(config)
+    config = _default()
+    config["mitigation"]["methods"]["saner"]["alpha"] = 0
+    with pytest.raises(VlmbiasError, match="at mitigation.methods.saner"):
+        vconfig.validate(config)

@@ -122,10 +122,16 @@ def reference_dir(config: dict, method: str) -> str:
     return f"{mitigation_dir(config)}/reference/{method}"
 
 
+def saner_dir(config: dict, method: str) -> str:
+    """A `saner` method's trained text-side layer (fitting concepts only)."""
+    return f"{mitigation_dir(config)}/saner/{method}"
+
+
 def method_inputs(config: dict, method: str) -> list[str]:
-    """What a method's audit needs besides the base model: its adapter or its reference set."""
+    """What a method's audit needs besides the base model: its adapter, reference set or layer."""
     kind = method_spec(config, method)["kind"]
-    return {"lora": [adapter_dir(config, method)], "bendvlm": [reference_dir(config, method)]}.get(kind, [])
+    return {"lora": [adapter_dir(config, method)], "bendvlm": [reference_dir(config, method)],
+            "saner": [saner_dir(config, method)]}.get(kind, [])
 
 
 def split_variant(name: str) -> tuple[str, str | None]:
@@ -213,6 +219,8 @@ def query_set_spec(config: dict, model: str, qset: str) -> dict:
     elif m["kind"] == "bendvlm":
         transform["bendvlm"] = {**{k: v for k, v in m.items() if k != "kind"},
                                 "reference": reference_dir(config, method)}
+    elif m["kind"] == "saner":
+        transform["saner"] = {"layer": saner_dir(config, method)}
     if transform:
         spec["transform"] = transform
     return spec

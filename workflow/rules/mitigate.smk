@@ -117,6 +117,28 @@ rule bendvlm_reference:
         " --device {params.device:q} --max-pixels {params.max_pixels:q} --out {output:q} > {log:q} 2>&1"
 
 
+rule saner_train:
+    input:
+        unpack(reference_inputs),
+    output:
+        directory(f"{MIT}/saner/{{method}}"),
+    params:
+        base=lambda w: as_json(vconfig.model_spec(config, config["mitigation"]["base_model"])),
+        concepts=lambda w: as_json({"concepts": vconfig.fitting_concepts(config)}),
+        spec=lambda w: as_json({k: v for k, v in vconfig.method_spec(config, w.method).items() if k != "kind"}),
+        device=config["device"],
+        max_pixels=MAX_PIXELS,
+    threads: 1  # a layer this small trains fastest on one thread
+    log:
+        f"{RES}/logs/saner_train/{{method}}.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.mitigate.saner --model-json {params.base:q} --world {input.world:q}"
+        " --concepts-json {params.concepts:q} --spec-json {params.spec:q} --threads {threads:q}"
+        " --device {params.device:q} --max-pixels {params.max_pixels:q} --out {output:q} > {log:q} 2>&1"
+
+
 def quality_inputs(wildcards):
     ds = config["mitigation"]["dataset"]
     folder = f"{RES}/embeddings/{ds}/{vconfig.image_model(config, wildcards.model)}"

@@ -106,6 +106,11 @@ def embed_queries(qset_name: str, qset_spec: dict, encoder: Encoder) -> tuple[np
         from vlmbias.mitigate.bendvlm import apply_transform
 
         out = apply_transform(encoder, out, queries, bend)
+    saner = (qset_spec.get("transform") or {}).get("saner")
+    if saner:  # a trained SANER layer on the text embedding (fitting concepts' captions only)
+        from vlmbias.mitigate.saner import apply_saner
+
+        out = apply_saner(out, saner["layer"])
     table = queries.assign(row=np.arange(len(queries)), text=queries["texts"].map(" | ".join)).drop(columns="texts")
     return out, table[["row", "query_id", "query", "text", "lang", "concept",
                                                       "names_attribute", "names_class"]]

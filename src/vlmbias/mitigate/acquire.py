@@ -19,6 +19,8 @@ networks, e.g. `["10.1.0.0/16"]`) lifts that for tests and intranet image server
 
 Keyword items are strings or `{keyword, concept?, urls?, folder?}`. `concept` defaults to the
 keyword without a leading article ("a doctor" -> "doctor"; the world source reports its own).
+`exclude_concepts` (list) drops every keyword of those concepts before anything is searched: the
+workflow passes the mitigation split's held-out concepts, so a fine-tuned model never sees them.
 
 The gate, the same for every source: size cap in bytes, known image format, the project's image
 gate (`vlmbias.imagegate`: at most `images.max_pixels` pixels, read from the header before any
