@@ -164,12 +164,15 @@ def test_saner_training_captions_are_fitting_concepts_with_their_own_gender():
 def test_new_kinds_validate_and_reuse_the_base_image_embeddings():
     config = _default()
     kinds = {m: s["kind"] for m, s in config["mitigation"]["methods"].items()}
-    assert {"bendvlm", "saner"} <= set(kinds.values())
+    assert {"bendvlm", "saner", "prompt-array"} <= set(kinds.values())
     for method, kind in kinds.items():
-        if kind in ("bendvlm", "saner"):
+        if kind in ("bendvlm", "saner", "prompt-array"):
             assert vconfig.image_model(config, f"world-clip~{method}") == "world-clip"
-            t = vconfig.query_set_spec(config, f"world-clip~{method}", "world_gender")["transform"]
-            assert kind in t and vconfig.method_inputs(config, method)
+            assert vconfig.method_inputs(config, method)
+        if kind in ("bendvlm", "saner"):
+            assert kind in vconfig.query_set_spec(config, f"world-clip~{method}", "world_gender")["transform"]
+        if kind == "prompt-array":  # its text encoder changes: the prompts ride in the model spec
+            assert vconfig.model_spec(config, f"world-clip~{method}")["prompts"] == vconfig.prompts_dir(config, method)
     config["mitigation"]["methods"]["bendvlm"]["n_neighbours"] = 5
     with pytest.raises(VlmbiasError, match="n_neighbours"):
         vconfig.validate(config)

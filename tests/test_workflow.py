@@ -108,7 +108,7 @@ def default_run(tmp_path_factory):
     mit["label"]["balanced"]["allow_missing"] = True
     mit["finetune"].update(max_steps=3)
     for spec in mit["methods"].values():
-        if spec["kind"] == "saner":
+        if spec["kind"] in ("saner", "prompt-array"):
             spec["max_steps"] = 3
     (wd / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
     run = snakemake(wd)
@@ -161,6 +161,7 @@ def test_default_chain_runs_mitigation(default_run):
     assert (tvd["mean_after_low"] <= tvd["mean_after"]).all() and (tvd["mean_after"] <= tvd["mean_after_high"]).all()
     assert (res / "mitigation/reference/bendvlm/reference.npy").is_file()
     assert (res / "mitigation/saner/saner/saner.safetensors").is_file()
+    assert (res / "mitigation/prompts/prompt-array/prompts.safetensors").is_file()
     arch = pd.read_csv(res / "experiments/architecture.csv")
     assert set(arch["model_b"]) == set(config["experiments"]["architecture"]["models"][1:])
     assert arch["p_holm"].between(0, 1).all() and arch["significant"].any()

@@ -68,11 +68,15 @@ def check_config(config: dict) -> None:
         if unknown:
             raise VlmbiasError(f"mitigation.query_sets names unknown query set(s) {unknown}")
         concept_split(config)  # a split that cannot be drawn is a config error, before any job runs
-        lora = [m for m, v in mit["methods"].items() if v["kind"] == "lora"]
-        if lora and config["models"][mit["base_model"]]["backend"] != "hf":
-            raise VlmbiasError(f"LoRA methods {lora} need an 'hf' base model; {mit['base_model']!r} is not")
+        lora = [m for m, v in mit["methods"].items() if v["kind"] in ("lora", "prompt-array")]
+        if lora and config["models"][mit["base_model"]].get("backend", "hf") != "hf":
+            raise VlmbiasError(f"LoRA / prompt-array methods {lora} need an 'hf' base model; {mit['base_model']!r} is not")
         if lora and not (mit.get("acquire") and mit.get("label")):
-            raise VlmbiasError(f"LoRA methods {lora} need mitigation.acquire and mitigation.label blocks")
+            raise VlmbiasError(f"LoRA / prompt-array methods {lora} need mitigation.acquire and mitigation.label blocks")
+        worldly = [m for m, v in mit["methods"].items() if v["kind"] in ("bendvlm", "saner")]
+        if worldly and "world" not in config:
+            raise VlmbiasError(f"methods {worldly} (bendvlm, saner) take their reference images / captions from the "
+                               "calibration world's corpus; this config has no 'world' block")
     for exp, spec in (config.get("experiments") or {}).items():
         models = spec.get("models") or [spec.get("model")]
         known = [*config.get("models", {}), *variant_names(config)]
@@ -127,11 +131,16 @@ def saner_dir(config: dict, method: str) -> str:
     return f"{mitigation_dir(config)}/saner/{method}"
 
 
+def prompts_dir(config: dict, method: str) -> str:
+    """A `prompt-array` method's learned prompt vectors (trained on the fitting concepts' images)."""
+    return f"{mitigation_dir(config)}/prompts/{method}"
+
+
 def method_inputs(config: dict, method: str) -> list[str]:
-    """What a method's audit needs besides the base model: its adapter, reference set or layer."""
+    """What a method's audit needs besides the base model: its adapter, reference set, layer or prompts."""
     kind = method_spec(config, method)["kind"]
     return {"lora": [adapter_dir(config, method)], "bendvlm": [reference_dir(config, method)],
-            "saner": [saner_dir(config, method)]}.get(kind, [])
+            "saner": [saner_dir(config, method)], "prompt-array": [prompts_dir(config, method)]}.get(kind, [])
 
 
 def split_variant(name: str) -> tuple[str, str | None]:
@@ -239,6 +248,8 @@ def model_spec(config: dict, name: str) -> dict:
         spec = model_spec(config, base)
         if method_spec(config, method)["kind"] == "lora":
             spec["adapter"] = adapter_dir(config, method)
+        elif method_spec(config, method)["kind"] == "prompt-array":
+            spec["prompts"] = prompts_dir(config, method)
         return spec
     spec = dict(config["models"][name])
     world = spec.pop("world", None)

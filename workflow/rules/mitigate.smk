@@ -139,6 +139,27 @@ rule saner_train:
         " --device {params.device:q} --max-pixels {params.max_pixels:q} --out {output:q} > {log:q} 2>&1"
 
 
+rule prompt_array_train:
+    input:
+        unpack(finetune_inputs),
+    output:
+        directory(f"{MIT}/prompts/{{method}}"),
+    params:
+        base=lambda w: vconfig.model_spec(config, config["mitigation"]["base_model"])["name"],
+        spec=lambda w: as_json({k: v for k, v in vconfig.method_spec(config, w.method).items() if k != "kind"}),
+        device=config["device"],
+        max_pixels=MAX_PIXELS,
+    threads: config["threads"]
+    log:
+        f"{RES}/logs/prompt_array_train/{{method}}.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.mitigate.prompt_array --base {params.base:q} --train {input.train:q} --spec-json {params.spec:q}"
+        " --threads {threads:q} --device {params.device:q} --max-pixels {params.max_pixels:q} --out {output:q}"
+        " > {log:q} 2>&1"
+
+
 def quality_inputs(wildcards):
     ds = config["mitigation"]["dataset"]
     folder = f"{RES}/embeddings/{ds}/{vconfig.image_model(config, wildcards.model)}"
