@@ -180,3 +180,21 @@ def test_new_kinds_validate_and_reuse_the_base_image_embeddings():
     config["mitigation"]["methods"]["saner"]["alpha"] = 0
     with pytest.raises(VlmbiasError, match="at mitigation.methods.saner"):
         vconfig.validate(config)
+
+
+def test_a_lora_method_can_balance_over_gender_and_race(tmp_path):
+    from vlmbias.mitigate.balance import main as balance
+
+    rows = [{"image_id": f"{c}{g}{r}{i}", "path": "x", "concept": c, "gender": g, "race": r}
+            for c in ("doctor", "teacher") for g in ("Male", "Female") for r in ("Black", "White")
+            for i in range(1 + (g == "Male") * 3 + (r == "White"))]           # skewed: many male, many White
+    pd.DataFrame(rows).to_parquet(tmp_path / "labels.parquet")
+    balance(["--labels", str(tmp_path / "labels.parquet"), "--out", str(tmp_path / "b.parquet"),
+             "--spec-json", '{"per": "concept", "attributes": ["gender", "race"], "seed": 0}'])
+    b = pd.read_parquet(tmp_path / "b.parquet")
+    # every concept x gender x race cell downsampled to the smallest (Female/Black: 1 image)
+    assert b.groupby(["concept", "gender", "race"]).size().eq(1).all() and len(b) == 8
+    config = _default()
+    gr = [m for m, s in config["mitigation"]["methods"].items() if s.get("balanced")]
+    assert gr and config["mitigation"]["methods"][gr[0]]["balanced"]["attributes"] == ["gender", "race"]
+    assert "balanced" not in vconfig.finetune_spec(config, gr[0])

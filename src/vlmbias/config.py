@@ -208,6 +208,7 @@ def image_model(config: dict, name: str) -> str:
 def finetune_spec(config: dict, method: str) -> dict:
     spec = {**(config["mitigation"].get("finetune") or {}), **method_spec(config, method)}
     spec.pop("kind")
+    spec.pop("balanced", None)  # the method's own training set (rule `balance`), not a training option
     spec.setdefault("seed", config.get("seed", 0))
     return spec
 

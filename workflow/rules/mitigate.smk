@@ -64,10 +64,28 @@ rule label:
         " --out-balanced {output.balanced:q} --max-pixels {params.max_pixels:q} > {log:q} 2>&1"
 
 
+rule balance:
+    input:
+        rules.label.output.labels,
+    output:
+        f"{MIT}/labels/balanced_{{method}}.parquet",
+    params:
+        spec=lambda w: as_json(vconfig.method_spec(config, w.method)["balanced"]),
+    log:
+        f"{RES}/logs/balance/{{method}}.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.mitigate.balance --labels {input:q} --spec-json {params.spec:q} --out {output:q} > {log:q} 2>&1"
+
+
 def finetune_inputs(wildcards):
     base = config["mitigation"]["base_model"]
     world = config["models"][base].get("world")
-    return {"train": rules.label.output.balanced, "model": [vconfig.world_model_dir(config, world)] if world else []}
+    method = getattr(wildcards, "method", None)
+    own = method and "balanced" in vconfig.method_spec(config, method)  # the method's own balanced set
+    train = f"{MIT}/labels/balanced_{method}.parquet" if own else rules.label.output.balanced
+    return {"train": train, "model": [vconfig.world_model_dir(config, world)] if world else []}
 
 
 rule finetune:
