@@ -198,3 +198,45 @@ def test_a_lora_method_can_balance_over_gender_and_race(tmp_path):
     gr = [m for m, s in config["mitigation"]["methods"].items() if s.get("balanced")]
     assert gr and config["mitigation"]["methods"][gr[0]]["balanced"]["attributes"] == ["gender", "race"]
     assert "balanced" not in vconfig.finetune_spec(config, gr[0])
+
+
+class _OneHot:
+    """Texts map to one-hot vectors by keyword: each concept (and 'man'/'woman') has its axis."""
+    AXES = ["doctor", "nurse", "chef", "man", "woman"]
+
+    def encode_texts(self, texts):
+        out = np.zeros((len(texts), len(self.AXES)), np.float32)
+        for i, t in enumerate(texts):
+            out[i, [j for j, w in enumerate(self.AXES) if t.split()[-1] == w]] = 1
+        return out
+
+
+def test_quality_gives_caption_metrics_per_concept_split_and_applies_text_transforms():
+    from vlmbias.mitigate.quality import TransformedText, evaluate
+
+    concepts = ["doctor", "nurse", "chef"]
+    corpus = pd.DataFrame({"concept": concepts * 2, "caption": [f"a photo of a {c}" for c in concepts] * 2,
+                           "path": ["x"] * 6})
+    emb = _OneHot().encode_texts(corpus["caption"].tolist())
+    emb[3] = _OneHot().encode_texts(["a photo of a nurse"])[0]           # one doctor image looks like a nurse
+    images = _OneHot().encode_texts(["a man", "a woman"])
+    labels = pd.DataFrame({"gender": ["Male", "Female"]})
+    t = evaluate(_OneHot(), "m", images, labels, ["gender"], "a photo of a {}", corpus, 2, corpus_emb=emb,
+                 splits={"doctor": "fitting", "nurse": "held_out"})
+    acc = t[t.metric == "concept_accuracy"].set_index("split")
+    assert acc.loc["fitting", "value"] == 0.5 and acc.loc["held_out", "value"] == 1.0
+    assert acc.loc["other", "value"] == 1.0 and acc.loc["all", "n"] == 6
+    assert t.loc[t.metric == "zero_shot_accuracy", "value"].item() == 1.0
+    # a transform that collapses every text onto one axis breaks attributed prompts: quality shows it
+    squash = TransformedText(_OneHot(), None)
+    squash.fn = lambda x: np.tile(np.eye(5, dtype=np.float32)[:1], (len(x), 1))
+    t2 = evaluate(squash, "m~squash", images, labels, ["gender"], "a photo of a {}", None, 2)
+    assert t2.loc[t2.metric == "zero_shot_accuracy", "value"].item() == 0.5
+
+
+def test_quality_transform_is_the_projection_or_saner_block():
+    config = _default()
+    assert set(vconfig.quality_transform(config, "world-clip~projection")) == {"projection"}
+    assert set(vconfig.quality_transform(config, "world-clip~saner")) == {"saner"}
+    assert vconfig.quality_transform(config, "world-clip~bendvlm") == {}
+    assert vconfig.quality_transform(config, "world-clip") == {}

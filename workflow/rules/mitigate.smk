@@ -182,7 +182,8 @@ def quality_inputs(wildcards):
     ds = config["mitigation"]["dataset"]
     folder = f"{RES}/embeddings/{ds}/{vconfig.image_model(config, wildcards.model)}"
     inputs = {"images": f"{folder}/images.npy", "image_rows": f"{folder}/images.parquet",
-              "manifest": f"{RES}/data/{ds}/manifest.parquet", "model": model_inputs(wildcards)}
+              "manifest": f"{RES}/data/{ds}/manifest.parquet", "model": model_inputs(wildcards),
+              "split": rules.split.output[0]}
     if config["datasets"][ds].get("world"):
         inputs["world"] = vconfig.world_data_dir(config)
     return inputs
@@ -196,6 +197,7 @@ rule quality:
     params:
         model=lambda w: as_json(vconfig.model_spec(config, w.model)),
         world=lambda w, input: ["--world", input.world] if "world" in input.keys() else [],
+        transform=lambda w: as_json(vconfig.quality_transform(config, w.model)),
         device=config["device"],
         max_pixels=MAX_PIXELS,
     threads: config["threads"]
@@ -207,7 +209,7 @@ rule quality:
         "{PY} -m vlmbias.mitigate.quality --model-json {params.model:q} --model-name {wildcards.model:q}"
         " --images-npy {input.images:q} --images-table {input.image_rows:q} --manifest {input.manifest:q}"
         " {params.world:q} --device {params.device:q} --max-pixels {params.max_pixels:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --split {input.split:q} --transform-json {params.transform:q} --out {output:q} > {log:q} 2>&1"
 
 
 def compare_inputs(wildcards):
