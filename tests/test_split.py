@@ -240,3 +240,24 @@ def test_quality_transform_is_the_projection_or_saner_block():
     assert set(vconfig.quality_transform(config, "world-clip~saner")) == {"saner"}
     assert vconfig.quality_transform(config, "world-clip~bendvlm") == {}
     assert vconfig.quality_transform(config, "world-clip") == {}
+
+
+def test_leaderboard_sets_held_out_against_fitting(tmp_path):
+    from vlmbias.mitigate.compare import leaderboard
+    from vlmbias.plots import plot_pareto
+
+    base = _both(_audit("a doctor", ["Male"] * 20), _audit("a nurse", ["Female"] * 20))
+    after = _both(_audit("a doctor", ["Male", "Female"] * 10), _audit("a nurse", ["Female"] * 15 + ["Male"] * 5))
+    split = pd.DataFrame({"query_set": "s", "query_id": ["a doctor", "a nurse"], "split": ["fitting", "held_out"]})
+    _, summary = compare(base, {"fitted": after}, split)
+    quality = pd.DataFrame({"model": ["m", "m~fitted"], "metric": "zero_shot_accuracy", "attribute": "gender",
+                            "split": "all", "value": [0.9, 0.8], "low": [0.85, 0.75], "high": [0.95, 0.85], "n": 100})
+    board = leaderboard(summary, quality, 20).set_index("method")
+    assert board.loc["fitted", "gender_tvd_fitting"] == pytest.approx(0.0)
+    assert board.loc["fitted", "gender_tvd_held_out"] == pytest.approx(0.25)
+    # in-sample the method removed 0.5 of TVD, held out 0.25: the fitting number overstated it by 0.25
+    assert board.loc["fitted", "gender_overstated"] == pytest.approx(0.25)
+    assert board.loc["base", "gender_overstated"] == pytest.approx(0.0)
+    assert board.loc["fitted", "zero_shot_gender"] == 0.8
+    out = plot_pareto(board.reset_index(), tmp_path / "p.png", x="zero_shot_gender", y="gender_tvd_held_out")
+    assert out.is_file()

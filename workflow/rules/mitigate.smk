@@ -234,6 +234,7 @@ rule compare:
         table=report(f"{MIT}/comparison.csv", caption="../report/comparison.rst", category="Mitigation"),
         summary=report(f"{MIT}/comparison_summary.csv", caption="../report/comparison.rst", category="Mitigation"),
         quality=report(f"{MIT}/quality.csv", caption="../report/quality.rst", category="Mitigation"),
+        leaderboard=report(f"{MIT}/leaderboard.csv", caption="../report/comparison.rst", category="Mitigation"),
         figures=report(directory(f"{MIT}/figures"), patterns=["{name}.png"], caption="../report/comparison.rst",
                        category="Mitigation"),
     params:
@@ -245,6 +246,6 @@ rule compare:
         "../../envs/report.yaml"
     shell:
         "{PY} -m vlmbias.mitigate.compare --base {input.base:q} {params.methods:q} --quality {input.quality:q} --k {params.k:q}"
-        " --split {input.split:q}"
+        " --split {input.split:q} --out-leaderboard {output.leaderboard:q}"
         " --out-table {output.table:q} --out-summary {output.summary:q} --out-quality {output.quality:q}"
         " --out-figures {output.figures:q} > {log:q} 2>&1"

@@ -107,6 +107,40 @@ def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd
     return table, summary
 
 
+def leaderboard(summary: pd.DataFrame, quality: pd.DataFrame, k: int, base: str | None = None) -> pd.DataFrame:
+    """One row per method (and `base`): mean TVD at k per attribute on the held-out and fitting
+    queries with the held-out 95% interval, `<attr>_overstated` = held-out minus fitting reduction
+    (how much better the in-sample number looked, in TVD points), and the quality it keeps
+    (zero-shot accuracy per attribute; concept accuracy on held-out concepts' captions)."""
+    t = summary[(summary["metric"] == "tvd") & (summary["k"] == k)]
+    rows = {}
+    for r in t.itertuples():
+        for who, value, low, high in (("base", r.mean_before, r.mean_before_low, r.mean_before_high),
+                                      (r.method, r.mean_after, r.mean_after_low, r.mean_after_high)):
+            row = rows.setdefault(who, {"method": who})
+            row[f"{r.attribute}_tvd_{r.split}"] = value
+            if r.split == "held_out":
+                row[f"{r.attribute}_tvd_held_out_low"], row[f"{r.attribute}_tvd_held_out_high"] = low, high
+    board = pd.DataFrame(list(rows.values()))
+    for attr in sorted(set(t["attribute"])):
+        fit, held = f"{attr}_tvd_fitting", f"{attr}_tvd_held_out"
+        if fit in board and held in board:
+            b = board.set_index("method")
+            base_fit, base_held = b.loc["base", fit], b.loc["base", held]
+            board[f"{attr}_overstated"] = (base_fit - board[fit]) - (base_held - board[held])
+    if not quality.empty and {"model", "metric", "value"} <= set(quality.columns):
+        q = quality.copy()
+        q["method"] = q["model"].map(lambda m: m.split("~", 1)[1] if "~" in m else "base")
+        split = q["split"] if "split" in q else pd.Series("all", index=q.index)
+        for name, sel in (("zero_shot_{}", q["metric"] == "zero_shot_accuracy"),
+                          ("concept_accuracy_held_out", (q["metric"] == "concept_accuracy") & (split == "held_out"))):
+            for r in q[sel].itertuples():
+                col = name.format(r.attribute) if "{}" in name else name
+                for suffix, v in (("", r.value), ("_low", r.low), ("_high", r.high)):
+                    board.loc[board["method"] == r.method, col + suffix] = v
+    return board
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.compare", description=__doc__.splitlines()[0])
     p.add_argument("--base", nargs="+", required=True, help="the base model's *_summary.csv files")
@@ -117,7 +151,8 @@ def main(argv=None) -> None:
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-summary", required=True)
     p.add_argument("--out-quality", required=True)
-    p.add_argument("--out-figures", required=True, help="folder for before/after bar plots")
+    p.add_argument("--out-figures", required=True, help="folder for before/after bar plots and the Pareto figure")
+    p.add_argument("--out-leaderboard", help="leaderboard.csv: held-out vs fitting TVD and quality per method")
     p.add_argument("--k", type=int, required=True, help="k of the before/after figures")
     a = p.parse_args(argv)
     from vlmbias import plots
@@ -141,6 +176,14 @@ def main(argv=None) -> None:
     write_table(table, a.out_table)
     write_table(summary, a.out_summary)
     write_table(quality, a.out_quality)
+    if a.out_leaderboard:
+        kb = int(summary["k"].max())  # the distributions' k (the README's table)
+        board = leaderboard(summary, quality, kb)
+        write_table(board, a.out_leaderboard)
+        for attr in ("gender", "race"):
+            if f"{attr}_tvd_held_out" in board and f"zero_shot_{attr}" in board:
+                plots.plot_pareto(board, out / f"pareto_{attr}.png", x=f"zero_shot_{attr}", y=f"{attr}_tvd_held_out",
+                                  title=f"held-out {attr} TVD@{kb} vs zero-shot {attr} accuracy (95% intervals)")
     for r in summary[summary.metric == "tvd"].itertuples():
         log.info("%s [%s] k=%d %s: mean TVD %.3f -> %.3f (%+.0f%%)", r.method, r.split, r.k, r.attribute, r.mean_before,
                  r.mean_after, 100 * r.relative_change)
