@@ -49,8 +49,11 @@ def test_explicit_held_out_and_bad_specs():
         concept_split(_qsets(), {"held_out": ["x"]})
     with pytest.raises(VlmbiasError, match="either held_out .* or held_out_fraction"):
         concept_split(_qsets(), {"held_out": ["g1"], "held_out_fraction": 0.5})
-    with pytest.raises(VlmbiasError, match="at least 2 per query set"):
-        concept_split(_qsets(n_race=1), {"held_out_fraction": 0.4, "seed": 0})
+    single = concept_split(_qsets(n_race=1), {"held_out_fraction": 0.4, "seed": 0})  # one race concept: it fits
+    assert single.loc[single.query_set == "r", "split"].tolist() == ["fitting"]
+    with pytest.raises(VlmbiasError, match="no concept can be held out"):
+        concept_split(_qsets(1, 1), {"held_out_fraction": 0.4, "seed": 0})
+    assert set(concept_split(_qsets(1, 1), {"held_out": []})["split"]) == {"fitting"}  # no protocol, by choice
     with pytest.raises(VlmbiasError, match="holds out every concept"):
         concept_split(_qsets(2, 2), {"held_out": ["g0", "g1", "r0", "r1"]})
 

@@ -9,6 +9,10 @@ Config (`mitigation.split`), one of:
   so the gender and the race queries are both split), the concepts are shuffled with `seed` and
   round(fraction x n) of them, at least 1 and at most n - 1, are held out;
 - `{held_out: [nurse, CEO, ...]}`: the held-out concepts by name; every other concept is fitting.
+  `{held_out: []}` runs without the protocol (every concept fitting, in-sample numbers only; for
+  a config with too few concepts to hold any out).
+A query set with a single concept keeps it for fitting; a fraction that holds out nothing at all
+is an error.
 
 A query's concept is its `concept` field, or its text without a leading article. A concept that
 occurs in several query sets belongs to the first one (in `mitigation.query_sets` order).
@@ -60,8 +64,8 @@ def concept_split(query_sets: dict[str, dict], spec: dict | None = None) -> pd.D
     held: set[str] = set()
     if "held_out" in spec:
         names = spec["held_out"]
-        if isinstance(names, str) or not isinstance(names, list) or not names:
-            raise VlmbiasError(f"mitigation.split.held_out must be a non-empty list of concepts, got {names!r}")
+        if isinstance(names, str) or not isinstance(names, list):
+            raise VlmbiasError(f"mitigation.split.held_out must be a list of concepts, got {names!r}")
         missing = [c for c in names if c not in owner]
         if missing:
             raise VlmbiasError(f"mitigation.split.held_out names concept(s) {missing} that no mitigation query "
@@ -76,11 +80,11 @@ def concept_split(query_sets: dict[str, dict], spec: dict | None = None) -> pd.D
         rng = np.random.default_rng(seed)
         for qset in dict.fromkeys(owner.values()):
             concepts = sorted(c for c, o in owner.items() if o == qset)
-            if len(concepts) < 2:
-                raise VlmbiasError(f"mitigation.split: query set {qset!r} has {len(concepts)} concept(s); "
-                                   "a held-out split needs at least 2 per query set")
-            n = min(max(int(round(frac * len(concepts))), 1), len(concepts) - 1)
+            n = min(max(int(round(frac * len(concepts))), 1), len(concepts) - 1)  # 0 for a single concept
             held |= {concepts[i] for i in rng.permutation(len(concepts))[:n]}
+        if not held:
+            raise VlmbiasError(f"mitigation.split: no concept can be held out (every query set has one concept: "
+                               f"{sorted(owner)}); add concepts, or set split: {{held_out: []}} for in-sample numbers only")
     if held == set(owner):
         raise VlmbiasError("mitigation.split holds out every concept; nothing is left to fit on")
     table["split"] = np.where(table["concept"].isin(held), HELD_OUT, FITTING)
