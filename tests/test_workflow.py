@@ -166,7 +166,9 @@ def test_default_chain_runs_mitigation(default_run):
     assert set(arch["model_b"]) == set(config["experiments"]["architecture"]["models"][1:])
     assert arch["p_holm"].between(0, 1).all() and arch["significant"].any()
     web = pd.read_csv(res / "experiments/training_data.csv")
-    assert set(web["keyword"]) >= {"doctor", "nurse"} and web["tvd"].between(0, 1).all()
+    # the web images are the LoRA set's: fitting concepts only (held-out nurse, scientist, CEO are not acquired)
+    assert set(web["keyword"]) >= {"doctor", "teacher"} and not set(web["concept"]) & held
+    assert web["tvd"].between(0, 1).all()
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
