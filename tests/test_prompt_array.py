@@ -190,3 +190,12 @@ def test_loading_errors(planted, tmp_path):
     (tmp_path / "prompt_array.json").write_text("{}")
     with pytest.raises(VlmbiasError, match=r"shape \(2, 8\) do not fit this model's text tower \(hidden size 32\)"):
         load_prompt_encoder(planted, tmp_path)
+
+
+def test_a_model_spec_with_prompts_loads_the_prompted_encoder(planted, measured):
+    """The workflow's `<base>~<prompt-array method>` model: `prompts` in the model spec."""
+    out = measured["full"][2]["out_dir"]
+    enc = load_encoder({"backend": "hf", "name": planted, "prompts": out})
+    np.testing.assert_array_equal(enc.encode_texts(QUERIES), load_prompt_encoder(planted, out).encode_texts(QUERIES))
+    with pytest.raises(VlmbiasError, match="prompt array needs a plain 'hf' base model"):
+        load_encoder({"backend": "hf", "name": planted, "prompts": out, "adapter": out})

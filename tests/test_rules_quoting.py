@@ -40,6 +40,7 @@ def nasty(tmp_path_factory, fairface_dir, tiny_hf):
         "embed": {"num_workers": 0},
         "mitigation": {
             "base_model": "tiny", "dataset": "ff", "query_sets": ["jobs"],
+            "split": {"held_out": []},  # one concept: nothing to hold out (in-sample only)
             "acquire": {"source": "folder", "root": str(data), "keywords": ["val"]},
             "label": {"source": "csv", "csv": str(data / "fairface_label_val.csv")},
             "methods": {"prompt": {"kind": "prompt", "suffix": f" {NASTY}"},

@@ -110,6 +110,9 @@ def default_run(tmp_path_factory):
     mit["acquire"]["limit"] = 40
     mit["label"]["balanced"]["allow_missing"] = True
     mit["finetune"].update(max_steps=3)
+    for spec in mit["methods"].values():
+        if spec["kind"] in ("saner", "prompt-array"):
+            spec["max_steps"] = 3
     (wd / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
     run = snakemake(wd)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -147,11 +150,28 @@ def test_default_chain_runs_mitigation(default_run):
     summary = pd.read_csv(res / "mitigation/comparison_summary.csv")
     proj = summary[(summary.method == "projection") & (summary.attribute == "gender") & (summary.metric == "tvd")]
     assert (proj["mean_after"] < proj["mean_before"]).all()
+    # the held-out protocol: a recorded split, nothing fitted on a held-out concept, both splits compared
+    split = pd.read_csv(res / "mitigation/split.csv")
+    held = set(split.loc[split["split"] == "held_out", "concept"])
+    assert held and set(split["split"]) == {"fitting", "held_out"}
+    acquired = pd.read_parquet(res / "mitigation/acquired/acquired.parquet")
+    assert not set(acquired["concept"]) & held
+    tvd = summary[summary.metric == "tvd"]
+    assert set(tvd["method"]) == set(config["mitigation"]["methods"])
+    for method, rows in tvd.groupby("method"):
+        assert set(rows["split"]) == {"fitting", "held_out"}, method
+        assert set(rows["attribute"]) >= {"gender", "race"}, method
+    assert (tvd["mean_after_low"] <= tvd["mean_after"]).all() and (tvd["mean_after"] <= tvd["mean_after_high"]).all()
+    assert (res / "mitigation/reference/bendvlm/reference.npy").is_file()
+    assert (res / "mitigation/saner/saner/saner.safetensors").is_file()
+    assert (res / "mitigation/prompts/prompt-array/prompts.safetensors").is_file()
     arch = pd.read_csv(res / "experiments/architecture.csv")
     assert set(arch["model_b"]) == set(config["experiments"]["architecture"]["models"][1:])
     assert arch["p_holm"].between(0, 1).all() and arch["significant"].any()
     web = pd.read_csv(res / "experiments/training_data.csv")
-    assert set(web["keyword"]) >= {"doctor", "nurse"} and web["tvd"].between(0, 1).all()
+    # the web images are the LoRA set's: fitting concepts only (held-out nurse, scientist, CEO are not acquired)
+    assert set(web["keyword"]) >= {"doctor", "teacher"} and not set(web["concept"]) & held
+    assert web["tvd"].between(0, 1).all()
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

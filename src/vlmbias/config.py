@@ -67,11 +67,16 @@ def check_config(config: dict) -> None:
         unknown = [q for q in mit["query_sets"] if q not in config.get("query_sets", {})]
         if unknown:
             raise VlmbiasError(f"mitigation.query_sets names unknown query set(s) {unknown}")
-        lora = [m for m, v in mit["methods"].items() if v["kind"] == "lora"]
-        if lora and config["models"][mit["base_model"]]["backend"] != "hf":
-            raise VlmbiasError(f"LoRA methods {lora} need an 'hf' base model; {mit['base_model']!r} is not")
+        concept_split(config)  # a split that cannot be drawn is a config error, before any job runs
+        lora = [m for m, v in mit["methods"].items() if v["kind"] in ("lora", "prompt-array")]
+        if lora and config["models"][mit["base_model"]].get("backend", "hf") != "hf":
+            raise VlmbiasError(f"LoRA / prompt-array methods {lora} need an 'hf' base model; {mit['base_model']!r} is not")
         if lora and not (mit.get("acquire") and mit.get("label")):
-            raise VlmbiasError(f"LoRA methods {lora} need mitigation.acquire and mitigation.label blocks")
+            raise VlmbiasError(f"LoRA / prompt-array methods {lora} need mitigation.acquire and mitigation.label blocks")
+        worldly = [m for m, v in mit["methods"].items() if v["kind"] in ("bendvlm", "saner")]
+        if worldly and "world" not in config:
+            raise VlmbiasError(f"methods {worldly} (bendvlm, saner) take their reference images / captions from the "
+                               "calibration world's corpus; this config has no 'world' block")
     for exp, spec in (config.get("experiments") or {}).items():
         models = spec.get("models") or [spec.get("model")]
         known = [*config.get("models", {}), *variant_names(config)]
@@ -116,6 +121,28 @@ def adapter_dir(config: dict, method: str) -> str:
     return f"{mitigation_dir(config)}/adapters/{method}"
 
 
+def reference_dir(config: dict, method: str) -> str:
+    """BendVLM's reference image embeddings (fitting concepts only) for a `bendvlm` method."""
+    return f"{mitigation_dir(config)}/reference/{method}"
+
+
+def saner_dir(config: dict, method: str) -> str:
+    """A `saner` method's trained text-side layer (fitting concepts only)."""
+    return f"{mitigation_dir(config)}/saner/{method}"
+
+
+def prompts_dir(config: dict, method: str) -> str:
+    """A `prompt-array` method's learned prompt vectors (trained on the fitting concepts' images)."""
+    return f"{mitigation_dir(config)}/prompts/{method}"
+
+
+def method_inputs(config: dict, method: str) -> list[str]:
+    """What a method's audit needs besides the base model: its adapter, reference set, layer or prompts."""
+    kind = method_spec(config, method)["kind"]
+    return {"lora": [adapter_dir(config, method)], "bendvlm": [reference_dir(config, method)],
+            "saner": [saner_dir(config, method)], "prompt-array": [prompts_dir(config, method)]}.get(kind, [])
+
+
 def split_variant(name: str) -> tuple[str, str | None]:
     base, _, method = name.partition("~")
     return base, (method or None)
@@ -128,6 +155,44 @@ def variant_names(config: dict) -> list[str]:
 
 def method_spec(config: dict, method: str) -> dict:
     return dict(config["mitigation"]["methods"][method])
+
+
+def split_spec(config: dict) -> dict:
+    """mitigation.split with its default filled in (vlmbias.mitigate.split)."""
+    from vlmbias.mitigate.split import DEFAULT
+
+    return dict(config["mitigation"].get("split") or DEFAULT)
+
+
+def mitigation_query_sets(config: dict) -> dict:
+    return {q: config["query_sets"][q] for q in config["mitigation"]["query_sets"]}
+
+
+def concept_split(config: dict):
+    """The fitting / held-out split of the mitigation query sets' concepts (a table, see split.py)."""
+    from vlmbias.mitigate.split import concept_split as split
+
+    return split(mitigation_query_sets(config), split_spec(config))
+
+
+def fitting_concepts(config: dict) -> list[str]:
+    from vlmbias.mitigate.split import FITTING, concepts_of
+
+    return concepts_of(concept_split(config), FITTING)
+
+
+def held_out_concepts(config: dict) -> list[str]:
+    from vlmbias.mitigate.split import HELD_OUT, concepts_of
+
+    return concepts_of(concept_split(config), HELD_OUT)
+
+
+def acquire_spec(config: dict) -> dict:
+    """mitigation.acquire with the held-out concepts excluded: the LoRA set never shows them."""
+    spec = dict(config["mitigation"].get("acquire") or {})
+    if spec:
+        spec["exclude_concepts"] = sorted({*spec.get("exclude_concepts", []), *held_out_concepts(config)})
+    return spec
 
 
 def image_model(config: dict, name: str) -> str:
@@ -143,6 +208,7 @@ def image_model(config: dict, name: str) -> str:
 def finetune_spec(config: dict, method: str) -> dict:
     spec = {**(config["mitigation"].get("finetune") or {}), **method_spec(config, method)}
     spec.pop("kind")
+    spec.pop("balanced", None)  # the method's own training set (rule `balance`), not a training option
     spec.setdefault("seed", config.get("seed", 0))
     return spec
 
@@ -157,10 +223,27 @@ def query_set_spec(config: dict, model: str, qset: str) -> dict:
     if m["kind"] == "prompt":
         transform["suffix"] = m["suffix"]
     elif m["kind"] == "projection":
-        transform["projection"] = {k: v for k, v in m.items() if k != "kind"}
+        # calibration pairs come from the fitting concepts only, never from the audited query itself
+        transform["projection"] = {**{k: v for k, v in m.items() if k != "kind"},
+                                   "concepts": fitting_concepts(config)}
+    elif m["kind"] == "bendvlm":
+        transform["bendvlm"] = {**{k: v for k, v in m.items() if k != "kind"},
+                                "reference": reference_dir(config, method)}
+    elif m["kind"] == "saner":
+        transform["saner"] = {"layer": saner_dir(config, method)}
     if transform:
         spec["transform"] = transform
     return spec
+
+
+def quality_transform(config: dict, model: str) -> dict:
+    """The text transform quality applies to every text it encodes: a projection's or SANER's
+    (vlmbias.mitigate.quality); prompt suffixes and BendVLM are query-only."""
+    _, method = split_variant(model)
+    if method is None or not config["mitigation"]["query_sets"]:
+        return {}
+    t = query_set_spec(config, model, config["mitigation"]["query_sets"][0]).get("transform") or {}
+    return {k: v for k, v in t.items() if k in ("projection", "saner")}
 
 
 def dataset_spec(config: dict, name: str) -> dict:
@@ -176,6 +259,8 @@ def model_spec(config: dict, name: str) -> dict:
         spec = model_spec(config, base)
         if method_spec(config, method)["kind"] == "lora":
             spec["adapter"] = adapter_dir(config, method)
+        elif method_spec(config, method)["kind"] == "prompt-array":
+            spec["prompts"] = prompts_dir(config, method)
         return spec
     spec = dict(config["models"][name])
     world = spec.pop("world", None)

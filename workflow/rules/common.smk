@@ -54,8 +54,8 @@ def model_inputs(wildcards):
     base, method = vconfig.split_variant(wildcards.model)
     world = config["models"][base].get("world")
     inputs = [vconfig.world_model_dir(config, world)] if world else []
-    if method and vconfig.method_spec(config, method)["kind"] == "lora":
-        inputs.append(vconfig.adapter_dir(config, method))
+    if method:
+        inputs += vconfig.method_inputs(config, method)
     return inputs
 
 

@@ -4,6 +4,21 @@
 MIT = vconfig.mitigation_dir(config)
 
 
+rule split:
+    output:
+        f"{MIT}/split.csv",
+    params:
+        qsets=lambda w: as_json(vconfig.mitigation_query_sets(config)),
+        spec=lambda w: as_json(vconfig.split_spec(config)),
+    log:
+        f"{RES}/logs/split/split.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.mitigate.split --query-sets-json {params.qsets:q} --spec-json {params.spec:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
 def acquire_inputs(wildcards):
     source = (config["mitigation"].get("acquire") or {}).get("source")
     return [vconfig.world_data_dir(config)] if source == "world" else []
@@ -15,7 +30,7 @@ rule acquire:
     output:
         f"{MIT}/acquired/acquired.parquet",
     params:
-        spec=as_json(config.get("mitigation", {}).get("acquire", {})),
+        spec=lambda w: as_json(vconfig.acquire_spec(config)),  # held-out concepts excluded
         world=lambda w, input: ["--world", input[0]] if input else [],
         folder=f"{MIT}/acquired/images",
         max_pixels=MAX_PIXELS,
@@ -55,10 +70,28 @@ rule label:
         " --out-balanced {output.balanced:q} --max-pixels {params.max_pixels:q} > {log:q} 2>&1"
 
 
+rule balance:
+    input:
+        rules.label.output.labels,
+    output:
+        f"{MIT}/labels/balanced_{{method}}.parquet",
+    params:
+        spec=lambda w: as_json(vconfig.method_spec(config, w.method)["balanced"]),
+    log:
+        f"{RES}/logs/balance/{{method}}.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.mitigate.balance --labels {input:q} --spec-json {params.spec:q} --out {output:q} > {log:q} 2>&1"
+
+
 def finetune_inputs(wildcards):
     base = config["mitigation"]["base_model"]
     world = config["models"][base].get("world")
-    return {"train": rules.label.output.balanced, "model": [vconfig.world_model_dir(config, world)] if world else []}
+    method = getattr(wildcards, "method", None)
+    own = method and "balanced" in vconfig.method_spec(config, method)  # the method's own balanced set
+    train = f"{MIT}/labels/balanced_{method}.parquet" if own else rules.label.output.balanced
+    return {"train": train, "model": [vconfig.world_model_dir(config, world)] if world else []}
 
 
 rule finetune:
@@ -86,11 +119,79 @@ rule finetune:
         " --no-progress > {log:q} 2>&1"
 
 
+def reference_inputs(wildcards):
+    return {"model": finetune_inputs(wildcards)["model"], "world": vconfig.world_data_dir(config)}
+
+
+rule bendvlm_reference:
+    input:
+        unpack(reference_inputs),
+    output:
+        directory(f"{MIT}/reference/{{method}}"),
+    params:
+        base=lambda w: as_json(vconfig.model_spec(config, config["mitigation"]["base_model"])),
+        spec=lambda w: as_json({"concepts": vconfig.fitting_concepts(config),
+                                "attributes": vconfig.method_spec(config, w.method).get("attributes", ["gender"])}),
+        device=config["device"],
+        max_pixels=MAX_PIXELS,
+    log:
+        f"{RES}/logs/bendvlm_reference/{{method}}.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.mitigate.bendvlm --model-json {params.base:q} --world {input.world:q} --spec-json {params.spec:q}"
+        " --device {params.device:q} --max-pixels {params.max_pixels:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule saner_train:
+    input:
+        unpack(reference_inputs),
+    output:
+        directory(f"{MIT}/saner/{{method}}"),
+    params:
+        base=lambda w: as_json(vconfig.model_spec(config, config["mitigation"]["base_model"])),
+        concepts=lambda w: as_json({"concepts": vconfig.fitting_concepts(config)}),
+        spec=lambda w: as_json({k: v for k, v in vconfig.method_spec(config, w.method).items() if k != "kind"}),
+        device=config["device"],
+        max_pixels=MAX_PIXELS,
+    threads: 1  # a layer this small trains fastest on one thread
+    log:
+        f"{RES}/logs/saner_train/{{method}}.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.mitigate.saner --model-json {params.base:q} --world {input.world:q}"
+        " --concepts-json {params.concepts:q} --spec-json {params.spec:q} --threads {threads:q}"
+        " --device {params.device:q} --max-pixels {params.max_pixels:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule prompt_array_train:
+    input:
+        unpack(finetune_inputs),
+    output:
+        directory(f"{MIT}/prompts/{{method}}"),
+    params:
+        base=lambda w: vconfig.model_spec(config, config["mitigation"]["base_model"])["name"],
+        spec=lambda w: as_json({k: v for k, v in vconfig.method_spec(config, w.method).items() if k != "kind"}),
+        device=config["device"],
+        max_pixels=MAX_PIXELS,
+    threads: config["threads"]
+    log:
+        f"{RES}/logs/prompt_array_train/{{method}}.log",
+    conda:
+        "../../envs/mitigate.yaml"
+    shell:
+        "{PY} -m vlmbias.mitigate.prompt_array --base {params.base:q} --train {input.train:q} --spec-json {params.spec:q}"
+        " --threads {threads:q} --device {params.device:q} --max-pixels {params.max_pixels:q} --out {output:q}"
+        " > {log:q} 2>&1"
+
+
 def quality_inputs(wildcards):
     ds = config["mitigation"]["dataset"]
     folder = f"{RES}/embeddings/{ds}/{vconfig.image_model(config, wildcards.model)}"
     inputs = {"images": f"{folder}/images.npy", "image_rows": f"{folder}/images.parquet",
-              "manifest": f"{RES}/data/{ds}/manifest.parquet", "model": model_inputs(wildcards)}
+              "manifest": f"{RES}/data/{ds}/manifest.parquet", "model": model_inputs(wildcards),
+              "split": rules.split.output[0]}
     if config["datasets"][ds].get("world"):
         inputs["world"] = vconfig.world_data_dir(config)
     return inputs
@@ -104,6 +205,7 @@ rule quality:
     params:
         model=lambda w: as_json(vconfig.model_spec(config, w.model)),
         world=lambda w, input: ["--world", input.world] if "world" in input.keys() else [],
+        transform=lambda w: as_json(vconfig.quality_transform(config, w.model)),
         device=config["device"],
         max_pixels=MAX_PIXELS,
     threads: config["threads"]
@@ -117,7 +219,7 @@ rule quality:
         "{PY} -m vlmbias.mitigate.quality --model-json {params.model:q} --model-name {wildcards.model:q}"
         " --images-npy {input.images:q} --images-table {input.image_rows:q} --manifest {input.manifest:q}"
         " {params.world:q} --device {params.device:q} --max-pixels {params.max_pixels:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --split {input.split:q} --transform-json {params.transform:q} --out {output:q} > {log:q} 2>&1"
 
 
 def compare_inputs(wildcards):
@@ -125,7 +227,7 @@ def compare_inputs(wildcards):
     summary = lambda model: [f"{RES}/metrics/{mit['dataset']}/{model}/{q}_summary.csv" for q in mit["query_sets"]]
     models = [base, *vconfig.variant_names(config)]
     return {"base": summary(base), "methods": [f for v in models[1:] for f in summary(v)],
-            "quality": [f"{MIT}/quality/{m}.csv" for m in models]}
+            "quality": [f"{MIT}/quality/{m}.csv" for m in models], "split": rules.split.output[0]}
 
 
 def method_args(wildcards, input):
@@ -142,6 +244,7 @@ rule compare:
         table=report(f"{MIT}/comparison.csv", caption="../report/comparison.rst", category="Mitigation"),
         summary=report(f"{MIT}/comparison_summary.csv", caption="../report/comparison.rst", category="Mitigation"),
         quality=report(f"{MIT}/quality.csv", caption="../report/quality.rst", category="Mitigation"),
+        leaderboard=report(f"{MIT}/leaderboard.csv", caption="../report/comparison.rst", category="Mitigation"),
         figures=report(directory(f"{MIT}/figures"), patterns=["{name}.png"], caption="../report/comparison.rst",
                        category="Mitigation"),
     params:
@@ -156,5 +259,6 @@ rule compare:
         "../../envs/report.yaml"
     shell:
         "{PY} -m vlmbias.mitigate.compare --base {input.base:q} {params.methods:q} --quality {input.quality:q} --k {params.k:q}"
+        " --split {input.split:q} --out-leaderboard {output.leaderboard:q}"
         " --out-table {output.table:q} --out-summary {output.summary:q} --out-quality {output.quality:q}"
         " --out-figures {output.figures:q} > {log:q} 2>&1"

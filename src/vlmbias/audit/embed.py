@@ -96,10 +96,21 @@ def embed_queries(qset_name: str, qset_spec: dict, encoder: Encoder) -> tuple[np
     out = np.stack(out).astype(np.float32)
     projection = (qset_spec.get("transform") or {}).get("projection")
     if projection:
-        # calibration pairs are built per concept ("a photo of a male doctor"); fall back to the query text
-        concepts = sorted({c if isinstance(c, str) and c else strip_article(q)
-                           for c, q in zip(queries["concept"], queries["query"])})
+        # calibration pairs are built per concept ("a photo of a male doctor"): the given fitting
+        # concepts (mitigation split), else the queries' own concepts, else the query text
+        concepts = projection.get("concepts") or sorted({c if isinstance(c, str) and c else strip_article(q)
+                                                         for c, q in zip(queries["concept"], queries["query"])})
         out = apply_projection(out, projection_for(encoder, projection, concepts))
+    bend = (qset_spec.get("transform") or {}).get("bendvlm")
+    if bend:  # BendVLM (test-time, per query; references of the fitting concepts only)
+        from vlmbias.mitigate.bendvlm import apply_transform
+
+        out = apply_transform(encoder, out, queries, bend)
+    saner = (qset_spec.get("transform") or {}).get("saner")
+    if saner:  # a trained SANER layer on the text embedding (fitting concepts' captions only)
+        from vlmbias.mitigate.saner import apply_saner
+
+        out = apply_saner(out, saner["layer"])
     table = queries.assign(row=np.arange(len(queries)), text=queries["texts"].map(" | ".join)).drop(columns="texts")
     return out, table[["row", "query_id", "query", "text", "lang", "concept",
                                                       "names_attribute", "names_class"]]

@@ -201,6 +201,14 @@ def load_encoder(spec: dict, device: str = "cpu", precision: str = "fp32") -> En
         raise VlmbiasError(f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VlmbiasError(f"device {device!r} requested but CUDA is not available")
+    if spec.get("prompts"):  # a learned prompt array (mitigation kind prompt-array): text side only
+        if backend != "hf" or spec.get("adapter"):
+            raise VlmbiasError(f"a prompt array needs a plain 'hf' base model, got {spec}")
+        from vlmbias.mitigate.prompt_array import load_prompt_encoder
+
+        enc = load_prompt_encoder(spec["name"], spec["prompts"], device)
+        log.info("loaded %s (hf + prompt array, fp32 on %s)", enc.name, device)
+        return enc
     loader = _load_open_clip if backend == "open_clip" else _load_hf
     enc = loader(spec, device, PRECISIONS[precision])
     log.info("loaded %s (%s, %s on %s)", enc.name, backend, precision, device)
@@ -211,4 +219,5 @@ def model_id(spec: dict) -> str:
     """A readable identity of a model spec, for tables."""
     if spec["backend"] == "open_clip":
         return f"{spec['name']}:{spec.get('pretrained')}"
-    return str(spec["name"]) + (f"+{Path(spec['adapter']).name}" if spec.get("adapter") else "")
+    return (str(spec["name"]) + (f"+{Path(spec['adapter']).name}" if spec.get("adapter") else "")
+            + (f"+prompts:{Path(spec['prompts']).name}" if spec.get("prompts") else ""))

@@ -19,6 +19,8 @@ networks, e.g. `["10.1.0.0/16"]`) lifts that for tests and intranet image server
 
 Keyword items are strings or `{keyword, concept?, urls?, folder?}`. `concept` defaults to the
 keyword without a leading article ("a doctor" -> "doctor"; the world source reports its own).
+`exclude_concepts` (list) drops every keyword of those concepts before anything is searched: the
+workflow passes the mitigation split's held-out concepts, so a fine-tuned model never sees them.
 
 The gate, the same for every source: size cap in bytes, known image format, the project's image
 gate (`vlmbias.imagegate`: at most `images.max_pixels` pixels, read from the header before any
@@ -94,7 +96,7 @@ DEFAULTS = {
     "seed": 0,                   # world source: order of its results
 }
 SPEC_KEYS = {"source", "keywords", "concepts", "urls", "root", "world", "lang", "search_url", "user_agent",
-             "allow_private_addresses", *DEFAULTS}
+             "allow_private_addresses", "exclude_concepts", *DEFAULTS}
 
 # Image formats kept, with the extension they are stored under.
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
@@ -321,6 +323,15 @@ def resolve_spec(spec: dict) -> tuple[dict, list[dict]]:
                 raise VlmbiasError(f"acquire: the URLs of keyword {kw!r} must be a list of strings")
             item["urls"] = list(urls)
         items.append(item)
+    excluded = spec.get("exclude_concepts") or []
+    if isinstance(excluded, str) or not all(isinstance(c, str) for c in excluded):
+        raise VlmbiasError(f"acquire: exclude_concepts must be a list of concept names, got {excluded!r}")
+    dropped = [i["keyword"] for i in items if i["concept"] in set(excluded)]
+    if dropped:  # the mitigation split's held-out concepts: a fitted method must never see them
+        log.info("acquire: leaving out keyword(s) %s (their concepts are held out)", dropped)
+        items = [i for i in items if i["concept"] not in set(excluded)]
+    if not items:
+        raise VlmbiasError(f"acquire: every keyword's concept is excluded ({sorted(excluded)}); nothing to acquire")
     return opts, items
 
 

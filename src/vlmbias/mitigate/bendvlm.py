@@ -220,3 +220,98 @@ def bendvlm_for(encoder, queries, concepts: Sequence[str], ref_embeddings, ref_l
         spurious = encoder.encode_texts([template.format(gwords[c]) for c in classes])
     return bendvlm(q, aug, ref_embeddings, ref_labels, groups=classes, spurious=spurious,
                    n_neighbors=n_neighbors, keep=keep)
+
+
+# ---------------------------------------------------------------- the workflow's reference set
+# Rule `bendvlm_reference` (mitigate.smk): the labelled reference images are the calibration world's
+# corpus images of the FITTING concepts only (train split), embedded once with the base model, so
+# that no held-out concept and no audited test image is ever seen. The audit then applies BendVLM to
+# the query embeddings (`audit.embed`, transform `bendvlm`); the images are the base model's.
+REFERENCE_NPY, REFERENCE_TABLE = "reference.npy", "reference.parquet"
+
+
+def reference_rows(corpus: pd.DataFrame, concepts: Sequence[str], attributes: Sequence[str]) -> pd.DataFrame:
+    """The corpus rows BendVLM may use as references: train split, one of `concepts`, labelled."""
+    missing = [c for c in ["concept", "split", "path", *attributes] if c not in corpus.columns]
+    if missing:
+        raise VlmbiasError(f"BendVLM references: the corpus lacks column(s) {missing}")
+    rows = corpus[(corpus["split"] == "train") & corpus["concept"].isin(list(concepts))]
+    rows = rows.dropna(subset=list(attributes))
+    if rows.empty:
+        raise VlmbiasError(f"BendVLM references: the corpus has no labelled train image of the concepts {list(concepts)}")
+    return rows.reset_index(drop=True)
+
+
+def load_reference(folder) -> tuple[np.ndarray, pd.DataFrame]:
+    from pathlib import Path
+
+    from vlmbias.io import read_table
+
+    folder = Path(folder)
+    if not (folder / REFERENCE_NPY).is_file() or not (folder / REFERENCE_TABLE).is_file():
+        raise VlmbiasError(f"{folder} is not a BendVLM reference folder (needs {REFERENCE_NPY} and {REFERENCE_TABLE})")
+    emb = np.load(folder / REFERENCE_NPY, allow_pickle=False)
+    table = read_table(str(folder / REFERENCE_TABLE))
+    if len(table) != len(emb):
+        raise VlmbiasError(f"{folder}: {len(table)} reference rows for {len(emb)} embeddings")
+    return emb, table
+
+
+def apply_transform(encoder, queries: np.ndarray, table: pd.DataFrame, spec: dict) -> np.ndarray:
+    """The audit's `bendvlm` query transform: BendVLM per attribute in `spec['attributes']` order
+    (default gender), with the references in `spec['reference']`. table: the query table
+    (`concept` or `query`, `names_attribute`); queries naming the attribute are kept unchanged."""
+    from vlmbias.audit.queries import strip_article
+
+    emb, ref = load_reference(spec["reference"])
+    concepts = [c if isinstance(c, str) and c.strip() else strip_article(q)
+                for c, q in zip(table["concept"], table["query"])]
+    out = np.asarray(queries, np.float32)
+    for attr in spec.get("attributes") or ["gender"]:
+        if attr not in ref.columns:
+            raise VlmbiasError(f"BendVLM: the reference table has no {attr!r} labels")
+        keep = (table["names_attribute"] == attr).to_numpy()
+        out = bendvlm_for(encoder, out, concepts, emb, ref[attr].to_numpy(), attribute=attr,
+                          global_prompts=spec.get("global_prompts", True), n_neighbors=spec.get("n_neighbors"),
+                          keep=keep)
+    return out
+
+
+def main(argv=None) -> None:
+    import argparse
+    from pathlib import Path
+
+    from vlmbias.audit.embed import embed_image_files
+    from vlmbias.audit.models import load_encoder
+    from vlmbias.imagegate import DEFAULT_MAX_PIXELS
+    from vlmbias.io import parse_json_arg, read_table, write_npy, write_table
+
+    p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.bendvlm",
+                                description="Embed BendVLM's reference images (fitting concepts only).")
+    p.add_argument("--model-json", required=True, help="the base model's config block as JSON")
+    p.add_argument("--world", required=True, help="the calibration world's data folder (corpus.parquet)")
+    p.add_argument("--spec-json", required=True, help='{"concepts": [fitting concepts], "attributes": [...]}')
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument("--out", required=True, help="output folder")
+    a = p.parse_args(argv)
+    spec = parse_json_arg(a.spec_json, "--spec-json")
+    world = Path(a.world)
+    attributes = list(spec.get("attributes") or ["gender"])
+    rows = reference_rows(read_table(str(world / "corpus.parquet")), spec["concepts"], attributes)
+    encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
+    emb, kept, bad = embed_image_files(encoder, [str(world / x) for x in rows["path"]], progress=False,
+                                       num_workers=0, max_pixels=a.max_pixels)
+    if bad:
+        raise VlmbiasError(f"BendVLM references: {len(bad)} image(s) could not be read; first: {bad[0][1]}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_npy(emb, str(out / REFERENCE_NPY))
+    write_table(rows.loc[kept, ["image_id", "concept", "lang", *attributes]].reset_index(drop=True),
+                str(out / REFERENCE_TABLE))
+
+
+if __name__ == "__main__":
+    from vlmbias.io import run_cli
+
+    raise SystemExit(run_cli(main))

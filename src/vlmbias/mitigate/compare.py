@@ -9,6 +9,14 @@ total variation distance from the dataset (TVD), MaxSkew@k (uniform and dataset 
 reported but never judged (`not judged`): with zero counts it is ambiguous (an all-male top 20 has
 FD 1 under the thesis' zero handling, 15/5 has 3). Quality tables (vlmbias.mitigate.quality) are
 joined the same way.
+
+Held-out protocol (issue 11): with the split table (`split.csv` of vlmbias.mitigate.split), every
+row carries the `split` of its query's concept, `fitting` (what the methods were fitted or
+calibrated on) or `held_out` (never seen), and the summary is given per split, so a method's
+in-sample (fitting) number can be set against its held-out one. The summary's mean over queries
+has a 95% interval (`mean_*_low/high`): the mean +- 1.96 x sqrt(sum of the per-query standard
+errors squared) / n, each standard error read off its interval as (high - low) / 3.92 (a normal
+approximation that treats the queries as independent).
 """
 from __future__ import annotations
 
@@ -43,8 +51,17 @@ def _verdict(t: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(t["metric"].isin(JUDGED), v, "not judged"), index=t.index)
 
 
-def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd.DataFrame, pd.DataFrame]]):
-    """base and each method: (summary, classes). Returns (per-query comparison, per-method summary)."""
+def _mean_interval(g: pd.DataFrame, side: str) -> pd.Series:
+    se = (g[f"high_{side}"] - g[f"low_{side}"]) / 3.92
+    mean, half = g[f"value_{side}"].mean(), 1.96 * np.sqrt((se ** 2).sum()) / len(g)
+    return pd.Series({f"mean_{side}_low": mean - half, f"mean_{side}_high": mean + half})
+
+
+def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd.DataFrame, pd.DataFrame]],
+            split: pd.DataFrame | None = None):
+    """base and each method: (summary, classes). split: optional `query_set, query_id, split` table
+    (queries it does not list are an error); without it every row's split is `all`.
+    Returns (per-query comparison, per-(method, split) summary)."""
     if not methods:
         raise VlmbiasError("no mitigation methods to compare")
     before = _long(base[0])
@@ -58,19 +75,70 @@ def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd
     table = pd.concat(rows, ignore_index=True)
     table["change"] = table["value_after"] - table["value_before"]
     table["verdict"] = _verdict(table)
-    table = table[["method", *KEYS, "metric", "value_before", "low_before", "high_before",
+    if split is None:
+        table["split"] = "all"
+    else:
+        missing = [c for c in ("query_set", "query_id", "split") if c not in split.columns]
+        if missing:
+            raise VlmbiasError(f"split table lacks column(s) {missing}; rerun the split stage")
+        sp = split[["query_set", "query_id", "split"]].astype(str)
+        table = table.merge(sp, on=["query_set", "query_id"], how="left")
+        unsplit = table.loc[table["split"].isna(), "query"].unique().tolist()
+        if unsplit:
+            raise VlmbiasError(f"queries {unsplit[:5]} are in no split of the split table; rerun the split stage")
+    table = table[["method", "split", *KEYS, "metric", "value_before", "low_before", "high_before",
                    "value_after", "low_after", "high_after", "change", "verdict"]]
     finite = table[np.isfinite(table["value_before"]) & np.isfinite(table["value_after"])]
     judged = finite["metric"].isin(JUDGED)
-    summary = (finite.assign(improved=(finite["verdict"] == "improved") & judged,
-                             worse=(finite["verdict"] == "worse") & judged)
-               .groupby(["method", "k", "attribute", "metric"])
-               .agg(queries=("query", "size"), mean_before=("value_before", "mean"),
-                    mean_after=("value_after", "mean"), improved=("improved", "sum"), worse=("worse", "sum"))
+    group = ["method", "split", "k", "attribute", "metric"]
+    grouped = finite.assign(improved=(finite["verdict"] == "improved") & judged,
+                            worse=(finite["verdict"] == "worse") & judged).groupby(group)
+    summary = (grouped.agg(queries=("query", "size"), mean_before=("value_before", "mean"),
+                           mean_after=("value_after", "mean"), improved=("improved", "sum"), worse=("worse", "sum"))
                .reset_index())
+    bounds = pd.concat([grouped[["value_before", "low_before", "high_before"]].apply(_mean_interval, "before"),
+                        grouped[["value_after", "low_after", "high_after"]].apply(_mean_interval, "after")],
+                       axis=1).reset_index()
+    summary = summary.merge(bounds, on=group, how="left")
+    summary = summary[[*group, "queries", "mean_before", "mean_before_low", "mean_before_high", "mean_after",
+                       "mean_after_low", "mean_after_high", "improved", "worse"]]
     summary["judged"] = summary["metric"].isin(JUDGED)
     summary["relative_change"] = (summary["mean_after"] - summary["mean_before"]) / summary["mean_before"]
     return table, summary
+
+
+def leaderboard(summary: pd.DataFrame, quality: pd.DataFrame, k: int, base: str | None = None) -> pd.DataFrame:
+    """One row per method (and `base`): mean TVD at k per attribute on the held-out and fitting
+    queries with the held-out 95% interval, `<attr>_overstated` = held-out minus fitting reduction
+    (how much better the in-sample number looked, in TVD points), and the quality it keeps
+    (zero-shot accuracy per attribute; concept accuracy on held-out concepts' captions)."""
+    t = summary[(summary["metric"] == "tvd") & (summary["k"] == k)]
+    rows = {}
+    for r in t.itertuples():
+        for who, value, low, high in (("base", r.mean_before, r.mean_before_low, r.mean_before_high),
+                                      (r.method, r.mean_after, r.mean_after_low, r.mean_after_high)):
+            row = rows.setdefault(who, {"method": who})
+            row[f"{r.attribute}_tvd_{r.split}"] = value
+            if r.split == "held_out":
+                row[f"{r.attribute}_tvd_held_out_low"], row[f"{r.attribute}_tvd_held_out_high"] = low, high
+    board = pd.DataFrame(list(rows.values()))
+    for attr in sorted(set(t["attribute"])):
+        fit, held = f"{attr}_tvd_fitting", f"{attr}_tvd_held_out"
+        if fit in board and held in board:
+            b = board.set_index("method")
+            base_fit, base_held = b.loc["base", fit], b.loc["base", held]
+            board[f"{attr}_overstated"] = (base_fit - board[fit]) - (base_held - board[held])
+    if not quality.empty and {"model", "metric", "value"} <= set(quality.columns):
+        q = quality.copy()
+        q["method"] = q["model"].map(lambda m: m.split("~", 1)[1] if "~" in m else "base")
+        split = q["split"] if "split" in q else pd.Series("all", index=q.index)
+        for name, sel in (("zero_shot_{}", q["metric"] == "zero_shot_accuracy"),
+                          ("concept_accuracy_held_out", (q["metric"] == "concept_accuracy") & (split == "held_out"))):
+            for r in q[sel].itertuples():
+                col = name.format(r.attribute) if "{}" in name else name
+                for suffix, v in (("", r.value), ("_low", r.low), ("_high", r.high)):
+                    board.loc[board["method"] == r.method, col + suffix] = v
+    return board
 
 
 def main(argv=None) -> None:
@@ -79,10 +147,12 @@ def main(argv=None) -> None:
     p.add_argument("--method", nargs="+", action="append", required=True,
                    help="NAME then that method's *_summary.csv files (repeat per method)")
     p.add_argument("--quality", nargs="*", default=[], help="quality CSVs of the base and every method")
+    p.add_argument("--split", help="split.csv of vlmbias.mitigate.split (fitting / held_out per query)")
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-summary", required=True)
     p.add_argument("--out-quality", required=True)
-    p.add_argument("--out-figures", required=True, help="folder for before/after bar plots")
+    p.add_argument("--out-figures", required=True, help="folder for before/after bar plots and the Pareto figure")
+    p.add_argument("--out-leaderboard", help="leaderboard.csv: held-out vs fitting TVD and quality per method")
     p.add_argument("--k", type=int, required=True, help="k of the before/after figures")
     a = p.parse_args(argv)
     from vlmbias import plots
@@ -95,7 +165,7 @@ def main(argv=None) -> None:
 
     base = load(a.base)
     methods = {m[0]: load(m[1:]) for m in a.method}
-    table, summary = compare(base, methods)
+    table, summary = compare(base, methods, read_table(a.split) if a.split else None)
     quality = pd.concat([read_table(q) for q in a.quality], ignore_index=True) if a.quality else pd.DataFrame()
     out = Path(a.out_figures)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,8 +176,16 @@ def main(argv=None) -> None:
     write_table(table, a.out_table)
     write_table(summary, a.out_summary)
     write_table(quality, a.out_quality)
+    if a.out_leaderboard:
+        kb = int(summary["k"].max())  # the distributions' k (the README's table)
+        board = leaderboard(summary, quality, kb)
+        write_table(board, a.out_leaderboard)
+        for attr in ("gender", "race"):
+            if f"{attr}_tvd_held_out" in board and f"zero_shot_{attr}" in board:
+                plots.plot_pareto(board, out / f"pareto_{attr}.png", x=f"zero_shot_{attr}", y=f"{attr}_tvd_held_out",
+                                  title=f"held-out {attr} TVD@{kb} vs zero-shot {attr} accuracy (95% intervals)")
     for r in summary[summary.metric == "tvd"].itertuples():
-        log.info("%s k=%d %s: mean TVD %.3f -> %.3f (%+.0f%%)", r.method, r.k, r.attribute, r.mean_before,
+        log.info("%s [%s] k=%d %s: mean TVD %.3f -> %.3f (%+.0f%%)", r.method, r.split, r.k, r.attribute, r.mean_before,
                  r.mean_after, 100 * r.relative_change)
 
 

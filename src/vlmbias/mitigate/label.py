@@ -508,6 +508,20 @@ def balanced_set(labels: pd.DataFrame, per: str = "concept", attributes=("gender
     return pd.concat(chosen).sort_values([per, "cell", "image_id"], kind="stable").reset_index(drop=True)
 
 
+def balance_from_spec(labels: pd.DataFrame, spec: dict, classes: dict | None = None) -> pd.DataFrame:
+    """`balanced_set` from a config block `{per, attributes, n_per_cell, seed, allow_missing}`
+    (label.balanced, or a LoRA method's own `balanced`, e.g. over gender x race)."""
+    b = dict(spec or {})
+    unknown = sorted(set(b) - {"per", "attributes", "n_per_cell", "seed", "allow_missing"})
+    if unknown:
+        raise VlmbiasError(f"label: balanced has unknown key(s) {unknown}")
+    attrs = b.get("attributes", ["gender", "race"])
+    return balanced_set(labels, per=b.get("per", "concept"), attributes=attrs,
+                        n_per_cell=b.get("n_per_cell"), seed=int(b.get("seed", 0)),
+                        classes={k: v for k, v in (classes or {}).items() if k in attrs} or None,
+                        allow_missing=bool(b.get("allow_missing", False)))
+
+
 # --------------------------------------------------------------------------------------------- stage
 
 def acquired_images(acquired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -578,15 +592,7 @@ def main(argv=None) -> None:
     labels, dropped, classes = label_images(spec, read_table(a.acquired), cache, max_pixels=a.max_pixels)
     balanced = None
     if a.out_balanced:
-        b = dict(spec.get("balanced") or {})
-        unknown = sorted(set(b) - {"per", "attributes", "n_per_cell", "seed", "allow_missing"})
-        if unknown:
-            raise VlmbiasError(f"label: balanced has unknown key(s) {unknown}")
-        attrs = b.get("attributes", ["gender", "race"])
-        balanced = balanced_set(labels, per=b.get("per", "concept"), attributes=attrs,
-                                n_per_cell=b.get("n_per_cell"), seed=int(b.get("seed", 0)),
-                                classes={k: v for k, v in classes.items() if k in attrs},
-                                allow_missing=bool(b.get("allow_missing", False)))
+        balanced = balance_from_spec(labels, spec.get("balanced") or {}, classes)
     write_table(dropped, a.out_dropped)
     write_table(distribution_by_keyword(labels, classes), a.out_distribution)
     # image paths are stored relative to the acquired images' folder (docs/artifacts.md)

@@ -247,7 +247,7 @@ def _adversary(n_in: int, n_out: int, hidden: int, layers: int) -> torch.nn.Modu
 # --------------------------------------------------------------------------- training
 
 def train_prompt_array(base: str, table: pd.DataFrame, spec: dict | None, out_dir, threads: int | None = 2, *,
-                       device: str = "cpu", progress: bool = True) -> dict:
+                       device: str = "cpu", progress: bool = True, max_pixels: int | None = None) -> dict:
     """Learn a prompt array for the frozen CLIPModel `base` (hub id or directory).
 
     table: one row per training image: `image_id, path, caption`, the columns named by
@@ -265,7 +265,9 @@ def train_prompt_array(base: str, table: pd.DataFrame, spec: dict | None, out_di
         torch.manual_seed(s["seed"])
         prompts = _init_prompts(model, s, device)
         text = PromptedText(model, tokenizer, prompts)
-        pixels = load_pixels(df["path"].tolist(), processor, ids=df["image_id"].tolist(), what="prompt-array training")
+        gate = {} if max_pixels is None else {"max_pixels": max_pixels}  # images.max_pixels (the image gate)
+        pixels = load_pixels(df["path"].tolist(), processor, ids=df["image_id"].tolist(), what="prompt-array training",
+                             **gate)
         with torch.no_grad():
             images = torch.cat([features(model.get_image_features(pixel_values=pixels[i:i + 64].to(device)))
                                 for i in range(0, len(df), 64)])
@@ -363,3 +365,32 @@ def load_prompt_encoder(base: str, out_dir, device: str = "cpu") -> Encoder:
 def encode_with_prompts(base: str, out_dir, texts: list[str], device: str = "cpu") -> np.ndarray:
     """L2-normalised float32 embeddings of `texts` with the prompt array of `out_dir` prepended."""
     return load_prompt_encoder(base, out_dir, device).encode_texts(list(texts))
+
+
+def main(argv=None) -> None:
+    """Rule `prompt_array_train`: learn the prompts on the balanced fine-tuning set (label stage), whose
+    images come from the mitigation split's fitting concepts only (acquire excludes the held-out ones)."""
+    import argparse
+
+    from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit
+    from vlmbias.io import parse_json_arg, read_table, run_cli  # noqa: F401
+
+    p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.prompt_array",
+                                description="Learn a prompt array (Berg et al. 2022) for a CLIPModel.")
+    p.add_argument("--base", required=True, help="the base CLIPModel (hub id or directory)")
+    p.add_argument("--train", required=True, help="training table (balanced.parquet of the label stage)")
+    p.add_argument("--spec-json", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    check_limit(a.max_pixels)
+    train_prompt_array(a.base, read_table(a.train), parse_json_arg(a.spec_json, "--spec-json"), a.out, a.threads,
+                       device=a.device, progress=False, max_pixels=a.max_pixels)
+
+
+if __name__ == "__main__":
+    from vlmbias.io import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -10,6 +10,14 @@ A method that "removes bias" by breaking the model must show it here:
   concept accuracy (each image's nearest concept caption).
 Only held-out images that show their concept's visual evidence are used for caption retrieval:
 without evidence nothing in the image identifies the concept.
+
+Held-out protocol (issue 11): the caption metrics are given per `split` of the caption's concept:
+`fitting` / `held_out` (the mitigation split, `--split`), `other` (world concepts the audit does
+not ask about) and `all`; zero-shot rows have split `all`. A text-side method's transform
+(`--transform-json`: the `projection` or `saner` block of its query transform) is applied to every
+text quality encodes, zero-shot prompts included, so that a transform that breaks attributed
+queries ("a photo of a woman") shows it here; BendVLM keeps attribute-naming texts unchanged by
+construction and is not applied to quality texts (its quality rows equal the base's).
 """
 from __future__ import annotations
 
@@ -28,14 +36,39 @@ from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_tabl
 from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS
 
 log = logging.getLogger(__name__)
-COLUMNS = ["model", "metric", "attribute", "value", "low", "high", "n"]
+COLUMNS = ["model", "metric", "attribute", "split", "value", "low", "high", "n"]
 
 
-def _row(model, metric, attribute, hits: np.ndarray) -> dict:
+def _row(model, metric, attribute, hits: np.ndarray, split: str = "all") -> dict:
     n, k = len(hits), int(np.sum(hits))
     low, high = proportion_ci(k, n) if n else (np.nan, np.nan)
-    return {"model": model, "metric": metric, "attribute": attribute, "value": k / n if n else np.nan,
-            "low": float(low), "high": float(high), "n": n}
+    return {"model": model, "metric": metric, "attribute": attribute, "split": split,
+            "value": k / n if n else np.nan, "low": float(low), "high": float(high), "n": n}
+
+
+class TransformedText:
+    """An encoder whose text embeddings pass through a text-side method's transform."""
+
+    def __init__(self, encoder, transform: dict | None, fitting: list[str] | None = None):
+        self.encoder, self.fn = encoder, None
+        transform = transform or {}
+        if transform.get("projection"):
+            from vlmbias.mitigate.debias import apply_projection, projection_for
+
+            spec = transform["projection"]
+            p = projection_for(encoder, spec, spec.get("concepts") or fitting or [])
+            self.fn = lambda x: apply_projection(x, p)
+        elif transform.get("saner"):
+            from vlmbias.mitigate.saner import load_saner
+
+            self.fn = load_saner(transform["saner"]["layer"])
+
+    def encode_texts(self, texts):
+        out = self.encoder.encode_texts(texts)
+        return out if self.fn is None else self.fn(out)
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
 
 
 def zero_shot_accuracy(encoder, image_emb: np.ndarray, labels: pd.Series, prompts: dict[str, str]) -> np.ndarray:
@@ -56,7 +89,8 @@ def caption_precision(image_emb: np.ndarray, image_concepts: np.ndarray, caption
 
 def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFrame, attributes: list[str],
              template: str, corpus: pd.DataFrame | None, k: int, corpus_emb: np.ndarray | None = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
+             max_pixels: int = DEFAULT_MAX_PIXELS, splits: dict[str, str] | None = None) -> pd.DataFrame:
+    """splits: {concept: fitting | held_out}; caption metrics are then also given per split."""
     rows = []
     for attr in attributes:
         words = DEFAULT_GROUP_WORDS.get(attr)
@@ -74,14 +108,21 @@ def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFra
         captions = corpus.drop_duplicates("caption")
         cap_emb = encoder.encode_texts(captions["caption"].tolist())
         prec = caption_precision(corpus_emb, corpus["concept"].to_numpy(), cap_emb, captions["concept"].to_numpy(), k)
-        rows.append({"model": model_name, "metric": f"caption_precision@{k}", "attribute": "",
-                     "value": float(prec.mean()), "low": float(np.quantile(prec, 0.025)),
-                     "high": float(np.quantile(prec, 0.975)), "n": len(prec)})
         concepts = sorted(corpus["concept"].unique())
         names = captions.groupby("concept")["caption"].first()
         concept_text = encoder.encode_texts([names[c] for c in concepts])
         pred = np.asarray(concepts, dtype=object)[np.argmax(corpus_emb @ concept_text.T, axis=1)]
-        rows.append(_row(model_name, "concept_accuracy", "", pred == corpus["concept"].to_numpy()))
+        hits = pred == corpus["concept"].to_numpy()
+        cap_split = captions["concept"].map(lambda c: (splits or {}).get(c, "other")).to_numpy()
+        img_split = corpus["concept"].map(lambda c: (splits or {}).get(c, "other")).to_numpy()
+        for which in ["all", *sorted(set(cap_split))] if splits else ["all"]:
+            pick = np.ones(len(prec), bool) if which == "all" else cap_split == which
+            sel = prec[pick]
+            rows.append({"model": model_name, "metric": f"caption_precision@{k}", "attribute": "", "split": which,
+                         "value": float(sel.mean()), "low": float(np.quantile(sel, 0.025)),
+                         "high": float(np.quantile(sel, 0.975)), "n": len(sel)})
+            rows.append(_row(model_name, "concept_accuracy", "", hits if which == "all" else hits[img_split == which],
+                             which))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -107,17 +148,23 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
+    p.add_argument("--split", help="split.csv of the mitigation split: caption metrics per concept split")
+    p.add_argument("--transform-json", default="{}", help="a text-side method's query transform block")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
+    splits = read_table(a.split).drop_duplicates("concept").set_index("concept")["split"].to_dict() if a.split else None
+    fitting = sorted(c for c, v in (splits or {}).items() if v == "fitting")
+    encoder = TransformedText(load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device),
+                              parse_json_arg(a.transform_json, "--transform-json"), fitting)
     rows = read_table(a.images_table)
     labels = read_table(a.manifest).set_index("image_id").loc[rows["image_id"]].reset_index()
     corpus = heldout_corpus(a.world) if a.world else None
     table = evaluate(encoder, a.model_name, read_npy(a.images_npy), labels, a.attributes, a.template, corpus, a.k,
-                     max_pixels=a.max_pixels)
+                     max_pixels=a.max_pixels, splits=splits)
     write_table(table, a.out)
     for r in table.itertuples():
-        log.info("%s %s %s: %.3f (%.3f-%.3f, n=%d)", r.model, r.metric, r.attribute, r.value, r.low, r.high, r.n)
+        log.info("%s %s %s [%s]: %.3f (%.3f-%.3f, n=%d)", r.model, r.metric, r.attribute, r.split, r.value, r.low,
+                 r.high, r.n)
 
 
 if __name__ == "__main__":

@@ -375,3 +375,72 @@ def train_saner_from_captions(encoder, captions: Sequence[str], image_embeddings
     out = train_saner(neutral, variants, out_dir, images=images, keep=keep, groups=groups, spec=spec,
                       threads=threads, progress=progress)
     return {**out, "corpus": corpus}
+
+
+# --------------------------------------------------------------------------- the workflow's training set
+# Rule `saner_train` (mitigate.smk). The calibration world's concept captions never name a gender
+# ("portrait of a doctor"), and SANER learns only from captions that do; so, like the paper's
+# COCO captions that say "a man cooking" of a picture of a man, each English train-split image of a
+# FITTING concept gets its caption with its own (known) gender word ("portrait of a female
+# doctor"), plus the world's concept-free group captions that name a gender ("a male person").
+# No held-out concept and no audited test image is used.
+
+def world_captions(corpus: pd.DataFrame, names: pd.DataFrame, concepts: Sequence[str],
+                   words: dict | None = None) -> pd.DataFrame:
+    """The training rows (corpus columns; `caption` rewritten as above). names: concepts.csv."""
+    words = words or {"Male": "male", "Female": "female"}
+    train = corpus[(corpus["split"] == "train") & (corpus["lang"] == "en")]
+    en = names[names["lang"] == "en"].set_index("concept")["name"].to_dict()
+    rows = []
+    for r in train[train["concept"].isin(list(concepts))].itertuples():
+        word, name = words.get(r.gender), en.get(r.concept)
+        if word is None or not name or name not in r.caption:
+            continue
+        rows.append({**r._asdict(), "caption": r.caption.replace(name, f"a {word} {r.concept}", 1)})
+    groups = train[train["concept"].isna()]
+    out = pd.concat([pd.DataFrame(rows), groups[groups["caption"].map(lambda c: neutralize(c) is not None)]],
+                    ignore_index=True)
+    if out.empty:
+        raise VlmbiasError(f"SANER: no English train caption of the concepts {list(concepts)} to train on")
+    return out.drop(columns=["Index"], errors="ignore")
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from vlmbias.audit.embed import embed_image_files
+    from vlmbias.audit.models import load_encoder
+    from vlmbias.imagegate import DEFAULT_MAX_PIXELS
+    from vlmbias.io import parse_json_arg, read_table, run_cli  # noqa: F401
+
+    p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.saner",
+                                description="Train a SANER layer on the fitting concepts' world captions.")
+    p.add_argument("--model-json", required=True, help="the base model's config block as JSON")
+    p.add_argument("--world", required=True, help="the calibration world's data folder")
+    p.add_argument("--concepts-json", required=True, help='{"concepts": [fitting concepts]}')
+    p.add_argument("--spec-json", required=True, help="SANER spec (DEFAULTS keys)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    world = Path(a.world)
+    spec = parse_json_arg(a.spec_json, "--spec-json")
+    resolve_spec(spec)  # a bad spec fails before anything is embedded
+    rows = world_captions(read_table(str(world / "corpus.parquet")), read_table(str(world / "concepts.csv")),
+                          parse_json_arg(a.concepts_json, "--concepts-json")["concepts"])
+    encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
+    emb, kept, bad = embed_image_files(encoder, [str(world / x) for x in rows["path"]], progress=False,
+                                       num_workers=0, max_pixels=a.max_pixels)
+    if bad:
+        raise VlmbiasError(f"SANER: {len(bad)} training image(s) could not be read; first: {bad[0][1]}")
+    rows = rows.iloc[kept].reset_index(drop=True)
+    out = train_saner_from_captions(encoder, rows["caption"].tolist(), emb, a.out, spec=spec, threads=a.threads)
+    write_table(rows[["image_id", "concept", "gender", "caption"]], Path(a.out) / "captions.csv")
+    log.info("SANER trained on %d captions (%d naming a gender)", len(rows), out["n_train"])
+
+
+if __name__ == "__main__":
+    from vlmbias.io import run_cli
+
+    raise SystemExit(run_cli(main))

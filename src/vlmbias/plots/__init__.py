@@ -40,12 +40,13 @@ from vlmbias.plots.charts import (
     plot_disparity_heatmap,
     plot_distributions,
     plot_losses,
+    plot_pareto,
 )
 from vlmbias.plots.grids import grid_size, image_grid, query_grids, safe_name
 
 __all__ = [
     "PlotInputError", "plot_distributions", "plot_disparity_heatmap", "image_grid", "query_grids",
-    "grid_size", "safe_name", "plot_before_after", "plot_calibration", "plot_confusion", "plot_losses", "audit_figures",
+    "grid_size", "safe_name", "plot_pareto", "plot_before_after", "plot_calibration", "plot_confusion", "plot_losses", "audit_figures",
 ]
 
 log = logging.getLogger(__name__)

@@ -311,3 +311,26 @@ def plot_losses(log: pd.DataFrame, out_png, title: str | None = None) -> Path:
         return save_figure(fig, out_png)
 
 
+
+
+def plot_pareto(board: pd.DataFrame, out_png, x: str, y: str, title: str | None = None) -> Path:
+    """One point per method (the `method` column): fairness `y` (lower is better) against quality
+    `x` (higher is better), with `<col>_low`/`<col>_high` as error bars when present."""
+    require(board, ["method", x, y], "plot_pareto")
+    t = board.dropna(subset=[x, y])
+    if t.empty:
+        raise PlotInputError(f"plot_pareto: no method has both {x} and {y}")
+    with figure_style([*t["method"].astype(str), x, y]):
+        fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+        ax = fig.subplots()
+        for i, r in enumerate(t.itertuples(index=False)):
+            d = r._asdict()
+            err = lambda c: (np.array([[max(d[c] - d.get(f"{c}_low", d[c]), 0)], [max(d.get(f"{c}_high", d[c]) - d[c], 0)]])
+                             if f"{c}_low" in d else None)
+            ax.errorbar(d[x], d[y], xerr=err(x), yerr=err(y), fmt="o", color=PALETTE[i % len(PALETTE)], capsize=2,
+                        elinewidth=0.8, label=str(d["method"]))
+            ax.annotate(str(d["method"]), (d[x], d[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel(f"{x} (higher is better)")
+        ax.set_ylabel(f"{y} (lower is better)")
+        ax.set_title(wrap_label(title or f"{y} vs {x}", 80, 2), fontsize=9)
+        return save_figure(fig, out_png)
