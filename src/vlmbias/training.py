@@ -5,11 +5,15 @@ settings, and the seeded step loop that logs per-epoch losses. A fix here is a f
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vlmbias import VlmbiasError
+from vlmbias.io import temp_dir_beside, write_table
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
 
 
@@ -72,6 +77,26 @@ def deterministic(threads: int | None, warn_only: bool = False):
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+
+
+def save_trained(out_dir, write_weights: Callable[[Path], None], losses: pd.DataFrame, meta_name: str,
+                 meta: dict) -> None:
+    """Write a trained module's folder: weights (by `write_weights(folder)`), losses.csv and the
+    metadata file, built beside `out_dir` and moved in with the metadata file LAST, so its presence
+    marks a complete folder; an earlier metadata file is removed first, so a crash never leaves a
+    stale one beside new weights."""
+    out_dir = Path(out_dir)
+    tmp = temp_dir_beside(out_dir)
+    try:
+        write_weights(tmp)
+        write_table(losses, tmp / "losses.csv")
+        (tmp / meta_name).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / meta_name).unlink(missing_ok=True)
+        for f in sorted(tmp.iterdir(), key=lambda p: p.name == meta_name):
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_number(v) -> bool:

@@ -139,21 +139,26 @@ def features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def _load_hf(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
+def load_hf_parts(name: str, dtype: torch.dtype, what: str = "model"):
+    """(CLIPModel from safetensors, tokenizer, image processor) of a hub id or directory; every
+    failure is one sentence (not a CLIPModel directory, or offline without a local copy)."""
     from transformers import AutoTokenizer, CLIPImageProcessor
 
-    name = str(spec["name"])
-    local = Path(name).exists()
     try:
-        model = load_clip_weights(name, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        processor = CLIPImageProcessor.from_pretrained(name)
+        return (load_clip_weights(name, dtype, what), AutoTokenizer.from_pretrained(name),
+                CLIPImageProcessor.from_pretrained(name))
     except VlmbiasError:
         raise
     except Exception as e:
-        if local:
-            raise VlmbiasError(f"{name} is not a loadable CLIPModel directory: {e}") from None
-        raise offline_error(f"Hugging Face model {name}", e) from None
+        if Path(name).exists():
+            raise VlmbiasError(f"{what} {name} is not a loadable CLIPModel directory: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        raise offline_error(f"Hugging Face {what} {name}", e) from None
+
+
+def _load_hf(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
+    name = str(spec["name"])
+    model, tokenizer, processor = load_hf_parts(name, dtype)
     if spec.get("adapter"):
         model = _apply_adapter(model, Path(spec["adapter"]), name)
     model = model.to(device).eval()

@@ -39,13 +39,10 @@ byte-identical adapter.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -55,10 +52,10 @@ import torch
 import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
-from vlmbias.audit.models import features, load_clip_weights, offline_error
+from vlmbias.audit.models import features, load_hf_parts
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS
-from vlmbias.io import parse_json_arg, read_table, run_cli, write_table
-from vlmbias.training import (contrastive_loss, deterministic, is_number, load_pixels, shuffled_batches,
+from vlmbias.io import parse_json_arg, read_table, run_cli
+from vlmbias.training import (contrastive_loss, deterministic, is_number, load_pixels, save_trained, shuffled_batches,
                               train_steps)
 
 log = logging.getLogger(__name__)
@@ -283,22 +280,8 @@ def check_table(table: pd.DataFrame, s: dict) -> tuple[pd.DataFrame, dict[str, l
 # --------------------------------------------------------------------------- model pieces
 
 def load_base(base: str):
-    """(CLIPModel from safetensors, tokenizer, image processor) of a hub id or directory; errors are sentences."""
-    from transformers import AutoTokenizer, CLIPImageProcessor
-
-    local = Path(base).exists()
-    try:
-        model = load_clip_weights(base, torch.float32, "base model")
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        processor = CLIPImageProcessor.from_pretrained(base)
-    except VlmbiasError:
-        raise
-    except Exception as e:
-        if local:
-            raise VlmbiasError(f"base model {base} is not a loadable CLIPModel directory: "
-                               f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-        raise offline_error(f"Hugging Face base model {base}", e) from None
-    return model, tokenizer, processor
+    """(CLIPModel from safetensors, tokenizer, image processor) of the base to adapt."""
+    return load_hf_parts(base, torch.float32, "base model")
 
 
 def target_regex(towers: Sequence[str], modules: Sequence[str]) -> str:
@@ -499,21 +482,8 @@ def _save(model, losses_done, base: str, s: dict, df: pd.DataFrame, out_dir: Pat
     meta = {"towers": s["towers"], "objective": s["objective"], "base": str(base), "spec": s,
             "image_embeddings_unchanged": s["towers"] == ["text"], "n_train": int(len(df)),
             "steps": int(steps), "vlmbias_version": __version__}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        model.save_pretrained(str(tmp))
-        write_table(losses, tmp / "losses.csv")
-        (tmp / "vlmbias_finetune.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stale = out_dir / "vlmbias_finetune.json"
-        if stale.exists():
-            stale.unlink()
-        # the metadata file goes last: its presence marks a complete adapter directory
-        for f in sorted(tmp.iterdir(), key=lambda p: p.name == "vlmbias_finetune.json"):
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_trained(out_dir, lambda folder: model.save_pretrained(str(folder)), losses, "vlmbias_finetune.json",
+                 meta)
     log.info("wrote adapter to %s (%d steps, final loss %.4f)", out_dir, steps, losses["loss"].iloc[-1])
     return {**meta, "out_dir": str(out_dir), "final_loss": float(losses["loss"].iloc[-1]), "losses": losses}
 

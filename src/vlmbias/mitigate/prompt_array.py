@@ -45,8 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,9 +55,8 @@ import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
 from vlmbias.audit.models import Encoder, features
-from vlmbias.io import write_table
 from vlmbias.mitigate.finetune import grad_reverse, inverse_frequency_weights, load_base
-from vlmbias.training import (contrastive_loss, deterministic, is_number, load_pixels, shuffled_batches,
+from vlmbias.training import (contrastive_loss, deterministic, is_number, load_pixels, save_trained, shuffled_batches,
                               train_steps)
 
 log = logging.getLogger(__name__)
@@ -311,20 +308,8 @@ def train_prompt_array(base: str, table: pd.DataFrame, spec: dict | None, out_di
 def _save(prompts: torch.Tensor, losses: pd.DataFrame, meta: dict, out_dir: Path) -> None:
     from safetensors.torch import save_file
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        save_file({"prompts": prompts.contiguous()}, str(tmp / WEIGHTS))
-        write_table(losses, tmp / "losses.csv")
-        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if (out_dir / META).exists():
-            (out_dir / META).unlink()
-        # the metadata file goes last: its presence marks a complete directory
-        for f in sorted(tmp.iterdir(), key=lambda p: p.name == META):
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_trained(out_dir, lambda folder: save_file({"prompts": prompts.contiguous()}, str(folder / WEIGHTS)), losses,
+                 META, meta)
 
 
 # --------------------------------------------------------------------------- use

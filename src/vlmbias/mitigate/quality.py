@@ -31,6 +31,7 @@ from vlmbias import VlmbiasError
 from vlmbias.audit.embed import embed_image_files
 from vlmbias.audit.metrics import proportion_ci
 from vlmbias.audit.models import load_encoder
+from vlmbias.audit.zeroshot import class_embeddings, predict
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
 from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS
@@ -72,11 +73,9 @@ class TransformedText:
 
 
 def zero_shot_accuracy(encoder, image_emb: np.ndarray, labels: pd.Series, prompts: dict[str, str]) -> np.ndarray:
-    """Per-image correctness of nearest-prompt classification."""
-    classes = list(prompts)
-    text = encoder.encode_texts([prompts[c] for c in classes])
-    pred = np.asarray(classes, dtype=object)[np.argmax(image_emb @ text.T, axis=1)]
-    return pred == labels.to_numpy()
+    """Per-image correctness of nearest-prompt classification (the zero-shot audit's classifier)."""
+    classes, text = class_embeddings(encoder, {c: [t] for c, t in prompts.items()}, "quality")
+    return np.asarray(classes, dtype=object)[predict(image_emb, text)] == labels.to_numpy()
 
 
 def caption_precision(image_emb: np.ndarray, image_concepts: np.ndarray, caption_emb: np.ndarray,

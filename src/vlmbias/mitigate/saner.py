@@ -37,10 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +48,7 @@ import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
 from vlmbias.io import write_table
-from vlmbias.training import contrastive_loss, deterministic, is_number, shuffled_batches, train_steps
+from vlmbias.training import contrastive_loss, deterministic, is_number, save_trained, shuffled_batches, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -315,20 +312,8 @@ def _train(n: np.ndarray, v: np.ndarray, img: np.ndarray | None, keep: np.ndarra
 def _save(layer: SanerLayer, losses: pd.DataFrame, meta: dict, out_dir: Path) -> None:
     from safetensors.torch import save_file
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        save_file({k: t.detach().contiguous() for k, t in layer.state_dict().items()}, str(tmp / WEIGHTS))
-        write_table(losses, tmp / "losses.csv")
-        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if (out_dir / META).exists():
-            (out_dir / META).unlink()
-        # the metadata file goes last: its presence marks a complete directory
-        for f in sorted(tmp.iterdir(), key=lambda p: p.name == META):
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    weights = {k: t.detach().contiguous() for k, t in layer.state_dict().items()}
+    save_trained(out_dir, lambda folder: save_file(weights, str(folder / WEIGHTS)), losses, META, meta)
 
 
 def load_saner(out_dir) -> SanerTransform:
