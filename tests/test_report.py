@@ -20,3 +20,31 @@ def test_run_info_writes_config_and_versions(tmp_path):
           "--out-versions", str(tmp_path / "v.csv")])
     assert yaml.safe_load((tmp_path / "c.yaml").read_text(encoding="utf-8")) == config
     assert "torch" in set(pd.read_csv(tmp_path / "v.csv")["package"])
+
+
+def test_summary_page_and_headline_table():
+    import pandas as pd
+    from docutils.core import publish_parts
+
+    from vlmbias.report import headline_table, summary_rst
+
+    rows = []
+    for model, skew in (("a", 0.4055), ("b", 0.0)):
+        for k in (20, 200):
+            for attr in ("gender", "race", "age"):
+                rows.append({"model": model, "query_set": "s", "query": "a doctor", "attribute": attr, "k": k,
+                             "max_skew_uniform": skew if k == 200 else 9.9, "max_skew_uniform_low": skew - 0.1,
+                             "max_skew_uniform_high": skew + 0.1, "interval_undercovers": ""})
+    head = headline_table(pd.DataFrame(rows))
+    assert set(head["k"]) == {200} and set(head["attribute"]) == {"gender", "race"}  # largest k, gender & race
+    assert head.set_index(["model", "attribute"]).loc[("a", "gender"), "max_skew_uniform"] == 0.4055
+    checks = {"world-clip": pd.DataFrame({"check": ["x", "y"], "passed": [True, False]})}
+    config = {"run_name": "r", "datasets": {"d": {}}, "models": {"a": {}, "b": {}}, "calibration": {"x": 1},
+              "retrieval": {"k": [20, 200]}}
+    rst = summary_rst(config, head, checks, None)
+    assert "1 of 2 checks passed; failed: y" in rst and "0.406 [0.305, 0.506]" in rst
+    assert "Calibration_" in rst and "Mitigation_" not in rst  # links only to the categories this run has
+    targets = "\n".join(f".. _{c}: javascript:void(0)" for c in ("Audit", "Calibration", "Run"))
+    html = publish_parts(rst + "\n" + targets, writer_name="html",
+                         settings_overrides={"halt_level": 2, "report_level": 2})["html_body"]
+    assert "<table" in html and "world-clip" in html

@@ -1,20 +1,25 @@
-"""What produced a run, for the HTML report: the resolved configuration and the software versions.
+"""What the HTML report opens on and what produced the run.
 
-`python -m vlmbias.report run-info --config-json '{...}' --out-config config.yaml --out-versions versions.csv`
-writes the configuration exactly as the workflow saw it (schema defaults filled in) and one row per
-package that can change the numbers (`package, version`), plus Python, the platform and whether
-torch sees a GPU.
+- `run-info`: the configuration exactly as the workflow saw it (schema defaults filled in) and one
+  row per package that can change the numbers (`package, version`), plus Python, the platform and
+  whether torch sees a GPU.
+- `summary`: the report's landing page (`summary.rst`, included by workflow/report/workflow.rst):
+  what was run, the calibration verdict, zero-shot accuracy, and the headline table, MaxSkew@k
+  against a uniform target (published convention, x1) per query and model with its interval,
+  also written as `headline.csv` (`query_set, query, attribute, k, model, max_skew_uniform, low,
+  high, interval_undercovers`).
 """
 from __future__ import annotations
 
 import argparse
 import platform
 from importlib import metadata
+from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from vlmbias.io import atomic_path, parse_json_arg, run_cli, write_table
+from vlmbias.io import atomic_path, parse_json_arg, read_table, run_cli, write_table
 
 PACKAGES = ["vlmbias", "torch", "torchvision", "open_clip_torch", "transformers", "peft", "tokenizers",
             "safetensors", "faiss-cpu", "numpy", "scipy", "pandas", "pyarrow", "matplotlib", "pillow",
@@ -37,6 +42,70 @@ def software_versions() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["package", "version"])
 
 
+HEADLINE_ATTRIBUTES = ("gender", "race")
+
+
+def headline_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """MaxSkew@k (uniform target) per query and model at each query set's largest k."""
+    s = summaries[summaries["attribute"].isin(HEADLINE_ATTRIBUTES)]
+    s = s[s["k"] == s.groupby("query_set")["k"].transform("max")]
+    cols = {"max_skew_uniform_low": "low", "max_skew_uniform_high": "high"}
+    keep = ["query_set", "query", "attribute", "k", "model", "max_skew_uniform", *cols, "interval_undercovers"]
+    return s[[c for c in keep if c in s.columns]].rename(columns=cols).reset_index(drop=True)
+
+
+def _rst_table(header: list[str], rows: list[list[str]]) -> str:
+    out = [".. list-table::", "   :header-rows: 1", ""]
+    for row in [header, *rows]:
+        out.append("   * - " + str(row[0]))
+        out += [f"     - {v}" for v in row[1:]]
+    return "\n".join(out) + "\n"
+
+
+def _sections(config: dict) -> list[str]:
+    """The report categories this config produces (each is a link target on the landing page)."""
+    optional = [("zeroshot", "Zero-shot"), ("calibration", "Calibration"), ("mitigation", "Mitigation"),
+                ("experiments", "Experiments")]
+    return ["Audit", *[name for key, name in optional if config.get(key)], "Run"]
+
+
+def summary_rst(config: dict, headline: pd.DataFrame, checks: dict[str, pd.DataFrame],
+                zeroshot: pd.DataFrame | None) -> str:
+    """The landing page in reStructuredText; `Audit_`-style links point to the report's categories."""
+    datasets, models = list(config.get("datasets") or {}), list(config.get("models") or {})
+    lines = ["Summary", "=======", "",
+             f"Run ``{config.get('run_name', 'default')}``: {len(datasets)} dataset(s) ({', '.join(datasets)}), "
+             f"{len(models)} model(s) ({', '.join(models)}), {len(config.get('query_sets') or {})} query sets, "
+             f"k = {', '.join(map(str, config.get('retrieval', {}).get('k', [])))}. Conventions: MaxSkew and NDKL as "
+             "published (raw share, a class absent from the top k at 1/k, natural log, x1); 95% intervals "
+             "(shares: Wilson; the rest: bootstrap, estimate +- 1.96 SE; see the README for their measured "
+             "coverage). Sections: " + ", ".join(f"{c}_" for c in _sections(config)) + ".", ""]
+    if checks:
+        lines += ["Calibration verdict", "-------------------", ""]
+        for model, c in checks.items():
+            failed = c.loc[~c["passed"].astype(bool), "check"].tolist()
+            lines.append(f"- ``{model}``: {len(c) - len(failed)} of {len(c)} checks passed"
+                         + (f"; failed: {', '.join(failed)}" if failed else "") + ".")
+        lines.append("")
+    if zeroshot is not None and len(zeroshot):
+        overall = zeroshot[zeroshot["group"] == "all"]
+        lines += ["Zero-shot classification", "------------------------", ""]
+        lines += [f"- ``{r.model}`` on ``{r.dataset}``: {r.attribute} accuracy {r.accuracy:.3f} "
+                  f"[{r.accuracy_low:.3f}, {r.accuracy_high:.3f}], {r.n} images." for r in overall.itertuples()]
+        lines.append("")
+    lines += ["Headline: MaxSkew@k, uniform target", "-----------------------------------", ""]
+    if headline.empty:
+        lines.append("No audit summaries.")
+    else:
+        models_ = list(dict.fromkeys(headline["model"]))
+        rows = []
+        for (qset, query, attr, k), g in headline.groupby(["query_set", "query", "attribute", "k"], sort=False):
+            cells = {r.model: f"{r.max_skew_uniform:.3f} [{r.low:.3f}, {r.high:.3f}]" for r in g.itertuples()}
+            rows.append([qset, query, attr, str(k), *[cells.get(m, "") for m in models_]])
+        lines.append(_rst_table(["query set", "query", "attribute", "k", *models_], rows))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vlmbias.report", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -44,8 +113,23 @@ def main(argv=None) -> None:
     info.add_argument("--config-json", required=True)
     info.add_argument("--out-config", required=True)
     info.add_argument("--out-versions", required=True)
+    summ = sub.add_parser("summary", help="write the report's landing page and the headline table")
+    summ.add_argument("--config-json", required=True)
+    summ.add_argument("--summaries", nargs="+", required=True, help="the audit's *_summary.csv files")
+    summ.add_argument("--checks", nargs="*", default=[], help="calibration checks.csv files (calibration/<model>/)")
+    summ.add_argument("--zeroshot", nargs="*", default=[], help="zero-shot accuracy.csv files")
+    summ.add_argument("--out-rst", required=True)
+    summ.add_argument("--out-csv", required=True)
     a = p.parse_args(argv)
     config = parse_json_arg(a.config_json, "--config-json")
+    if a.command == "summary":
+        headline = headline_table(pd.concat([read_table(f) for f in a.summaries], ignore_index=True))
+        checks = {Path(f).parent.name: read_table(f) for f in a.checks}
+        zs = pd.concat([read_table(f) for f in a.zeroshot], ignore_index=True) if a.zeroshot else None
+        write_table(headline, a.out_csv)
+        with atomic_path(a.out_rst) as tmp:
+            tmp.write_text(summary_rst(config, headline, checks, zs), encoding="utf-8")
+        return
     with atomic_path(a.out_config) as tmp:
         tmp.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     write_table(software_versions(), a.out_versions)

@@ -76,7 +76,7 @@ def audit_targets():
     ) + expand(f"{RES}/calibration/{{model}}/checks.csv", model=vconfig.calibration_models(config)) + (
         [f"{vconfig.mitigation_dir(config)}/comparison.csv"] if config.get("mitigation") else []
     ) + [f"{RES}/experiments/{name}.csv" for name in (config.get("experiments") or {})] + [
-        f"{RES}/run_info/versions.csv"]
+        f"{RES}/run_info/versions.csv", f"{RES}/summary/summary.rst"]
 
 
 # Scheduler hints, so that a cluster profile (profiles/slurm) can place every job: memory (MB) and
