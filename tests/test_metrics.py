@@ -357,6 +357,9 @@ def test_percentile_interval_can_miss_its_estimate_normal_cannot():
     assert est < pct["ndkl_uniform_low"].iloc[0]
     assert nrm["ndkl_uniform_low"].iloc[0] <= est <= nrm["ndkl_uniform_high"].iloc[0]
     assert nrm["ndkl_uniform_low"].iloc[0] == 0.0  # clipped at the metric's floor
+    # a balanced top 12 has MaxSkew 0, and its interval never reaches below the metric's floor 0
+    assert nrm["max_skew_uniform"].iloc[0] == 0.0 and nrm["max_skew_uniform_high"].iloc[0] > 0
+    assert nrm["max_skew_uniform_low"].iloc[0] == 0.0 and nrm["max_skew_dataset_low"].iloc[0] == 0.0
 
 
 def test_audit_tables_k1_attribute_choice_and_ci_method(tables):

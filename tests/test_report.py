@@ -34,7 +34,8 @@ def test_summary_page_and_headline_table():
             for attr in ("gender", "race", "age"):
                 rows.append({"model": model, "query_set": "s", "query": "a doctor", "attribute": attr, "k": k,
                              "max_skew_uniform": skew if k == 200 else 9.9, "max_skew_uniform_low": skew - 0.1,
-                             "max_skew_uniform_high": skew + 0.1, "interval_undercovers": ""})
+                             "max_skew_uniform_high": skew + 0.1, "interval_undercovers": "",
+                             "skew_convention": "published", "interval_method": "bootstrap-normal"})
     head = headline_table(pd.DataFrame(rows))
     assert set(head["k"]) == {200} and set(head["attribute"]) == {"gender", "race"}  # largest k, gender & race
     assert head.set_index(["model", "attribute"]).loc[("a", "gender"), "max_skew_uniform"] == 0.4055
@@ -43,6 +44,7 @@ def test_summary_page_and_headline_table():
               "retrieval": {"k": [20, 200]}}
     rst = summary_rst(config, head, checks, None)
     assert "1 of 2 checks passed; failed: y" in rst and "0.406 [0.305, 0.506]" in rst
+    assert "MaxSkew as published (raw share" in rst and "the rest bootstrap-normal" in rst
     assert "Calibration_" in rst and "Mitigation_" not in rst  # links only to the categories this run has
     targets = "\n".join(f".. _{c}: javascript:void(0)" for c in ("Audit", "Calibration", "Run"))
     html = publish_parts(rst + "\n" + targets, writer_name="html",

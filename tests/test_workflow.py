@@ -245,3 +245,28 @@ def test_report_gathers_figures(workdir):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     html = (workdir / "report.html").read_text(errors="replace")
     assert "bars_gender" in html and "grid_" in html and "Audit" in html
+
+
+def rendered_dom(workdir: Path, page: Path) -> str:
+    """The page as a reader sees it: Chromium's DOM after the report's JavaScript ran, scripts removed."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={workdir / 'chromium'}",
+             "--virtual-time-budget=15000", "--window-size=1400,1000"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=300)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return re.sub(r"<(script|style)\b.*?</\1>", "", dom.stdout, flags=re.S)
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="needs Chromium (README: apt-get install chromium)")
+def test_report_opens_on_the_summary_page(workdir):
+    """The landing page (the report's workflow description) is the generated summary: what was run,
+    and the headline MaxSkew table with this run's numbers, its section names links."""
+    run = snakemake(workdir, "--report", "summary_report.html")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    text = re.sub(r"<[^>]+>", " ", rendered_dom(workdir, workdir / "summary_report.html"))
+    text = re.sub(r"\s+", " ", text)
+    assert "Run smoke : 1 dataset(s) (ff), 1 model(s) (tiny)" in text, text[:3000]
+    assert "Headline: MaxSkew@k, uniform target" in text
+    head = pd.read_csv(workdir / "results/smoke/summary/headline.csv")
+    row = head[(head["query"] == "a doctor") & (head["attribute"] == "gender")].iloc[0]
+    assert row["k"] == 20 and f"{row.max_skew_uniform:.3f} [{row.low:.3f}, {row.high:.3f}]" in text

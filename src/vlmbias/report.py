@@ -50,7 +50,8 @@ def headline_table(summaries: pd.DataFrame) -> pd.DataFrame:
     s = summaries[summaries["attribute"].isin(HEADLINE_ATTRIBUTES)]
     s = s[s["k"] == s.groupby("query_set")["k"].transform("max")]
     cols = {"max_skew_uniform_low": "low", "max_skew_uniform_high": "high"}
-    keep = ["query_set", "query", "attribute", "k", "model", "max_skew_uniform", *cols, "interval_undercovers"]
+    keep = ["query_set", "query", "attribute", "k", "model", "max_skew_uniform", *cols, "skew_convention",
+            "interval_method", "interval_undercovers"]
     return s[[c for c in keep if c in s.columns]].rename(columns=cols).reset_index(drop=True)
 
 
@@ -69,6 +70,19 @@ def _sections(config: dict) -> list[str]:
     return ["Audit", *[name for key, name in optional if config.get(key)], "Run"]
 
 
+def _conventions(config: dict, headline: pd.DataFrame) -> str:
+    """The conventions as the metric tables name them (their `skew_convention` / `interval_method`)."""
+    def named(col, default):
+        vals = sorted(set(headline[col].dropna().astype(str))) if col in headline else []
+        return ", ".join(vals) or default
+    skew = named("skew_convention", "published")
+    skew_text = ("as published (raw share, a class absent from the top k at 1/k, natural log, x1)"
+                 if skew == "published" else f"with {skew}")
+    ci = (config.get("metrics") or {}).get("ci_method", "wilson")
+    return (f"Conventions: MaxSkew {skew_text}, uniform target; 95% intervals: shares {ci}, the rest "
+            f"{named('interval_method', 'bootstrap')} (the README gives their measured coverage).")
+
+
 def summary_rst(config: dict, headline: pd.DataFrame, checks: dict[str, pd.DataFrame],
                 zeroshot: pd.DataFrame | None) -> str:
     """The landing page in reStructuredText; `Audit_`-style links point to the report's categories."""
@@ -76,10 +90,8 @@ def summary_rst(config: dict, headline: pd.DataFrame, checks: dict[str, pd.DataF
     lines = ["Summary", "=======", "",
              f"Run ``{config.get('run_name', 'default')}``: {len(datasets)} dataset(s) ({', '.join(datasets)}), "
              f"{len(models)} model(s) ({', '.join(models)}), {len(config.get('query_sets') or {})} query sets, "
-             f"k = {', '.join(map(str, config.get('retrieval', {}).get('k', [])))}. Conventions: MaxSkew and NDKL as "
-             "published (raw share, a class absent from the top k at 1/k, natural log, x1); 95% intervals "
-             "(shares: Wilson; the rest: bootstrap, estimate +- 1.96 SE; see the README for their measured "
-             "coverage). Sections: " + ", ".join(f"{c}_" for c in _sections(config)) + ".", ""]
+             f"k = {', '.join(map(str, config.get('retrieval', {}).get('k', [])))}. {_conventions(config, headline)} "
+             "Sections: " + ", ".join(f"{c}_" for c in _sections(config)) + ".", ""]
     if checks:
         lines += ["Calibration verdict", "-------------------", ""]
         for model, c in checks.items():

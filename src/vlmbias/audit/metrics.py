@@ -532,8 +532,9 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                     bc, bcounts = _resample(codes, C, boot_idx[n])
                     bcounts = bcounts.astype(float)
                     boot = {"fd": (_fd(bcounts, False), (1.0, np.inf)), "tvd": (_tvd(bcounts, q), (0.0, 1.0)),
-                            "max_skew_uniform": (_rowmax(_skew(bcounts, u, skew_eps)), (-np.inf, np.inf)),
-                            "max_skew_dataset": (_rowmax(_skew(bcounts, q, skew_eps)), (-np.inf, np.inf)),
+                            # the largest share is at least its target share, so MaxSkew >= 0
+                            "max_skew_uniform": (_rowmax(_skew(bcounts, u, skew_eps)), (0.0, np.inf)),
+                            "max_skew_dataset": (_rowmax(_skew(bcounts, q, skew_eps)), (0.0, np.inf)),
                             "ndkl_uniform": (_ndkl_codes(bc, C, u), (0.0, np.inf)),
                             "ndkl_dataset": (_ndkl_codes(bc, C, q), (0.0, np.inf))}
                     for m, (values, bounds) in boot.items():
