@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 TIMEOUT = 600  # seconds per snakemake run; then SIGINT to its process group (SIGTERM does not stop it)
 # the jobs of the tiny audit (rule -> count) and what each rule asks SLURM for (workflow/rules/common.smk)
 JOBS = {"dataset_manifest": 1, "embed_images": 1, "embed_queries": 2, "retrieve": 2, "metrics": 2, "figures": 2,
-        "run_info": 1}
+        "run_info": 1, "summary": 1}
 
 
 def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: float = TIMEOUT) -> tuple[str, float]:
