@@ -16,6 +16,7 @@ include: "workflow/rules/world.smk"
 include: "workflow/rules/audit.smk"
 include: "workflow/rules/mitigate.smk"
 include: "workflow/rules/experiments.smk"
+include: "workflow/rules/leaderboard.smk"
 include: "workflow/rules/report.smk"
 
 

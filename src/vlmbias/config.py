@@ -100,6 +100,29 @@ def check_config(config: dict) -> None:
                 raise VlmbiasError(f"model {name!r}: world model {spec['world']!r} is not defined (known: {world_models})")
         elif not spec.get("name"):
             raise VlmbiasError(f"model {name!r} needs a 'name' (a model name, hub id or local path)")
+        if spec.get("tags"):
+            from vlmbias.audit.models import local_tags
+
+            local_tags(spec, f"models.{name}")
+    leaderboard_k(config)
+
+
+def leaderboard_k(config: dict) -> int:
+    """The k of the model leaderboard: `leaderboard.k`, one of retrieval.k (default: the largest)."""
+    ks = (config.get("retrieval") or {}).get("k") or [20, 200]
+    k = (config.get("leaderboard") or {}).get("k")
+    if k is None:
+        return max(ks)
+    if k not in ks:
+        raise VlmbiasError(f"leaderboard.k {k} is not among retrieval.k {ks}: the leaderboard averages the "
+                           "metric summaries, which exist only at those k")
+    return k
+
+
+def leaderboard_models(config: dict) -> list[str]:
+    """The audited models the model leaderboard ranges over; it is built only for two or more."""
+    models = audit_selection(config)["models"]
+    return models if len(models) > 1 else []
 
 
 def calibration_models(config: dict) -> list[str]:
@@ -288,6 +311,9 @@ def validate(config: dict) -> None:
         where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise VlmbiasError(f"at {where}: {e.message}{more}")
+    from vlmbias.audit.expand import expand_models
+
+    expand_models(config)  # `expand` entries -> one model per open_clip (arch, tag) pair, before any check
     check_config(config)
 
 

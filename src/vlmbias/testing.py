@@ -76,3 +76,32 @@ def tiny_open_clip_config(path: str | Path, name: str = "vlmbias-tiny-vit") -> P
     target = path if path.suffix == ".json" else path / f"{name}.json"
     target.write_text(json.dumps(cfg))
     return target
+
+
+def make_tiny_open_clip_tags(folder: str | Path, tags: dict[str, list[str]]) -> dict:
+    """Tiny open_clip architectures with random-weight checkpoints registered as pretrained tags:
+    `tags` = {architecture: [tag, ...]}; each architecture's JSON config goes to folder/configs/
+    (widths differ per architecture), each tag's weights (seeded by its position) to
+    folder/<arch>.<tag>.safetensors. Returns the model entry keys {"config": folder, "tags": {...}}."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    configs = folder / "configs"
+    out = {}
+    seed = 0
+    for i, (arch, arch_tags) in enumerate(tags.items()):
+        cfg = tiny_open_clip_config(configs / f"{arch}.json")
+        spec = json.loads(cfg.read_text())
+        spec["vision_cfg"]["width"] = spec["text_cfg"]["width"] = 32 + 16 * i
+        cfg.write_text(json.dumps(spec))
+        open_clip.add_model_config(cfg)
+        for tag in arch_tags:
+            torch.manual_seed(seed)
+            seed += 1
+            model = open_clip.create_model(arch, pretrained=None)
+            path = folder / f"{arch}.{tag}.safetensors"
+            save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path))
+            out[f"{arch}:{tag}"] = str(path)
+    return {"config": str(configs), "tags": out}

@@ -76,7 +76,12 @@ def audit_targets():
     ) + expand(f"{RES}/calibration/{{model}}/checks.csv", model=vconfig.calibration_models(config)) + (
         [f"{vconfig.mitigation_dir(config)}/comparison.csv"] if config.get("mitigation") else []
     ) + [f"{RES}/experiments/{name}.csv" for name in (config.get("experiments") or {})] + [
-        f"{RES}/run_info/versions.csv", f"{RES}/summary/summary.rst"]
+        f"{RES}/run_info/versions.csv", f"{RES}/summary/summary.rst"] + leaderboard_targets()
+
+
+def leaderboard_targets():
+    # one table across the audited models; with a single model there is nothing to set side by side
+    return [f"{RES}/leaderboard/models.csv"] if vconfig.leaderboard_models(config) else []
 
 
 # Scheduler hints, so that a cluster profile (profiles/slurm) can place every job: memory (MB) and
@@ -104,6 +109,7 @@ RULE_RESOURCES = {  # rule: (mem_mb, runtime in minutes), for the first attempt
     "architecture": (2000, 30),
     "training_data": (2000, 30),
     "run_info": (1000, 10),
+    "model_leaderboard": (2000, 30),
 }
 GPU_RULES = {"embed_images", "embed_queries", "finetune", "quality", "zeroshot"}  # the rules that run a model on `device`
 

@@ -7,7 +7,8 @@ batch of those into L2-normalised float32 rows, and `encode_texts` does the same
 Backends (config `models.<name>.backend`):
 - `open_clip`: `name` (e.g. ViT-B-32, RN50, xlm-roberta-base-ViT-B-32) + `pretrained` (a tag such as
   `openai`, a local checkpoint path, or null for random weights); `config` optionally points at a
-  JSON model config to register a custom architecture first.
+  JSON model config (or a folder of them) to register custom architectures first; `tags` registers
+  local safetensors checkpoints as pretrained tags (`{"<arch>:<tag>": file}`).
 - `hf`: `name` = a `CLIPModel` hub id or local directory; `adapter` optionally a peft LoRA adapter
   directory loaded on top (and merged, so inference costs nothing extra).
 """
@@ -99,14 +100,53 @@ class Encoder:
         return int(self.encode_texts(["a"]).shape[1])
 
 
-def _load_open_clip(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
+def local_tags(spec: dict, where: str = "model") -> dict[tuple[str, str], Path]:
+    """A spec's `tags` ({"<architecture>:<tag>": file.safetensors}) as {(arch, tag): path}, checked:
+    safetensors files that exist, tags written as open_clip normalises them (it looks tags up lower
+    case with '_' for '-', so 'Seed-1' could never be found)."""
+    out = {}
+    for key, file in (spec.get("tags") or {}).items():
+        arch, sep, tag = str(key).partition(":")
+        if not (sep and arch and tag):
+            raise VlmbiasError(f"{where}.tags: key {key!r} must be '<architecture>:<tag>'")
+        if tag != tag.lower().replace("-", "_"):
+            raise VlmbiasError(f"{where}.tags: tag {tag!r} of {key!r} must be written as open_clip normalises "
+                               f"tags: {tag.lower().replace('-', '_')!r}")
+        path = Path(str(file))
+        if path.suffix != ".safetensors":
+            raise VlmbiasError(f"{where}.tags: {key!r} points at {path}, not a .safetensors file "
+                               "(vlmbias loads safetensors only: unpickling can run code)")
+        if not path.is_file():
+            raise VlmbiasError(f"{where}.tags: weights file of {key!r} not found: {path}")
+        out[(arch, tag)] = path
+    return out
+
+
+def register_open_clip(spec: dict) -> None:
+    """Make a spec's local architectures (`config`: a JSON file or a folder of them) and local
+    pretrained tags (`tags`) known to open_clip, so that `pretrained: <tag>` loads through open_clip's
+    own tag path (its registry entry's `file` is the checkpoint; preprocessing as for any tag)."""
     import open_clip
 
     if spec.get("config"):
         cfg = Path(spec["config"])
-        if not cfg.is_file():
+        if not cfg.exists():
             raise VlmbiasError(f"open_clip model config not found: {cfg}")
         open_clip.add_model_config(cfg)
+    tags = local_tags(spec)
+    if not tags:
+        return
+    registry = getattr(open_clip.pretrained, "_PRETRAINED", None)  # open_clip has no public register call
+    if not isinstance(registry, dict):
+        raise VlmbiasError(f"open_clip {open_clip.__version__} has no pretrained-tag registry to add local tags to")
+    for (arch, tag), path in tags.items():
+        registry.setdefault(arch, {})[tag] = {"file": str(path), "url": "", "hf_hub": ""}
+
+
+def _load_open_clip(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
+    import open_clip
+
+    register_open_clip(spec)
     name, pretrained = spec["name"], spec.get("pretrained")
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
