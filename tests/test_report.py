@@ -45,8 +45,9 @@ def test_summary_page_and_headline_table():
     rst = summary_rst(config, head, checks, None)
     assert "1 of 2 checks passed; failed: y" in rst and "0.406 [0.305, 0.506]" in rst
     assert "MaxSkew as published (raw share" in rst and "the rest bootstrap-normal" in rst
-    assert "Calibration_" in rst and "Mitigation_" not in rst  # links only to the categories this run has
-    targets = "\n".join(f".. _{c}: javascript:void(0)" for c in ("Audit", "Calibration", "Run"))
+    # links only to the categories this run has (two models: their leaderboard)
+    assert "Calibration_" in rst and "Leaderboard_" in rst and "Mitigation_" not in rst
+    targets = "\n".join(f".. _{c}: javascript:void(0)" for c in ("Audit", "Leaderboard", "Calibration", "Run"))
     html = publish_parts(rst + "\n" + targets, writer_name="html",
                          settings_overrides={"halt_level": 2, "report_level": 2})["html_body"]
     assert "<table" in html and "world-clip" in html

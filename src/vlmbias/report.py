@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from vlmbias import config as vconfig
 from vlmbias.io import atomic_path, parse_json_arg, read_table, run_cli, write_table
 
 PACKAGES = ["vlmbias", "torch", "torchvision", "open_clip_torch", "transformers", "peft", "tokenizers",
@@ -67,7 +68,8 @@ def _sections(config: dict) -> list[str]:
     """The report categories this config produces (each is a link target on the landing page)."""
     optional = [("zeroshot", "Zero-shot"), ("calibration", "Calibration"), ("mitigation", "Mitigation"),
                 ("experiments", "Experiments")]
-    return ["Audit", *[name for key, name in optional if config.get(key)], "Run"]
+    board = ["Leaderboard"] if vconfig.leaderboard_models(config) else []
+    return ["Audit", *board, *[name for key, name in optional if config.get(key)], "Run"]
 
 
 def _conventions(config: dict, headline: pd.DataFrame) -> str:
