@@ -237,13 +237,14 @@ def query_set_spec(config: dict, model: str, qset: str) -> dict:
 
 
 def quality_transform(config: dict, model: str) -> dict:
-    """The text transform quality applies to every text it encodes: a projection's or SANER's
-    (vlmbias.mitigate.quality); prompt suffixes and BendVLM are query-only."""
+    """The text transform quality applies to every text it encodes: a projection's, SANER's or
+    BendVLM's (per text, with its reference set; vlmbias.mitigate.quality); prompt suffixes are
+    query-only."""
     _, method = split_variant(model)
     if method is None or not config["mitigation"]["query_sets"]:
         return {}
     t = query_set_spec(config, model, config["mitigation"]["query_sets"][0]).get("transform") or {}
-    return {k: v for k, v in t.items() if k in ("projection", "saner")}
+    return {k: v for k, v in t.items() if k in ("projection", "saner", "bendvlm")}
 
 
 def dataset_spec(config: dict, name: str) -> dict:
