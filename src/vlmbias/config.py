@@ -43,6 +43,11 @@ def audit_selection(config: dict) -> dict[str, list[str]]:
 
 def check_config(config: dict) -> None:
     audit_selection(config)
+    from vlmbias.audit.metrics import INTERVAL_METHODS
+
+    interval = (config.get("metrics") or {}).get("interval")
+    if interval is not None and interval not in INTERVAL_METHODS:  # the schema's enum, kept in step with the code
+        raise VlmbiasError(f"metrics.interval {interval!r} is not one of {list(INTERVAL_METHODS)}")
     for name, spec in config.get("datasets", {}).items():
         if spec.get("world") and "world" not in config:
             raise VlmbiasError(f"dataset {name!r} uses the calibration world, but the config has no 'world' block")
