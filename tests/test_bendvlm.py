@@ -236,3 +236,36 @@ def test_quality_without_the_named_attribute_would_bend_attributed_queries(tmp_p
     bent.describe(["a photo of a female nurse"], ["nurse"], "gender")
     np.testing.assert_allclose(bent.encode_texts(["a photo of a female nurse"]),
                                _Words().encode_texts(["a photo of a female nurse"]), atol=1e-7)
+
+
+def test_quality_with_bendvlm_on_a_real_encoder_over_gender_and_race(tiny_hf, tmp_path):
+    """The workflow's case: a CLIPModel, BendVLM over gender then race (race words for augmentation),
+    multi-word concepts; a method bending gender only leaves the gender prompts' accuracy as the base's."""
+    from vlmbias.audit.models import load_encoder
+    from vlmbias.io import write_npy, write_table
+    from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS
+    from vlmbias.mitigate.quality import TransformedText, evaluate
+
+    enc = load_encoder({"backend": "hf", "name": str(tiny_hf)})
+    d = enc.encode_texts(["x"]).shape[1]
+    rng = np.random.default_rng(0)
+    races = list(DEFAULT_GROUP_WORDS["race"])
+    ref = pd.DataFrame({"image_id": [f"r{i}" for i in range(70)], "gender": ["Male", "Female"] * 35,
+                        "race": races * 10})
+    (tmp_path / "ref").mkdir()
+    write_npy(unit(rng.normal(size=(70, d))).astype(np.float32), str(tmp_path / "ref/reference.npy"))
+    write_table(ref, str(tmp_path / "ref/reference.parquet"))
+    images = unit(rng.normal(size=(40, d))).astype(np.float32)
+    labels = pd.DataFrame({"gender": ["Male", "Female"] * 20, "race": (races * 6)[:40]})
+    splits = {"software engineer": "fitting", "domestic worker": "fitting", "CEO": "held_out"}
+    run = lambda e, attrs: evaluate(e, "m", images, labels, attrs, "a photo of a {}", None, 10, splits=splits
+                                    ).set_index(["metric", "attribute", "split"])["value"]
+    spec = lambda attrs: {"bendvlm": {"reference": str(tmp_path / "ref"), "attributes": attrs, "n_neighbors": None,
+                                      "global_prompts": True}}
+    base = run(enc, ["gender", "race"])
+    both = run(TransformedText(enc, spec(["gender", "race"])), ["gender", "race"])
+    assert both.index.equals(base.index) and both.notna().all()
+    assert ("attributed_query_share@10", "race", "held_out") in both.index
+    gender_only = run(TransformedText(enc, spec(["gender"])), ["gender", "race"])
+    for key in (("zero_shot_accuracy", "gender", "all"), ("attributed_query_share@10", "gender", "held_out")):
+        assert gender_only[key] == base[key]  # texts that name gender are not bent for gender

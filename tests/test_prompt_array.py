@@ -247,7 +247,11 @@ def test_prompt_array_keeps_explicitly_attributed_queries(attributed, table, tmp
     male = (table["gender"] == "Male").to_numpy()
     share = lambda enc: np.array([h.mean() for h in attributed_hits(enc, images, table["gender"], ATTRIBUTED, 8,
                                                                      "gender")])
-    lean = lambda enc: (lambda s: s[male].mean(0) - s[~male].mean(0))(images @ enc.encode_texts(QUERIES).T)
+
+    def lean(enc):  # mean similarity of the neutral queries to male minus female images
+        s = images @ enc.encode_texts(QUERIES).T
+        return s[male].mean(0) - s[~male].mean(0)
+
     before = share(base)
     assert (before == 1.0).all()  # the plant: each attributed query's top 8 is all of the named gender
     assert (lean(base) > 0.1).all()
