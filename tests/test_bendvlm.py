@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from vlmbias import VlmbiasError
@@ -153,3 +154,118 @@ def test_bendvlm_for_with_an_encoder(tiny_hf):
     np.testing.assert_array_equal(out, bendvlm_for(enc, queries, ["doctor", "nurse"], refs, labels, n_neighbors=15))
     with pytest.raises(VlmbiasError, match="one concept per query"):
         bendvlm_for(enc, queries, ["doctor"], refs, labels)
+
+
+# ---------------------------------------------------------------- BendVLM on quality's texts
+
+class _Words:
+    """Texts -> vectors by keyword: one axis per concept, gender on axis G (+ for 'male'/'man', - for
+    'female'/'woman'); a planted female lean on 'nurse' when the text names no gender."""
+    AXES = ["nurse", "doctor", "chef", "G", "X"]
+
+    def encode_texts(self, texts):
+        out = np.zeros((len(texts), len(self.AXES)), np.float32)
+        for i, t in enumerate(texts):
+            words = t.split()
+            for j, concept in enumerate(self.AXES[:3]):
+                out[i, j] = concept in words
+            male, female = bool({"male", "man"} & set(words)), bool({"female", "woman"} & set(words))
+            out[i, 3] = male - female - (0.8 if "nurse" in words and not (male or female) else 0.0)
+            if not out[i].any():
+                out[i, 4] = 1
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def _reference(folder):
+    from vlmbias.io import write_npy, write_table
+
+    g, x = np.eye(5)[3], np.eye(5)[4]
+    emb = unit(np.stack([g + 0.3 * x] * 5 + [-g + 0.3 * x] * 5)).astype(np.float32)  # gender on G only
+    folder.mkdir()
+    write_npy(emb, str(folder / "reference.npy"))
+    write_table(pd.DataFrame({"image_id": [f"r{i}" for i in range(10)], "gender": ["Male"] * 5 + ["Female"] * 5}),
+                str(folder / "reference.parquet"))
+    return {"bendvlm": {"reference": str(folder), "attributes": ["gender"], "n_neighbors": 5}}
+
+
+def _world():
+    """Held-out images: 2 male and 2 female nurses, 4 female chefs (whose gender lies further along G)."""
+    n, c, g = np.eye(5)[0], np.eye(5)[2], np.eye(5)[3]
+    emb = unit(np.stack([n + g] * 2 + [n - g] * 2 + [c - 1.2 * g] * 4)).astype(np.float32)
+    corpus = pd.DataFrame({"concept": ["nurse"] * 4 + ["chef"] * 4, "path": "x",
+                           "caption": ["a photo of a nurse"] * 4 + ["a photo of a chef"] * 4})
+    labels = pd.DataFrame({"gender": ["Male"] * 2 + ["Female"] * 6})
+    return emb, corpus, labels
+
+
+def test_quality_applies_bendvlm_per_text(tmp_path):
+    from vlmbias.mitigate.quality import TransformedText, evaluate
+
+    bent = TransformedText(_Words(), _reference(tmp_path / "ref"))
+    # an attribute-neutral text without a gender component is left as it is (identity-like)
+    np.testing.assert_allclose(bent.encode_texts(["a photo of a doctor"]), _Words().encode_texts(["a photo of a doctor"]),
+                               atol=1e-6)
+    # the nurse caption's planted lean is removed: it becomes the nurse axis
+    np.testing.assert_allclose(bent.encode_texts(["a photo of a nurse"])[0], np.eye(5)[0], atol=1e-6)
+    emb, corpus, labels = _world()
+    splits = {"nurse": "held_out", "chef": "fitting"}
+    run = lambda enc, name: evaluate(enc, name, emb, labels, ["gender"], "a photo of a {}", corpus, 4, corpus_emb=emb,
+                                     splits=splits).set_index(["metric", "split"])
+    base, after = run(_Words(), "m"), run(bent, "m~bendvlm")
+    # caption retrieval: the base's nurse caption ranks the female chefs above the male nurses
+    # (precision@4 = 2/4); bent, its top 4 are the 4 nurses
+    assert base.loc[("caption_precision@4", "held_out"), "value"] == pytest.approx(0.5)
+    assert after.loc[("caption_precision@4", "held_out"), "value"] == pytest.approx(1.0)
+    assert after.loc[("caption_precision@4", "fitting"), "value"] == pytest.approx(1.0)  # the chef caption: unbiased
+    assert after.loc[("caption_recall@4", "held_out"), "value"] == 1.0
+    # texts that name gender are kept: zero-shot prompts and attributed queries score as the base's
+    for metric in ("zero_shot_accuracy", "attributed_query_share@4"):
+        pd.testing.assert_frame_equal(after.loc[[metric]].drop(columns="model"), base.loc[[metric]].drop(columns="model"))
+    # female nurse: 4 women of 4; male nurse: the 2 male nurses, then the 2 female nurses (similarity 0)
+    assert after.loc[("attributed_query_share@4", "held_out"), "value"] == pytest.approx(6 / 8)
+    assert after.loc[("zero_shot_accuracy", "all"), "value"] == 1.0
+
+
+def test_quality_without_the_named_attribute_would_bend_attributed_queries(tmp_path):
+    """The flag matters: the same 'a photo of a female nurse' not described as naming gender is bent."""
+    from vlmbias.mitigate.quality import TransformedText
+
+    bent = TransformedText(_Words(), _reference(tmp_path / "ref"))
+    bent.describe(["a photo of a female nurse"], ["nurse"])
+    np.testing.assert_allclose(bent.encode_texts(["a photo of a female nurse"])[0], np.eye(5)[0], atol=1e-6)
+    bent.describe(["a photo of a female nurse"], ["nurse"], "gender")
+    np.testing.assert_allclose(bent.encode_texts(["a photo of a female nurse"]),
+                               _Words().encode_texts(["a photo of a female nurse"]), atol=1e-7)
+
+
+def test_quality_with_bendvlm_on_a_real_encoder_over_gender_and_race(tiny_hf, tmp_path):
+    """The workflow's case: a CLIPModel, BendVLM over gender then race (race words for augmentation),
+    multi-word concepts; a method bending gender only leaves the gender prompts' accuracy as the base's."""
+    from vlmbias.audit.models import load_encoder
+    from vlmbias.io import write_npy, write_table
+    from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS
+    from vlmbias.mitigate.quality import TransformedText, evaluate
+
+    enc = load_encoder({"backend": "hf", "name": str(tiny_hf)})
+    d = enc.encode_texts(["x"]).shape[1]
+    rng = np.random.default_rng(0)
+    races = list(DEFAULT_GROUP_WORDS["race"])
+    ref = pd.DataFrame({"image_id": [f"r{i}" for i in range(70)], "gender": ["Male", "Female"] * 35,
+                        "race": races * 10})
+    (tmp_path / "ref").mkdir()
+    write_npy(unit(rng.normal(size=(70, d))).astype(np.float32), str(tmp_path / "ref/reference.npy"))
+    write_table(ref, str(tmp_path / "ref/reference.parquet"))
+    images = unit(rng.normal(size=(40, d))).astype(np.float32)
+    labels = pd.DataFrame({"gender": ["Male", "Female"] * 20, "race": (races * 6)[:40]})
+    splits = {"software engineer": "fitting", "domestic worker": "fitting", "CEO": "held_out"}
+    run = lambda e, attrs: evaluate(e, "m", images, labels, attrs, "a photo of a {}", None, 10, splits=splits
+                                    ).set_index(["metric", "attribute", "split"])["value"]
+    spec = lambda attrs: {"bendvlm": {"reference": str(tmp_path / "ref"), "attributes": attrs, "n_neighbors": None,
+                                      "global_prompts": True}}
+    base = run(enc, ["gender", "race"])
+    both = run(TransformedText(enc, spec(["gender", "race"])), ["gender", "race"])
+    assert both.index.equals(base.index) and both.notna().all()
+    assert ("attributed_query_share@10", "race", "held_out") in both.index
+    gender_only = run(TransformedText(enc, spec(["gender"])), ["gender", "race"])
+    for key in (("zero_shot_accuracy", "gender", "all"), ("attributed_query_share@10", "gender", "held_out")):
+        assert gender_only[key] == base[key]  # texts that name gender are not bent for gender

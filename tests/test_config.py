@@ -32,6 +32,7 @@ def _default():
     (lambda c: c["query_sets"]["world_table"].update(templates={"en": []}), "world_table.templates"),
     (lambda c: c["images"].update(max_pixels=10 ** 9), r"at images.max_pixels: 1000000000 is greater than"),
     (lambda c: c["images"].update(max_pixel=5), r"'max_pixel' was unexpected"),
+    (lambda c: c["metrics"].update(interval="jeffreys"), r"at metrics.interval: 'jeffreys' is not one of"),
 ])
 def test_wrong_names_are_named(edit, message):
     config = _default()

@@ -22,3 +22,33 @@ def test_wilson_covers_near_nominal_and_every_interval_is_measured():
     wilson = t[(t.metric == "proportion") & (t.interval_method == "wilson")].iloc[0]
     assert 0.88 <= wilson["coverage"] <= 1.0 and wilson["replicates"] == 80
     assert t.set_index("metric").loc["rd", "true_value"] == pytest.approx(40.0)
+
+
+def test_coverage_is_counted_by_hand():
+    from vlmbias.audit.coverage import _row
+
+    # truth 1: held by [0, 2] and [0, 2]; missed above by [2, 3] (low end above), below by [0, 0.5]
+    r = _row("gender", 20, 0.7, "tvd", "x", 1.0, [0, 0, 2, 0], [2, 0.5, 3, 2])
+    assert (r["coverage"], r["low_miss"], r["high_miss"]) == (0.5, 0.25, 0.25)
+    assert r["mean_width"] == pytest.approx((2 + 0.5 + 1 + 2) / 4) and r["replicates"] == 4
+
+
+def test_a_degenerate_population_is_always_covered_by_every_method():
+    """Share 1: every ranking is all Male, every estimate equals the true value, and an interval
+    that holds its estimate covers it in every replicate (coverage exactly 1)."""
+    t = simulate_coverage(ks=(20,), shares=(1.0,), replicates=10, n_boot=100, attributes=("gender",),
+                          interval=["bootstrap-normal", "dirichlet"], n_ndkl=50)
+    assert set(t["interval_method"]) == {"wilson", "clopper-pearson", "bootstrap-normal", "dirichlet"}
+    assert (t["coverage"] == 1.0).all(), t[t["coverage"] < 1]
+    assert t.set_index(["metric", "interval_method"]).loc[("tvd", "dirichlet"), "true_value"] == 0.5
+
+
+def test_lookup_table_is_what_undercovering_reads():
+    from vlmbias.audit import metrics as m
+    from vlmbias.audit.coverage import lookup_table
+
+    t = simulate_coverage(ks=(20,), shares=(0.5,), replicates=5, n_boot=50, attributes=("gender",),
+                          interval=["dirichlet"], n_ndkl=50)
+    lookup = lookup_table(t)
+    assert list(lookup.columns) == list(m._coverage().columns)
+    assert set(lookup["interval_method"]) == {"dirichlet"} and set(lookup["classes"]) == {2}

@@ -282,7 +282,7 @@ def test_audit_tables_cells_and_columns(tables):
     cl, sm = m.audit_tables(r, dist, [2, 4], n_boot=200, seed=0)
     assert cl.columns.tolist() == DOC_CLASSES
     assert sm.columns.tolist() == DOC_SUMMARY
-    assert set(sm["skew_convention"]) == {"published"} and set(sm["interval_method"]) == {"bootstrap-normal"}
+    assert set(sm["skew_convention"]) == {"published"} and set(sm["interval_method"]) == {"dirichlet"}
     assert len(sm) == 2 * 2 * 2 and len(cl) == 2 * 2 * (2 + 3)
 
     c = cl.set_index(["query", "k", "attribute", "class"])
@@ -352,7 +352,7 @@ def test_percentile_interval_can_miss_its_estimate_normal_cannot():
                       "rank": range(1, 13), "gender": ["Male", "Female"] * 6})
     dist = pd.DataFrame({"attribute": "gender", "class": ["Male", "Female"], "count": [5, 5], "percent": [50.0, 50.0]})
     _, pct = m.audit_tables(r, dist, [12], n_boot=400, interval="bootstrap-percentile")
-    _, nrm = m.audit_tables(r, dist, [12], n_boot=400)
+    _, nrm = m.audit_tables(r, dist, [12], n_boot=400, interval="bootstrap-normal")
     est = pct["ndkl_uniform"].iloc[0]
     assert est < pct["ndkl_uniform_low"].iloc[0]
     assert nrm["ndkl_uniform_low"].iloc[0] <= est <= nrm["ndkl_uniform_high"].iloc[0]
@@ -420,11 +420,91 @@ def test_confusion_table_of_group_naming_queries():
 
 def test_rows_mark_the_intervals_whose_measured_coverage_falls_short():
     # from the shipped simulation (benchmarks/coverage.py): 2 classes, k = 20, 95% one class -> the
-    # bootstrap intervals under-cover; k = 1000 at parity -> FD, RD, MaxSkew hold 93%+
-    short = m.undercovering(2, 20, 0.95).split(";")
+    # bootstrap intervals under-cover, the Dirichlet ones (the default) do not; k = 1000 at parity ->
+    # FD, RD, MaxSkew hold 93%+
+    short = m.undercovering(2, 20, 0.95, "bootstrap-normal").split(";")
     assert {"ndkl_dataset", "max_skew_uniform", "tvd", "fd"} <= set(short)
-    assert "max_skew_uniform" not in m.undercovering(2, 1000, 0.6).split(";")
+    assert m.undercovering(2, 20, 0.95) == ""
+    assert "max_skew_uniform" not in m.undercovering(2, 1000, 0.6, "bootstrap-normal").split(";")
     assert m.undercovering(2, 20, 0.95, "bootstrap-percentile") == "not measured"
     cov = pd.read_csv(m.COVERAGE_TABLE)
-    cell = cov[(cov.classes == 2) & (cov.k == 20) & (cov.share == 0.95)].set_index("metric")["coverage"]
-    assert set(short) == set(cell[cell < 0.93].index)
+    for method in ("bootstrap-normal", "dirichlet"):
+        cell = cov[(cov.interval_method == method) & (cov.classes == 7) & (cov.k == 20)
+                   & (cov.share == 0.5)].set_index("metric")["coverage"]
+        assert set(filter(None, m.undercovering(7, 20, 0.52, method).split(";"))) == set(cell[cell < 0.93].index)
+    _, sm = m.audit_tables(_ranking(["Male"] * 19 + ["Female"]), GENDER_DIST, [20], n_boot=200)
+    assert sm["interval_undercovers"].iloc[0] == m.undercovering(2, 20, 0.95)
+
+
+# ---------------------------------------------------------------- interval method `dirichlet`
+
+def _ranking(labels):
+    return pd.DataFrame({"model": "m", "dataset": "d", "query_set": "s", "query_id": "q", "query": "x",
+                         "rank": range(1, len(labels) + 1), "gender": labels})
+
+
+GENDER_DIST = pd.DataFrame({"attribute": "gender", "class": ["Male", "Female"], "count": [5, 5], "percent": [50.0] * 2})
+
+
+def test_posterior_shares_are_dirichlet_counts_plus_a_jeffreys_half():
+    # 15 Male, 5 Female, two classes: the Male share's posterior is Beta(15.5, 5.5), mean 31/42
+    draws = m.posterior_shares([15, 5], [True, True], 40_000, seed=1)
+    assert m.prior(2) == 0.5 and m.prior(7) == pytest.approx(1 / 7)
+    np.testing.assert_allclose(draws.sum(1), 1.0)
+    assert draws[:, 0].mean() == pytest.approx(31 / 42, abs=0.002)
+    np.testing.assert_allclose(np.quantile(draws[:, 0], [0.025, 0.975]), stats.beta.ppf([0.025, 0.975], 15.5, 5.5),
+                               atol=0.004)
+    # a class the dataset lacks never gets a share; seeded
+    other = m.posterior_shares([3, 0, 2], [True, False, True], 100, seed=2)
+    assert (other[:, 1] == 0).all()
+    np.testing.assert_array_equal(other, m.posterior_shares([3, 0, 2], [True, False, True], 100, seed=2))
+    codes = m.posterior_codes(np.array([[1.0, 0.0], [0.0, 1.0]]), 5, seed=0)
+    assert codes.tolist() == [[0] * 5, [1] * 5]
+
+
+def test_dirichlet_interval_by_hand():
+    # 18 of 20 Male, balanced dataset: the Male share's posterior is Beta(18.5, 2.5); RD, TVD and
+    # MaxSkew are monotone in it (it lies above 1/2 but for ~1e-4 of its mass), so their 95%
+    # intervals are its quantiles mapped through them
+    lo, hi = stats.beta.ppf([0.025, 0.975], 18.5, 2.5)
+    cl, sm = m.audit_tables(_ranking(["Male"] * 18 + ["Female"] * 2), GENDER_DIST, [20], n_boot=40_000,
+                            interval="dirichlet")
+    s, male = sm.iloc[0], cl.set_index("class").loc["Male"]
+    assert s["interval_method"] == "dirichlet"
+    assert (s["tvd_low"], s["tvd_high"]) == pytest.approx((lo - 0.5, hi - 0.5), abs=0.004)
+    assert (s["max_skew_uniform_low"], s["max_skew_uniform_high"]) == pytest.approx(
+        (math.log(2 * lo), math.log(2 * hi)), abs=0.01)
+    assert (male["rd_low"], male["rd_high"]) == pytest.approx((200 * (lo - 0.5), 200 * (hi - 0.5)), abs=0.8)
+    # FD = p / (1 - p)
+    assert (s["fd_low"], s["fd_high"]) == pytest.approx((lo / (1 - lo), hi / (1 - hi)), rel=0.03)
+    assert s["tvd"] == pytest.approx(0.4) and s["tvd_low"] <= s["tvd"] <= s["tvd_high"]
+
+
+def test_dirichlet_interval_holds_its_estimate_where_the_bootstrap_collapses():
+    # 20 of 20 Male: every bootstrap resample is the same ranking (a zero-width interval); the
+    # posterior Beta(20.5, 0.5) lies wholly below a share of 1, so its upper quantile misses the
+    # estimate TVD = 0.5: the interval is widened to hold it
+    r = _ranking(["Male"] * 20)
+    _, boot = m.audit_tables(r, GENDER_DIST, [20], n_boot=2000, interval="bootstrap-normal")
+    _, post = m.audit_tables(r, GENDER_DIST, [20], n_boot=40_000, interval="dirichlet")
+    b, p = boot.iloc[0], post.iloc[0]
+    assert b["tvd_low"] == b["tvd_high"] == 0.5
+    assert p["tvd_high"] == p["tvd"] == 0.5
+    assert p["tvd_low"] == pytest.approx(stats.beta.ppf(0.025, 20.5, 0.5) - 0.5, abs=0.004)
+    for metric in ("fd", "tvd", "max_skew_uniform", "max_skew_dataset", "ndkl_uniform", "ndkl_dataset"):
+        assert p[f"{metric}_low"] <= p[metric] <= p[f"{metric}_high"], metric
+
+
+def test_dirichlet_interval_reaches_the_target_value_when_the_shares_allow_it():
+    # 10 of 20 Male: parity is inside the share's posterior interval, so TVD and MaxSkew (distances,
+    # never negative, whose posterior draws all lie above 0) reach down to 0 and FD to 1
+    assert m.shares_hold_target([10, 10], [0.5, 0.5], 0.95)
+    assert not m.shares_hold_target([18, 2], [0.5, 0.5], 0.95)
+    _, sm = m.audit_tables(_ranking(["Male", "Female"] * 10), GENDER_DIST, [20], n_boot=2000, interval="dirichlet")
+    s = sm.iloc[0]
+    assert s["tvd_low"] == 0 and s["max_skew_uniform_low"] == 0 and s["fd_low"] == 1
+    # |p - 1/2| with p ~ Beta(10.5, 10.5), symmetric: its 97.5% quantile is p's 98.75% one, less 1/2
+    assert s["tvd_high"] == pytest.approx(stats.beta.ppf(0.9875, 10.5, 10.5) - 0.5, abs=0.01)
+    # seeded: the same twice
+    pd.testing.assert_frame_equal(sm, m.audit_tables(_ranking(["Male", "Female"] * 10), GENDER_DIST, [20],
+                                                     n_boot=2000, interval="dirichlet")[1])

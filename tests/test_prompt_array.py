@@ -199,3 +199,65 @@ def test_a_model_spec_with_prompts_loads_the_prompted_encoder(planted, measured)
     np.testing.assert_array_equal(enc.encode_texts(QUERIES), load_prompt_encoder(planted, out).encode_texts(QUERIES))
     with pytest.raises(VlmbiasError, match="prompt array needs a plain 'hf' base model"):
         load_encoder({"backend": "hf", "name": planted, "prompts": out, "adapter": out})
+
+
+# ---------------------------------------------------------------- explicitly attributed queries
+
+ATTRIBUTED = pd.DataFrame({"concept": ["doctor", "doctor", "nurse", "nurse"], "class": ["Male", "Female"] * 2,
+                           "text": ["a photo of a male doctor", "a photo of a female doctor",
+                                    "a photo of a male nurse", "a photo of a female nurse"]})
+
+
+@pytest.fixture(scope="module")
+def attributed(tiny_hf, table, tmp_path_factory):
+    """The tiny CLIP with gender words planted: along the direction g from the mean female to the
+    mean male image, "male ..." texts get +1.5, "female ..." texts -1.5 (x the mean text norm), and
+    the neutral queries a male lean of +0.6, so that there is a bias for the prompt array to remove."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    model = CLIPModel.from_pretrained(str(tiny_hf)).eval()
+    tok, proc = AutoTokenizer.from_pretrained(str(tiny_hf)), CLIPImageProcessor.from_pretrained(str(tiny_hf))
+    texts = [*ATTRIBUTED["text"], *QUERIES, "a photo of a person"]
+    target = torch.tensor([1.5, -1.5, 1.5, -1.5, 0.6, 0.6, 0.6])
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(
+            features(model.get_image_features(pixel_values=load_pixels(table["path"].tolist(), proc))), dim=-1)
+        male = torch.tensor((table["gender"] == "Male").to_numpy())
+        g = img[male].mean(0) - img[~male].mean(0)
+        g = g / g.norm()
+        toks = tok(texts, padding=True, return_tensors="pt")
+        pooled = model.text_model(**toks).pooler_output                 # [7, hidden]
+        w = torch.linalg.pinv(pooled) @ target                          # pooled @ w = target (min norm)
+        norm = features(model.get_text_features(**toks)).norm(dim=-1).mean()
+        model.text_projection.weight += norm * torch.outer(g, w)
+    out = tmp_path_factory.mktemp("attributed_clip")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    proc.save_pretrained(out)
+    return str(out)
+
+
+def test_prompt_array_keeps_explicitly_attributed_queries(attributed, table, tmp_path):
+    """Measured as quality measures it (quality.attributed_hits, the encoder the workflow gives the
+    `<base>~prompt-array` model): the named gender's share of each attributed query's top 8."""
+    from vlmbias.mitigate.quality import attributed_hits
+
+    base = load_encoder({"backend": "hf", "name": attributed})
+    images, _, _ = embed_image_files(base, table["path"].tolist(), num_workers=0, progress=False)
+    male = (table["gender"] == "Male").to_numpy()
+    share = lambda enc: np.array([h.mean() for h in attributed_hits(enc, images, table["gender"], ATTRIBUTED, 8,
+                                                                     "gender")])
+
+    def lean(enc):  # mean similarity of the neutral queries to male minus female images
+        s = images @ enc.encode_texts(QUERIES).T
+        return s[male].mean(0) - s[~male].mean(0)
+
+    before = share(base)
+    assert (before == 1.0).all()  # the plant: each attributed query's top 8 is all of the named gender
+    assert (lean(base) > 0.1).all()
+    train_prompt_array(attributed, table, FAST, tmp_path / "prompts", threads=1, progress=False)
+    prompted = load_encoder({"backend": "hf", "name": attributed, "prompts": str(tmp_path / "prompts")})
+    # the array moved the neutral queries' gender lean (here past parity on one of them: 5 epochs, 2 tokens)
+    assert np.abs(lean(prompted) - lean(base)).max() > 0.2
+    after = share(prompted)
+    assert (after >= 0.75).all(), after  # and still retrieves the named gender for attributed ones

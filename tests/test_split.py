@@ -241,7 +241,10 @@ def test_quality_transform_is_the_projection_or_saner_block():
     config = _default()
     assert set(vconfig.quality_transform(config, "world-clip~projection")) == {"projection"}
     assert set(vconfig.quality_transform(config, "world-clip~saner")) == {"saner"}
-    assert vconfig.quality_transform(config, "world-clip~bendvlm") == {}
+    bend = vconfig.quality_transform(config, "world-clip~bendvlm")  # per text, with its fitting-split references
+    assert set(bend) == {"bendvlm"} and bend["bendvlm"]["reference"] == vconfig.reference_dir(config, "bendvlm")
+    assert vconfig.quality_transform(config, "world-clip~prompt-array") == {}  # its prompts live in the encoder
+    assert "prompts" in vconfig.model_spec(config, "world-clip~prompt-array")  # ... that quality loads
     assert vconfig.quality_transform(config, "world-clip") == {}
 
 
@@ -255,7 +258,12 @@ def test_leaderboard_sets_held_out_against_fitting(tmp_path):
     _, summary = compare(base, {"fitted": after}, split)
     quality = pd.DataFrame({"model": ["m", "m~fitted"], "metric": "zero_shot_accuracy", "attribute": "gender",
                             "split": "all", "value": [0.9, 0.8], "low": [0.85, 0.75], "high": [0.95, 0.85], "n": 100})
-    board = leaderboard(summary, quality, 20).set_index("method")
+    attributed = pd.DataFrame({"model": ["m", "m~fitted"] * 2, "metric": "attributed_query_share@10",
+                               "attribute": "gender", "split": ["held_out"] * 2 + ["fitting"] * 2,
+                               "value": [0.95, 0.7, 0.9, 0.6], "low": 0.5, "high": 1.0, "n": 60})
+    board = leaderboard(summary, pd.concat([quality, attributed]), 20).set_index("method")
+    assert board.loc["fitted", "attributed_gender_held_out"] == 0.7  # the held-out row, not the fitting one
+    assert board.loc["base", "attributed_gender_held_out"] == 0.95
     assert board.loc["fitted", "gender_tvd_fitting"] == pytest.approx(0.0)
     assert board.loc["fitted", "gender_tvd_held_out"] == pytest.approx(0.25)
     # in-sample the method removed 0.5 of TVD, held out 0.25: the fitting number overstated it by 0.25

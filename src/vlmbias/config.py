@@ -43,6 +43,11 @@ def audit_selection(config: dict) -> dict[str, list[str]]:
 
 def check_config(config: dict) -> None:
     audit_selection(config)
+    from vlmbias.audit.metrics import INTERVAL_METHODS
+
+    interval = (config.get("metrics") or {}).get("interval")
+    if interval is not None and interval not in INTERVAL_METHODS:  # the schema's enum, kept in step with the code
+        raise VlmbiasError(f"metrics.interval {interval!r} is not one of {list(INTERVAL_METHODS)}")
     for name, spec in config.get("datasets", {}).items():
         if spec.get("world") and "world" not in config:
             raise VlmbiasError(f"dataset {name!r} uses the calibration world, but the config has no 'world' block")
@@ -260,13 +265,14 @@ def query_set_spec(config: dict, model: str, qset: str) -> dict:
 
 
 def quality_transform(config: dict, model: str) -> dict:
-    """The text transform quality applies to every text it encodes: a projection's or SANER's
-    (vlmbias.mitigate.quality); prompt suffixes and BendVLM are query-only."""
+    """The text transform quality applies to every text it encodes: a projection's, SANER's or
+    BendVLM's (per text, with its reference set; vlmbias.mitigate.quality); prompt suffixes are
+    query-only."""
     _, method = split_variant(model)
     if method is None or not config["mitigation"]["query_sets"]:
         return {}
     t = query_set_spec(config, model, config["mitigation"]["query_sets"][0]).get("transform") or {}
-    return {k: v for k, v in t.items() if k in ("projection", "saner")}
+    return {k: v for k, v in t.items() if k in ("projection", "saner", "bendvlm")}
 
 
 def dataset_spec(config: dict, name: str) -> dict:

@@ -50,9 +50,12 @@ def true_values(p: np.ndarray, q: np.ndarray, k: int, n_ndkl: int, rng: np.rando
 
 
 def simulate_coverage(ks=(20, 200, 1000), shares=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95), replicates: int = 200,
-                      n_boot: int = 500, seed: int = 0, interval: str = m.INTERVAL_METHOD,
+                      n_boot: int = 500, seed: int = 0, interval=m.INTERVAL_METHOD,
                       attributes=("gender", "race"), n_ndkl: int = 4000) -> pd.DataFrame:
-    """Measured coverage of every 95% interval, one row per (attribute, k, share, metric)."""
+    """Measured coverage of every 95% interval, one row per (attribute, k, share, metric, interval
+    method). `interval`: one method of `metrics.INTERVAL_METHODS` or a list of them, each run on
+    the same simulated rankings."""
+    methods = [interval] if isinstance(interval, str) else list(interval)
     rng = np.random.default_rng(seed)
     rows = []
     for attr in attributes:
@@ -70,19 +73,31 @@ def simulate_coverage(ks=(20, 200, 1000), shares=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
                                          "query_id": np.repeat(np.arange(replicates).astype(str), k),
                                          "query": "q", "rank": np.tile(np.arange(1, k + 1), replicates),
                                          attr: np.asarray(classes, dtype=object)[codes.ravel()]})
-                for ci_method in ("wilson", "clopper-pearson"):
-                    cl, sm = m.audit_tables(rankings, dist, [k], n_boot=n_boot, seed=int(rng.integers(2 ** 31)),
-                                            ci_method=ci_method, n_sim=1, interval=interval)
+                cell_seed = int(rng.integers(2 ** 31))
+                for i, method in enumerate(methods):
+                    cl, sm = m.audit_tables(rankings, dist, [k], n_boot=n_boot, seed=cell_seed, ci_method="wilson",
+                                            n_sim=1, interval=method)
                     focal = cl[cl["class"] == classes[0]]
-                    rows.append(_row(attr, k, share, "proportion", ci_method, share, focal["proportion_low"],
-                                     focal["proportion_high"]))
-                    if ci_method == "wilson":  # the bootstrap intervals do not depend on ci_method
-                        rows.append(_row(attr, k, share, "rd", interval, 100 * (share - q[0]) / q[0],
-                                         focal["rd_low"], focal["rd_high"]))
-                        for metric in INTERVALS:
-                            rows.append(_row(attr, k, share, metric, interval, truth[metric],
-                                             sm[f"{metric}_low"], sm[f"{metric}_high"]))
+                    if i == 0:  # the share intervals do not depend on the interval method
+                        rows.append(_row(attr, k, share, "proportion", "wilson", share, focal["proportion_low"],
+                                         focal["proportion_high"]))
+                        lo, hi = m.proportion_ci(focal["count"].to_numpy(), focal["n"].to_numpy(),
+                                                 method="clopper-pearson")
+                        rows.append(_row(attr, k, share, "proportion", "clopper-pearson", share, lo, hi))
+                    rows.append(_row(attr, k, share, "rd", method, 100 * (share - q[0]) / q[0],
+                                     focal["rd_low"], focal["rd_high"]))
+                    for metric in INTERVALS:
+                        rows.append(_row(attr, k, share, metric, method, truth[metric],
+                                         sm[f"{metric}_low"], sm[f"{metric}_high"]))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def lookup_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The slice `metrics.undercovering` reads (`coverage_measured.csv`): the interval methods'
+    coverage per (classes, k, share, metric); share intervals are not looked up."""
+    t = table[table["metric"] != "proportion"].copy()
+    t["classes"] = t["attribute"].map(lambda a: len(ATTRIBUTES[a]))
+    return t[["interval_method", "classes", "k", "share", "metric", "coverage"]].reset_index(drop=True)
 
 
 def _row(attr, k, share, metric, method, truth, low, high) -> dict:

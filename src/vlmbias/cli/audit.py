@@ -247,6 +247,8 @@ def _interval(lo, hi, fmt: str = "{:.2f}") -> str:
 
 def format_audit(res: dict) -> str:
     """The human-readable report: one block per query, one class table per attribute, then the metrics."""
+    from vlmbias.audit.metrics import INTERVAL_METHOD, INTERVAL_WORDS
+
     ds, m = res["dataset"], res["model"]
     lines = [
         f"model    {m['spec']}  ({m['precision']}, {m['device']})",
@@ -256,7 +258,7 @@ def format_audit(res: dict) -> str:
         f"top-k    {res['k_used']} by cosine similarity"
         + (f" (asked for {res['k']}; the dataset has only {res['k_used']} images)" if res["k_used"] < res["k"] else "")
         + ("; templates: " + " | ".join(res["templates"]) if res["templates"] != ["{}"] else ""),
-        "intervals 95%: Wilson for shares, bootstrap (normal, clipped) for FD, RD, MaxSkew and NDKL;",
+        f"intervals 95%: Wilson for shares, {INTERVAL_WORDS[INTERVAL_METHOD]} for FD, RD, MaxSkew and NDKL;",
         "MaxSkew@k as published (raw share, absent class = 1/k, ln, x1) against a uniform target; NDKL against"
         " the dataset;",
         "FD as in the thesis ignores absent classes ('strict' counts them: inf when a class is absent)",

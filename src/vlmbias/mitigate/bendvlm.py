@@ -257,13 +257,15 @@ def load_reference(folder) -> tuple[np.ndarray, pd.DataFrame]:
     return emb, table
 
 
-def apply_transform(encoder, queries: np.ndarray, table: pd.DataFrame, spec: dict) -> np.ndarray:
+def apply_transform(encoder, queries: np.ndarray, table: pd.DataFrame, spec: dict,
+                    reference: tuple[np.ndarray, pd.DataFrame] | None = None) -> np.ndarray:
     """The audit's `bendvlm` query transform: BendVLM per attribute in `spec['attributes']` order
-    (default gender), with the references in `spec['reference']`. table: the query table
-    (`concept` or `query`, `names_attribute`); queries naming the attribute are kept unchanged."""
+    (default gender), with the references in `spec['reference']` (or `reference`, as
+    `load_reference` returns it). table: the query table (`concept` or `query`,
+    `names_attribute`); queries naming the attribute are kept unchanged."""
     from vlmbias.audit.queries import strip_article
 
-    emb, ref = load_reference(spec["reference"])
+    emb, ref = reference if reference is not None else load_reference(spec["reference"])
     concepts = [c if isinstance(c, str) and c.strip() else strip_article(q)
                 for c, q in zip(table["concept"], table["query"])]
     out = np.asarray(queries, np.float32)

@@ -111,7 +111,9 @@ def leaderboard(summary: pd.DataFrame, quality: pd.DataFrame, k: int, base: str 
     """One row per method (and `base`): mean TVD at k per attribute on the held-out and fitting
     queries with the held-out 95% interval, `<attr>_overstated` = held-out minus fitting reduction
     (how much better the in-sample number looked, in TVD points), and the quality it keeps
-    (zero-shot accuracy per attribute; concept accuracy on held-out concepts' captions)."""
+    (zero-shot accuracy per attribute; `attributed_<attr>_held_out`: the named class's share of the
+    top k of explicitly attributed queries on held-out concepts; concept accuracy on held-out
+    concepts' captions)."""
     t = summary[(summary["metric"] == "tvd") & (summary["k"] == k)]
     rows = {}
     for r in t.itertuples():
@@ -132,7 +134,9 @@ def leaderboard(summary: pd.DataFrame, quality: pd.DataFrame, k: int, base: str 
         q = quality.copy()
         q["method"] = q["model"].map(lambda m: m.split("~", 1)[1] if "~" in m else "base")
         split = q["split"] if "split" in q else pd.Series("all", index=q.index)
+        attributed = q["metric"].astype(str).str.startswith("attributed_query_share@")
         for name, sel in (("zero_shot_{}", q["metric"] == "zero_shot_accuracy"),
+                          ("attributed_{}_held_out", attributed & (split == "held_out")),
                           ("concept_accuracy_held_out", (q["metric"] == "concept_accuracy") & (split == "held_out"))):
             for r in q[sel].itertuples():
                 col = name.format(r.attribute) if "{}" in name else name

@@ -6,18 +6,26 @@ A method that "removes bias" by breaking the model must show it here:
   Wilson 95% interval;
 - caption retrieval on a held-out image-caption set (the calibration world's held-out corpus):
   precision@k of text-to-image retrieval (share of the top-k images whose concept matches the
-  caption's; "any of the relevant images", since many images share a concept), and image-to-text
-  concept accuracy (each image's nearest concept caption).
+  caption's), recall@k (share of captions with at least one image of their concept in the top k:
+  the usual R@k, "any of the relevant images", since many images share a concept), and
+  image-to-text concept accuracy (each image's nearest concept caption);
+- explicitly attributed queries ("a photo of a female nurse", one per class of each attribute and
+  concept of the mitigation split; words `debias.PAIR_WORDS`): `attributed_query_share@k` is the
+  share of the labelled images among each query's first k ranks on the audited dataset that belong
+  to the named class, pooled over the queries (Wilson interval over the pooled items; chance is the
+  dataset's share of the class). A method must keep these correct while it debiases neutral queries.
 Only held-out images that show their concept's visual evidence are used for caption retrieval:
 without evidence nothing in the image identifies the concept.
 
-Held-out protocol (issue 11): the caption metrics are given per `split` of the caption's concept:
-`fitting` / `held_out` (the mitigation split, `--split`), `other` (world concepts the audit does
-not ask about) and `all`; zero-shot rows have split `all`. A text-side method's transform
-(`--transform-json`: the `projection` or `saner` block of its query transform) is applied to every
-text quality encodes, zero-shot prompts included, so that a transform that breaks attributed
-queries ("a photo of a woman") shows it here; BendVLM keeps attribute-naming texts unchanged by
-construction and is not applied to quality texts (its quality rows equal the base's).
+Held-out protocol (issue 11): caption and attributed-query metrics are given per `split` of the
+concept: `fitting` / `held_out` (the mitigation split, `--split`), `other` (world concepts the
+audit does not ask about) and `all`; zero-shot rows have split `all`. A text-side method's
+transform (`--transform-json`: the `projection`, `saner` or `bendvlm` block of its query
+transform) is applied to every text quality encodes, zero-shot prompts included, so that a
+transform that breaks attributed queries ("a photo of a woman") shows it here. BendVLM is per
+query: each text is bent with its own concept (a caption's concept, a zero-shot prompt's group
+word, an attributed query's concept) and the method's fitting-split reference images, and a text
+that names the bent attribute is kept unchanged, exactly as the audit treats queries that name it.
 """
 from __future__ import annotations
 
@@ -29,12 +37,12 @@ import pandas as pd
 
 from vlmbias import VlmbiasError
 from vlmbias.audit.embed import embed_image_files
-from vlmbias.audit.metrics import proportion_ci
+from vlmbias.audit.metrics import labelled, proportion_ci
 from vlmbias.audit.models import load_encoder
 from vlmbias.audit.zeroshot import class_embeddings, predict
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
-from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS
+from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS, PAIR_WORDS
 
 log = logging.getLogger(__name__)
 COLUMNS = ["model", "metric", "attribute", "split", "value", "low", "high", "n"]
@@ -48,12 +56,18 @@ def _row(model, metric, attribute, hits: np.ndarray, split: str = "all") -> dict
 
 
 class TransformedText:
-    """An encoder whose text embeddings pass through a text-side method's transform."""
+    """An encoder whose text embeddings pass through a text-side method's transform. BendVLM needs
+    each text's concept and the attribute it names: `describe` registers them (undescribed texts
+    get their article-stripped text as concept and name no attribute)."""
 
     def __init__(self, encoder, transform: dict | None, fitting: list[str] | None = None):
-        self.encoder, self.fn = encoder, None
+        self.encoder, self.fn, self.bend, self.about = encoder, None, None, {}
         transform = transform or {}
-        if transform.get("projection"):
+        if transform.get("bendvlm"):
+            from vlmbias.mitigate.bendvlm import load_reference
+
+            self.bend = (transform["bendvlm"], load_reference(transform["bendvlm"]["reference"]))
+        elif transform.get("projection"):
             from vlmbias.mitigate.debias import apply_projection, projection_for
 
             spec = transform["projection"]
@@ -64,12 +78,55 @@ class TransformedText:
 
             self.fn = load_saner(transform["saner"]["layer"])
 
+    def describe(self, texts, concepts, names_attribute: str | None = None) -> None:
+        for t, c in zip(texts, concepts):
+            self.about[t] = (c, names_attribute)
+
     def encode_texts(self, texts):
+        texts = list(texts)
         out = self.encoder.encode_texts(texts)
+        if self.bend is not None:
+            from vlmbias.mitigate.bendvlm import apply_transform
+
+            info = [self.about.get(t, (None, None)) for t in texts]
+            table = pd.DataFrame({"query": texts, "concept": [i[0] for i in info],
+                                  "names_attribute": [i[1] for i in info]})
+            out = apply_transform(self.encoder, out, table, self.bend[0], reference=self.bend[1])
         return out if self.fn is None else self.fn(out)
 
     def __getattr__(self, name):
         return getattr(self.encoder, name)
+
+
+def describe(encoder, texts, concepts, names_attribute: str | None = None) -> None:
+    """Tell a BendVLM-transformed encoder what each text is about (no-op for other encoders)."""
+    if isinstance(encoder, TransformedText):
+        encoder.describe(texts, concepts, names_attribute)
+
+
+def attributed_queries(concepts, attribute: str, template: str) -> pd.DataFrame:
+    """One explicitly attributed query per (concept, class): "a photo of a female nurse"."""
+    words = PAIR_WORDS.get(attribute)
+    if words is None:
+        raise VlmbiasError(f"quality: no attribute words for {attribute!r}")
+    return pd.DataFrame([{"concept": c, "class": cls, "text": template.format(f"{w} {c}")}
+                         for c in concepts for cls, w in words.items()])
+
+
+def attributed_hits(encoder, image_emb: np.ndarray, labels: pd.Series, queries: pd.DataFrame, k: int,
+                    attribute: str) -> list[np.ndarray]:
+    """Per attributed query: for each labelled image among its first k ranks, whether it belongs to
+    the named class (ties by image row)."""
+    describe(encoder, queries["text"], queries["concept"], attribute)
+    emb = encoder.encode_texts(queries["text"].tolist())
+    top = np.argsort(-(emb @ image_emb.T), axis=1, kind="stable")[:, :min(k, len(image_emb))]
+    lab = labelled(labels.reset_index(drop=True)).to_numpy(dtype=object)
+    out = []
+    for row, cls in zip(top, queries["class"]):
+        got = lab[row]
+        got = got[pd.notna(got)]
+        out.append(got == cls)
+    return out
 
 
 def zero_shot_accuracy(encoder, image_emb: np.ndarray, labels: pd.Series, prompts: dict[str, str]) -> np.ndarray:
@@ -95,8 +152,18 @@ def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFra
         words = DEFAULT_GROUP_WORDS.get(attr)
         if words is None:
             raise VlmbiasError(f"quality: no prompt words for attribute {attr!r}")
-        hits = zero_shot_accuracy(encoder, image_emb, labels[attr], {c: template.format(w) for c, w in words.items()})
+        prompts = {c: template.format(w) for c, w in words.items()}
+        describe(encoder, prompts.values(), words.values(), attr)  # each prompt names attr; its concept: the word
+        hits = zero_shot_accuracy(encoder, image_emb, labels[attr], prompts)
         rows.append(_row(model_name, "zero_shot_accuracy", attr, hits))
+        if splits:
+            queries = attributed_queries(sorted(splits), attr, template)
+            per_query = attributed_hits(encoder, image_emb, labels[attr], queries, k, attr)
+            which = queries["concept"].map(splits).to_numpy()
+            for split in ["all", *sorted(set(which))]:
+                pick = [h for h, w in zip(per_query, which) if split in ("all", w)]
+                rows.append(_row(model_name, f"attributed_query_share@{k}", attr,
+                                 np.concatenate(pick) if pick else np.zeros(0, bool), split))
     if corpus is not None and len(corpus):
         if corpus_emb is None:
             corpus_emb, kept, bad = embed_image_files(encoder, corpus["path"].tolist(), progress=False,
@@ -105,8 +172,10 @@ def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFra
                 raise VlmbiasError(f"quality: {len(bad)} held-out images could not be read; first: "
                                    f"{corpus['path'].iat[bad[0][0]]}: {bad[0][1]}")
         captions = corpus.drop_duplicates("caption")
+        describe(encoder, captions["caption"], captions["concept"])
         cap_emb = encoder.encode_texts(captions["caption"].tolist())
         prec = caption_precision(corpus_emb, corpus["concept"].to_numpy(), cap_emb, captions["concept"].to_numpy(), k)
+        found = prec > 0  # recall@k: an image of the caption's concept among its top k
         concepts = sorted(corpus["concept"].unique())
         names = captions.groupby("concept")["caption"].first()
         concept_text = encoder.encode_texts([names[c] for c in concepts])
@@ -120,6 +189,7 @@ def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFra
             rows.append({"model": model_name, "metric": f"caption_precision@{k}", "attribute": "", "split": which,
                          "value": float(sel.mean()), "low": float(np.quantile(sel, 0.025)),
                          "high": float(np.quantile(sel, 0.975)), "n": len(sel)})
+            rows.append(_row(model_name, f"caption_recall@{k}", "", found[pick], which))
             rows.append(_row(model_name, "concept_accuracy", "", hits if which == "all" else hits[img_split == which],
                              which))
     return pd.DataFrame(rows, columns=COLUMNS)
