@@ -13,9 +13,9 @@ metric summaries (`metrics/<dataset>/<model>/<qset>_summary.csv`, vlmbias.audit.
 
 Lower is fairer for all three. Each mean has a 95% interval: mean +- 1.96 x sqrt(sum of the
 per-query standard errors squared) / n, clipped to the metric's range, each standard error read
-off the query's bootstrap interval as max(value - low, high - value) / 1.96 (exact for the
-bootstrap-normal intervals, whose clipping at a bound leaves the other side intact; an
-approximation for percentile ones). It treats the set's queries as fixed and independent: it says
+off the query's interval as max(value - low, high - value) / 1.96: exact for bootstrap-normal
+intervals (clipping at a bound leaves the other side intact); for the default `dirichlet` and the
+percentile intervals, which are asymmetric, the wider side, so a conservative approximation. It treats the set's queries as fixed and independent: it says
 how precisely each model's mean is measured on these queries, not how it would vary over other
 query lists. `<attribute>_queries` counts the queries whose top k had a labelled item for that
 attribute (the mean's n); queries without one are left out of the mean.
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # negative (some class holds at least 1/C of the top k), though the summaries' bootstrap interval may be
 METRICS = {"max_skew_uniform": (0.0, np.inf), "ndkl_uniform": (0.0, np.inf), "tvd": (0.0, 1.0)}
 KEYS = ["dataset", "model", "model_id", "query_set", "k", "queries"]
-Z = 1.959963984540054  # the 95% normal quantile of the summaries' bootstrap-normal intervals
+Z = 1.959963984540054  # the 95% normal quantile
 
 
 def model_id(spec: dict) -> str:
