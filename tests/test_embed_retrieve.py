@@ -155,8 +155,7 @@ def test_chunked_memory_mapped_retrieval_equals_the_in_memory_one(tmp_path, meth
 @pytest.mark.parametrize("method", ["exact", "faiss"])
 def test_ties_across_chunk_borders_keep_the_lowest_rows(tmp_path, method):
     # 1,203 rows, 1,200 of them tied (exactly representable scores, so every kernel agrees), 3 better
-    # ones; chunks of 100 put the tie across 13 borders and the cut (k = 250) inside the tie
-    rng = np.random.default_rng(0)
+    # ones; chunks of 100 put the tie across 12 borders and the cut (k = 250) inside the tie
     imgs = np.tile(np.array([[0.75, 0.5, 0.0]], np.float32), (1203, 1))
     best = [1150, 7, 640]
     imgs[best] = [[1.0, 0.0, 0.0], [0.875, 0.25, 0.0], [0.8125, 0.25, 0.0]]
