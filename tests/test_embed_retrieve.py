@@ -113,3 +113,86 @@ def test_ties_broken_by_row_at_the_cut(method):
     scores, idx = top_k(imgs, np.array([[1.0, 0.0, 0.0]], np.float32), 20, method)
     assert idx[0].tolist() == best + tied[:17]
     assert (np.diff(scores[0]) <= 0).all()
+
+
+class _ChunkOnly:
+    """An image array that hands out at most `limit` rows per read: a retrieval that wanted the
+    whole array in memory at once would fail here."""
+
+    def __init__(self, array, limit):
+        self.array, self.limit, self.reads = array, limit, []
+        self.shape, self.ndim = array.shape, array.ndim
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, key):
+        assert isinstance(key, slice) and len(range(*key.indices(len(self.array)))) <= self.limit, key
+        self.reads.append(key)
+        return self.array[key]
+
+
+@pytest.mark.parametrize("method", ["exact", "faiss"])
+def test_chunked_memory_mapped_retrieval_equals_the_in_memory_one(tmp_path, method):
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(1000, 16)).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    queries = images[[5, 500, 999]] + 0.05 * rng.normal(size=(3, 16)).astype(np.float32)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r", allow_pickle=False)
+    whole_s, whole_i = top_k(images, queries, 50, method, chunk_rows=10**6)
+    brute = np.argsort(-(queries @ images.T), axis=1, kind="stable")[:, :50]
+    assert (whole_i == brute).all()
+    for chunk in (1, 37, 100, 999):
+        s, i = top_k(mapped, queries, 50, method, chunk_rows=chunk)
+        assert (i == whole_i).all(), chunk
+        np.testing.assert_allclose(s, whole_s, atol=1e-6)  # per-chunk products may differ in the last bit
+    spy = _ChunkOnly(images, 64)
+    assert (top_k(spy, queries, 50, method, chunk_rows=64)[1] == whole_i).all()
+    assert len(spy.reads) == 16
+
+
+@pytest.mark.parametrize("method", ["exact", "faiss"])
+def test_ties_across_chunk_borders_keep_the_lowest_rows(tmp_path, method):
+    # 1,203 rows, 1,200 of them tied (exactly representable scores, so every kernel agrees), 3 better
+    # ones; chunks of 100 put the tie across 12 borders and the cut (k = 250) inside the tie
+    imgs = np.tile(np.array([[0.75, 0.5, 0.0]], np.float32), (1203, 1))
+    best = [1150, 7, 640]
+    imgs[best] = [[1.0, 0.0, 0.0], [0.875, 0.25, 0.0], [0.8125, 0.25, 0.0]]
+    np.save(tmp_path / "images.npy", imgs)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r", allow_pickle=False)
+    q = np.array([[1.0, 0.0, 0.0]], np.float32)
+    tied = sorted(set(range(1203)) - set(best))
+    for chunk in (100, 1203, 7):
+        scores, idx = top_k(mapped, q, 250, method, chunk_rows=chunk)
+        assert idx[0].tolist() == best + tied[:247], chunk
+        assert scores[0].tolist() == [1.0, 0.875, 0.8125] + [0.75] * 247
+    with pytest.raises(VlmbiasError, match="chunk_rows must be at least 1"):
+        top_k(mapped, q, 5, method, chunk_rows=0)
+
+
+def test_retrieve_cli_reads_images_memory_mapped(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from vlmbias.audit import retrieve
+    from vlmbias.io import read_table, write_table
+
+    images = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "queries.npy", np.array([[1.0, 0, 0, 0]], np.float32))
+    ids = [f"i{n}" for n in range(5)]
+    write_table(pd.DataFrame({"row": range(5), "image_id": ids}), tmp_path / "rows.parquet")
+    write_table(pd.DataFrame({"row": [0], "query_id": ["q"], "query": ["x"], "text": ["x"], "lang": ["en"],
+                              "concept": ["x"], "names_attribute": [None], "names_class": [None]}),
+                tmp_path / "queries.parquet")
+    write_table(pd.DataFrame({"image_id": ids, "path": ["/p"] * 5, "gender": ["Male"] * 5}), tmp_path / "m.parquet")
+    seen = []
+    real = retrieve.top_k
+    monkeypatch.setattr(retrieve, "top_k", lambda images, *a: seen.append(images) or real(images, *a))
+    retrieve.main(["--images-npy", str(tmp_path / "images.npy"), "--images-table", str(tmp_path / "rows.parquet"),
+                   "--queries-npy", str(tmp_path / "queries.npy"), "--queries-table", str(tmp_path / "queries.parquet"),
+                   "--manifest", str(tmp_path / "m.parquet"), "--k", "3", "--method", "exact", "--chunk-rows", "2",
+                   "--model", "m", "--dataset", "d", "--query-set", "s", "--out", str(tmp_path / "out.parquet")])
+    assert isinstance(seen[0], np.memmap)
+    out = read_table(tmp_path / "out.parquet")
+    assert out["image_id"].tolist() == ["i0", "i4", "i1"]  # the tie of rows 0 and 4 (chunks 1 and 3) by row

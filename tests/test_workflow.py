@@ -100,6 +100,66 @@ def test_missing_dataset_root_fails_cleanly(workdir, tmp_path):
     assert not (tmp_path / "results/smoke/data/ff/manifest.parquet").exists()
 
 
+SHARD_TARGET = "results/smoke/retrieval/ff/tiny/jobs.parquet"
+
+
+@pytest.fixture(scope="module")
+def sharded_pair(tmp_path_factory, tiny_workflow_config):
+    """The small audit up to one retrieval, once unsharded (exact) and once in 3 shards of 16 images
+    with an approximate index that probes its one list (exhaustive, so it must find the exact top-k)."""
+    runs = {}
+    for name, shard_size, retrieval in [
+            ("whole", None, {"k": [5, 20]}),
+            ("shards", 16, {"k": [5, 20], "method": "approximate", "approximate": {"nlist": 1, "nprobe": 1}})]:
+        wd = tmp_path_factory.mktemp(name)
+        config = tiny_workflow_config(embed={"num_workers": 0, "batch_size": 8, "shard_size": shard_size},
+                                      retrieval=retrieval)
+        (wd / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+        run = snakemake(wd, "--", SHARD_TARGET)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        runs[name] = wd
+    return runs
+
+
+def test_sharded_embedding_equals_unsharded_bitwise(sharded_pair):
+    whole, shards = (sharded_pair[n] / "results/smoke" for n in ("whole", "shards"))
+    for name in ("images.npy", "images.parquet", "skipped.csv"):
+        assert (shards / "embeddings/ff/tiny" / name).read_bytes() == (whole / "embeddings/ff/tiny" / name).read_bytes()
+    # 42 images in shards of 16: three embedding jobs, one merge
+    assert sorted(p.name for p in (shards / "embeddings/ff/tiny/shards").glob("*.npy")) == ["0.npy", "1.npy", "2.npy"]
+    assert sorted(p.name for p in (shards / "logs/embed_images").glob("*.log")) == [
+        "ff_tiny_0.log", "ff_tiny_1.log", "ff_tiny_2.log"]
+    assert (shards / "logs/merge_embeddings/ff_tiny.log").is_file()
+    a, b = (read_table(r / "retrieval/ff/tiny/jobs.parquet") for r in (whole, shards))
+    assert a["image_id"].tolist() == b["image_id"].tolist()
+    recall = pd.read_csv(shards / "retrieval/ff/tiny/jobs_recall.csv")
+    assert sorted(recall["k"].unique()) == [5, 20] and len(recall) == 4 and (recall["recall"] == 1.0).all()
+    assert not (whole / "retrieval/ff/tiny/jobs_recall.csv").exists()
+
+
+def test_removed_shard_reruns_alone(sharded_pair):
+    wd = sharded_pair["shards"]
+    emb = wd / "results/smoke/embeddings/ff/tiny"
+    logs = wd / "results/smoke/logs/embed_images"
+    before = {p: p.stat().st_mtime_ns for p in [emb / "shards/0.npy", emb / "shards/2.npy", logs / "ff_tiny_0.log",
+                                                 logs / "ff_tiny_2.log", logs / "ff_tiny_1.log"]}
+    merged = (emb / "images.npy").read_bytes()
+    # what a run killed during shard 1 leaves: the other shards, no shard 1, no merge
+    for path in [emb / "shards/1.npy", emb / "images.npy", emb / "images.parquet", emb / "skipped.csv",
+                 wd / SHARD_TARGET, wd / SHARD_TARGET.replace(".parquet", "_recall.csv")]:
+        path.unlink()
+    plan = snakemake(wd, "-n", "--", SHARD_TARGET)
+    assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.stdout, re.M))
+    assert counts.get("embed_images") == "1" and counts.get("merge_embeddings") == "1", plan.stdout
+    assert counts.get("retrieve") == "1" and "dataset_manifest" not in counts and "embed_queries" not in counts
+    run = snakemake(wd, "--", SHARD_TARGET)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    changed = [p.name for p, t in before.items() if p.stat().st_mtime_ns != t]
+    assert changed == ["ff_tiny_1.log"]  # only shard 1 ran again
+    assert (emb / "shards/1.npy").is_file() and (emb / "images.npy").read_bytes() == merged
+
+
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     """The default config as shipped (world, audit, calibration, mitigation, experiments), with only
@@ -236,7 +296,9 @@ def test_thesis_config_is_valid_and_plans_every_experiment(tmp_path):
     (tmp_path / "config.yaml").write_text("{}\n")
     run = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/thesis.yaml"), "--replace-workflow-config")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for rule in ("embed_images", "finetune", "compare", "quality"):
+    # its images are embedded in shards (embed.shard_size), planned once the manifest checkpoint has run
+    assert "The run involves checkpoint jobs" in run.stdout
+    for rule in ("merge_embeddings", "finetune", "compare", "quality"):
         assert rule in run.stdout
 
 

@@ -41,6 +41,29 @@ def audit_selection(config: dict) -> dict[str, list[str]]:
     return chosen
 
 
+def _schema_default(*keys: str):
+    node = yaml.safe_load(SCHEMA.read_text())
+    for key in keys:
+        node = node["properties"][key]
+    return node["default"]
+
+
+def shard_size(config: dict) -> int | None:
+    """embed.shard_size, None when embedding runs as one job per (dataset, model)."""
+    return (config.get("embed") or {}).get("shard_size") or None
+
+
+def check_retrieval(config: dict) -> None:
+    from vlmbias.audit.approximate import check_spec
+
+    retrieval = config.get("retrieval") or {}
+    if retrieval.get("method") == "approximate":
+        check_spec(retrieval.get("approximate"))
+    elif retrieval.get("approximate") is not None:
+        raise VlmbiasError(f"retrieval.approximate is set but retrieval.method is "
+                           f"{retrieval.get('method', 'auto')!r}; set method: approximate or remove the block")
+
+
 def check_config(config: dict) -> None:
     audit_selection(config)
     from vlmbias.audit.metrics import INTERVAL_METHODS
@@ -48,6 +71,13 @@ def check_config(config: dict) -> None:
     interval = (config.get("metrics") or {}).get("interval")
     if interval is not None and interval not in INTERVAL_METHODS:  # the schema's enum, kept in step with the code
         raise VlmbiasError(f"metrics.interval {interval!r} is not one of {list(INTERVAL_METHODS)}")
+    size = shard_size(config)
+    if size:
+        batch = (config.get("embed") or {}).get("batch_size") or _schema_default("embed", "batch_size")
+        if size % batch:
+            raise VlmbiasError(f"embed.shard_size ({size}) must be a multiple of embed.batch_size ({batch}), so that "
+                               "a sharded run encodes the same batches as an unsharded one (bitwise equal embeddings)")
+    check_retrieval(config)
     for name, spec in config.get("datasets", {}).items():
         if spec.get("world") and "world" not in config:
             raise VlmbiasError(f"dataset {name!r} uses the calibration world, but the config has no 'world' block")

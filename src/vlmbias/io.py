@@ -150,8 +150,9 @@ def write_npy(array: np.ndarray, path: str | os.PathLike) -> None:
             np.save(f, array, allow_pickle=False)
 
 
-def read_npy(path: str | os.PathLike) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+def read_npy(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
+    """`mmap`: a read-only memory map; only the rows a caller touches are read into memory."""
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
 def parse_json_arg(text: str, what: str) -> dict:

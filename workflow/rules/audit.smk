@@ -2,7 +2,8 @@
 # (per model x query set) -> top-k rankings -> disparity metrics.
 
 
-rule dataset_manifest:
+# A checkpoint: with embed.shard_size set, the number of embedding shards is read from the manifest.
+checkpoint dataset_manifest:
     input:
         dataset_inputs,
     output:
@@ -24,14 +25,28 @@ rule dataset_manifest:
         " --manifest {output.manifest:q} --distribution {output.distribution:q} --missing {output.missing:q} > {log:q} 2>&1"
 
 
+from vlmbias.audit.shards import manifest_shard_count
+
+
+# Image embedding, once per (dataset, model). With embed.shard_size set, `embed_images` runs once per
+# shard of the manifest (shards/<i>.npy, .parquet, _skipped.parquet) and `merge_embeddings` joins the
+# shards into the images.npy / images.parquet / skipped.csv every later rule reads; a failed shard
+# reruns alone and finished shards are kept. Without it, `embed_images` writes those three directly.
+SHARD_SIZE = vconfig.shard_size(config)
+EMBED_DIR = f"{RES}/embeddings/{{dataset}}/{{model}}"
+EMBED_OUT = (f"{EMBED_DIR}/shards/{{shard}}", f"{EMBED_DIR}/shards/{{shard}}_skipped.parquet") if SHARD_SIZE else (
+    f"{EMBED_DIR}/images", f"{EMBED_DIR}/skipped.csv")
+EMBED_JOB = "{dataset}_{model}_{shard}" if SHARD_SIZE else "{dataset}_{model}"
+
+
 rule embed_images:
     input:
         manifest=rules.dataset_manifest.output.manifest,
         model=model_inputs,
     output:
-        npy=f"{RES}/embeddings/{{dataset}}/{{model}}/images.npy",
-        table=f"{RES}/embeddings/{{dataset}}/{{model}}/images.parquet",
-        skipped=f"{RES}/embeddings/{{dataset}}/{{model}}/skipped.csv",
+        npy=f"{EMBED_OUT[0]}.npy",
+        table=f"{EMBED_OUT[0]}.parquet",
+        skipped=EMBED_OUT[1],
     params:
         model=lambda w: as_json(vconfig.model_spec(config, w.model)),
         device=config["device"],
@@ -40,21 +55,61 @@ rule embed_images:
         workers=config["embed"]["num_workers"],
         max_bad=config["embed"]["max_bad_fraction"],
         max_pixels=MAX_PIXELS,
+        shard=lambda w: w.get("shard", 0),
+        shard_size=SHARD_SIZE or 0,
     threads: config["threads"]
     resources:
         **rule_resources("embed_images"),
     log:
-        f"{RES}/logs/embed_images/{{dataset}}_{{model}}.log",
+        f"{RES}/logs/embed_images/{EMBED_JOB}.log",
     benchmark:
-        f"{RES}/benchmarks/embed_images/{{dataset}}_{{model}}.tsv"
+        f"{RES}/benchmarks/embed_images/{EMBED_JOB}.tsv"
     conda:
         "../../envs/audit.yaml"
     shell:
         "{PY} -m vlmbias.audit.embed images --model-json {params.model:q} --device {params.device:q}"
         " --precision {params.precision:q} --threads {threads:q} --manifest {input.manifest:q}"
         " --batch-size {params.batch_size:q} --num-workers {params.workers:q} --max-bad-fraction {params.max_bad:q}"
-        " --max-pixels {params.max_pixels:q} --out-npy {output.npy:q} --out-table {output.table:q}"
-        " --skipped {output.skipped:q} > {log:q} 2>&1"
+        " --max-pixels {params.max_pixels:q} --shard {params.shard:q} --shard-size {params.shard_size:q}"
+        " --out-npy {output.npy:q} --out-table {output.table:q} --skipped {output.skipped:q} > {log:q} 2>&1"
+
+
+def embedding_shards(wildcards):
+    # how many shards the manifest makes is known once the dataset_manifest checkpoint has run
+    manifest = checkpoints.dataset_manifest.get(dataset=wildcards.dataset).output.manifest
+    n = manifest_shard_count(manifest, SHARD_SIZE)
+    return expand(f"{EMBED_DIR}/shards/{{shard}}.npy", dataset=wildcards.dataset, model=wildcards.model, shard=range(n))
+
+
+def embedding_shard_tables(wildcards):
+    return [p[:-len(".npy")] + suffix for p in embedding_shards(wildcards) for suffix in (".parquet", "_skipped.parquet")]
+
+
+if SHARD_SIZE:
+
+    rule merge_embeddings:
+        input:
+            manifest=rules.dataset_manifest.output.manifest,
+            shards=embedding_shards,
+            tables=embedding_shard_tables,
+        output:
+            npy=f"{EMBED_DIR}/images.npy",
+            table=f"{EMBED_DIR}/images.parquet",
+            skipped=f"{EMBED_DIR}/skipped.csv",
+        params:
+            shard_size=SHARD_SIZE,
+            max_bad=config["embed"]["max_bad_fraction"],
+        threads: 1
+        resources:
+            **rule_resources("merge_embeddings"),
+        log:
+            f"{RES}/logs/merge_embeddings/{{dataset}}_{{model}}.log",
+        conda:
+            "../../envs/audit.yaml"
+        shell:
+            "{PY} -m vlmbias.audit.shards --manifest {input.manifest:q} --shard-size {params.shard_size:q}"
+            " --shards {input.shards:q} --max-bad-fraction {params.max_bad:q} --out-npy {output.npy:q}"
+            " --out-table {output.table:q} --skipped {output.skipped:q} > {log:q} 2>&1"
 
 
 rule embed_queries:
@@ -87,6 +142,11 @@ def image_embeddings(wildcards):
     return {"images": f"{folder}/images.npy", "image_rows": f"{folder}/images.parquet"}
 
 
+# method approximate also writes its recall against the exact top-k (vlmbias.audit.approximate)
+RECALL_OUT = ({"recall": f"{RES}/retrieval/{{dataset}}/{{model}}/{{qset}}_recall.csv"}
+              if config["retrieval"]["method"] == "approximate" else {})
+
+
 rule retrieve:
     input:
         unpack(image_embeddings),
@@ -95,9 +155,14 @@ rule retrieve:
         manifest=rules.dataset_manifest.output.manifest,
     output:
         f"{RES}/retrieval/{{dataset}}/{{model}}/{{qset}}.parquet",
+        **RECALL_OUT,
     params:
         k=max(config["retrieval"]["k"]),
+        ks=config["retrieval"]["k"],
         method=config["retrieval"]["method"],
+        approximate=as_json(config["retrieval"].get("approximate") or {}),
+        seed=config["seed"],
+        recall=lambda w, output: ["--out-recall", output.recall] if "recall" in output.keys() else [],
     threads: 1
     resources:
         **rule_resources("retrieve"),
@@ -108,8 +173,9 @@ rule retrieve:
     shell:
         "{PY} -m vlmbias.audit.retrieve --images-npy {input.images:q} --images-table {input.image_rows:q}"
         " --queries-npy {input.queries:q} --queries-table {input.query_rows:q} --manifest {input.manifest:q}"
-        " --k {params.k:q} --method {params.method:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
-        " --query-set {wildcards.qset:q} --out {output:q} > {log:q} 2>&1"
+        " --k {params.k:q} --method {params.method:q} --approximate-json {params.approximate:q} --seed {params.seed:q}"
+        " --recall-k {params.ks:q} {params.recall:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
+        " --query-set {wildcards.qset:q} --out {output[0]:q} > {log:q} 2>&1"
 
 
 rule metrics:

@@ -40,6 +40,7 @@ wildcard_constraints:
     dataset="[A-Za-z0-9][A-Za-z0-9_.-]*",
     model="[A-Za-z0-9][A-Za-z0-9_.~-]*",
     qset="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    shard="[0-9]+",
 
 
 def as_json(obj):
@@ -96,6 +97,7 @@ RULE_RESOURCES = {  # rule: (mem_mb, runtime in minutes), for the first attempt
     "calibrate": (2000, 30),
     "dataset_manifest": (2000, 30),
     "embed_images": (8000, 240),
+    "merge_embeddings": (4000, 30),
     "embed_queries": (4000, 30),
     "retrieve": (4000, 30),
     "metrics": (2000, 30),

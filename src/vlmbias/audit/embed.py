@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vlmbias import VlmbiasError
 from vlmbias.audit.models import Encoder, load_encoder
 from vlmbias.audit.queries import expand_query_set, strip_article
+from vlmbias.audit.shards import check_bad_fraction, shard_rows
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_npy, write_table
 from vlmbias.mitigate.debias import apply_projection, projection_for
@@ -67,7 +67,9 @@ def embed_image_files(encoder: Encoder, paths: list[str], batch_size: int = 64, 
 
 def embed_images(manifest: pd.DataFrame, encoder: Encoder, batch_size=64, num_workers=2, max_bad_fraction=0.01,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Returns (embeddings, row-order table, skipped table); raises if too many images are unreadable."""
+    """Returns (embeddings, row-order table, skipped table); raises if too many images are unreadable.
+
+    `max_bad_fraction=None` leaves that check to the caller (a shard: the merge checks the whole dataset)."""
     emb, kept, bad = embed_image_files(encoder, manifest["path"].tolist(), batch_size, num_workers,
                                        max_pixels=max_pixels)
     skipped = pd.DataFrame({"image_id": [manifest["image_id"].iat[i] for i, _ in bad],
@@ -75,10 +77,8 @@ def embed_images(manifest: pd.DataFrame, encoder: Encoder, batch_size=64, num_wo
                             "reason": [r for _, r in bad]}, columns=["image_id", "path", "reason"])
     for row in skipped.itertuples():
         log.warning("skipped %s: %s", row.path, row.reason)
-    n = len(manifest)
-    if n == 0 or len(skipped) > max_bad_fraction * n:
-        raise VlmbiasError(f"{len(skipped)} of {n} images could not be read (allowed fraction {max_bad_fraction})"
-                           + (f"; first: {skipped['path'].iat[0]}: {skipped['reason'].iat[0]}" if len(skipped) else ""))
+    if max_bad_fraction is not None:
+        check_bad_fraction(skipped, len(manifest), max_bad_fraction)
     rows = pd.DataFrame({"row": np.arange(len(kept)), "image_id": manifest["image_id"].to_numpy()[kept]})
     return emb, rows, skipped
 
@@ -134,6 +134,8 @@ def main(argv=None) -> None:
     s.add_argument("--num-workers", type=int, default=2)
     s.add_argument("--max-bad-fraction", type=float, default=0.01)
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
+    s.add_argument("--shard", type=int, default=0, help="embed only this shard of the manifest (vlmbias.audit.shards)")
+    s.add_argument("--shard-size", type=int, default=0, help="embed.shard_size; 0: the whole manifest, one shard")
     s = sub.choices["queries"]
     s.add_argument("--name", required=True)
     s.add_argument("--queries-json", required=True, help="the query set's config block as JSON")
@@ -142,8 +144,13 @@ def main(argv=None) -> None:
         torch.set_num_threads(a.threads)
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device, a.precision)
     if a.what == "images":
-        emb, rows, skipped = embed_images(read_table(a.manifest), encoder, a.batch_size, a.num_workers,
-                                          a.max_bad_fraction, a.max_pixels)
+        manifest = read_table(a.manifest)
+        if a.shard_size:  # one shard; the merge checks max_bad_fraction over the whole dataset
+            part = shard_rows(len(manifest), a.shard_size, a.shard)
+            log.info("shard %d: manifest rows %d..%d of %d", a.shard, part.start, part.stop - 1, len(manifest))
+            manifest = manifest.iloc[part].reset_index(drop=True)
+        emb, rows, skipped = embed_images(manifest, encoder, a.batch_size, a.num_workers,
+                                          None if a.shard_size else a.max_bad_fraction, a.max_pixels)
         write_table(skipped, a.skipped)
         log.info("embedded %d images (dim %d), skipped %d", len(rows), emb.shape[1], len(skipped))
     else:

@@ -1,8 +1,15 @@
-"""Exact text-to-image retrieval: cosine similarity of every query with every image, top-k kept.
+"""Text-to-image retrieval: cosine similarity of every query with every image, top-k kept.
 
-Embeddings are L2-normalised, so cosine similarity is a dot product: one matrix product for all
-queries (numpy), or a faiss `IndexFlatIP` for large image sets. Both are exact; ties are broken by
-image row (also at the top-k cut) so that rankings are reproducible and equal across methods.
+Embeddings are L2-normalised, so cosine similarity is a dot product. The image embeddings are read
+memory-mapped and scored `chunk_rows` rows at a time (numpy, or a faiss `IndexFlatIP` per chunk
+for large image sets), the best k of each chunk merged into a running top-k: a job holds one chunk,
+never the whole array. Both are exact; ties are broken by image row (also at the top-k cut), so
+rankings are reproducible and equal across methods and chunk sizes. Scores are computed per chunk,
+so past `CHUNK_ROWS` images they may differ from one whole-array product in the last bit (BLAS
+picks its kernel by shape); up to that size they are that product's.
+
+`approximate` searches a faiss IVF or HNSW index (vlmbias.audit.approximate) and measures its
+recall against the exact top-k in the same job.
 """
 from __future__ import annotations
 
@@ -13,10 +20,12 @@ import numpy as np
 import pandas as pd
 
 from vlmbias import VlmbiasError
-from vlmbias.io import read_npy, read_table, run_cli, write_table
+from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
 
 log = logging.getLogger(__name__)
 FAISS_MIN_IMAGES = 50_000
+CHUNK_ROWS = 65_536  # a multiple of faiss's 1024-row BLAS block, so faiss scores do not depend on chunking
+METHODS = ("auto", "exact", "faiss", "approximate")
 
 
 def _select(scores: np.ndarray, k: int) -> np.ndarray:
@@ -27,27 +36,55 @@ def _select(scores: np.ndarray, k: int) -> np.ndarray:
     return cand[np.lexsort((cand, -scores[cand]))]
 
 
-def top_k(images: np.ndarray, queries: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Return (scores, indices), each [n_queries, min(k, n_images)], best first.
-
-    Both methods are exact and break ties by image row (the lower row ranks first, also at the
-    top-k cut), so rankings are reproducible and identical across methods when scores tie exactly."""
+def check_shapes(images: np.ndarray, queries: np.ndarray, k: int) -> int:
+    """The k a search can return (at most every image); raises on unusable inputs."""
     if images.ndim != 2 or queries.ndim != 2 or images.shape[1] != queries.shape[1]:
         raise VlmbiasError(f"embedding shapes do not match: images {images.shape}, queries {queries.shape}")
     if k < 1:
         raise VlmbiasError(f"k must be at least 1, got {k}")
     if len(images) == 0:
         raise VlmbiasError("no image embeddings to search")
-    k = min(k, len(images))
+    return min(k, len(images))
+
+
+def merge_top_k(best: tuple[np.ndarray, np.ndarray] | None, scores: np.ndarray, idx: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of a running top-k and a new chunk's, per query, ordered by (-score, row).
+
+    The order is total (rows are unique), so the top k of a union is the top k of the parts' top ks."""
+    if best is not None:
+        scores, idx = np.concatenate([best[0], scores], axis=1), np.concatenate([best[1], idx], axis=1)
+    order = np.lexsort((idx, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def top_k(images: np.ndarray, queries: np.ndarray, k: int, method: str = "auto",
+          chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Return (scores, indices), each [n_queries, min(k, n_images)], best first, exact.
+
+    `images` may be a read-only memory map (np.load(mmap_mode='r')): it is read `chunk_rows` rows
+    at a time. Ties are broken by image row (the lower row ranks first, also at the top-k cut), so
+    rankings are reproducible and identical across methods and chunk sizes when scores tie exactly."""
+    k = check_shapes(images, queries, k)
+    if chunk_rows < 1:
+        raise VlmbiasError(f"chunk_rows must be at least 1, got {chunk_rows}")
     if method == "auto":
         method = "faiss" if len(images) >= FAISS_MIN_IMAGES else "exact"
-    if method == "faiss":
-        return _faiss_top_k(np.ascontiguousarray(images, np.float32), np.ascontiguousarray(queries, np.float32), k)
-    if method != "exact":
-        raise VlmbiasError(f"unknown retrieval method {method!r}; expected exact, faiss or auto")
-    sims = queries.astype(np.float32) @ images.astype(np.float32).T
-    idx = np.stack([_select(row, k) for row in sims])
-    return np.take_along_axis(sims, idx, 1), idx
+    if method not in ("exact", "faiss"):
+        raise VlmbiasError(f"unknown exact retrieval method {method!r}; expected exact, faiss or auto")
+    q = np.ascontiguousarray(queries, np.float32)
+    best = None
+    for start in range(0, len(images), chunk_rows):
+        chunk = np.ascontiguousarray(images[start:start + chunk_rows], np.float32)  # reads only this chunk
+        kc = min(k, len(chunk))
+        if method == "faiss":
+            s, i = _faiss_top_k(chunk, q, kc)
+        else:
+            sims = q @ chunk.T
+            i = np.stack([_select(row, kc) for row in sims])
+            s = np.take_along_axis(sims, i, 1)
+        best = merge_top_k(best, s, i + start, k)
+    return best
 
 
 def _faiss_top_k(images: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,23 +126,44 @@ def rankings_table(scores: np.ndarray, idx: np.ndarray, image_rows: pd.DataFrame
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vlmbias.audit.retrieve", description="Top-k retrieval for a query set.")
-    p.add_argument("--images-npy", required=True)
+    p.add_argument("--images-npy", required=True, help="read memory-mapped, chunk by chunk")
     p.add_argument("--images-table", required=True)
     p.add_argument("--queries-npy", required=True)
     p.add_argument("--queries-table", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--k", type=int, required=True, help="the largest k any metric uses")
-    p.add_argument("--method", default="auto")
+    p.add_argument("--method", default="auto", choices=METHODS)
+    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS, help="image rows scored at once")
+    p.add_argument("--approximate-json", default="{}", help="retrieval.approximate as JSON (method approximate)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the approximate index's training sample")
+    p.add_argument("--recall-k", type=int, nargs="*", default=[], help="the ks recall is reported at "
+                   "(retrieval.k); method approximate")
+    p.add_argument("--out-recall", help="recall of the approximate top-k against the exact one (method approximate)")
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--query-set", required=True)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    scores, idx = top_k(read_npy(a.images_npy), read_npy(a.queries_npy), a.k, a.method)
-    table = rankings_table(scores, idx, read_table(a.images_table), read_table(a.queries_table),
+    images = read_npy(a.images_npy, mmap=True)
+    queries = read_npy(a.queries_npy)
+    query_rows = read_table(a.queries_table)
+    recall = None
+    if a.method == "approximate":
+        from vlmbias.audit.approximate import approximate_with_recall
+
+        if not a.out_recall:
+            raise VlmbiasError("method approximate writes its recall table: give --out-recall")
+        scores, idx, recall = approximate_with_recall(
+            images, queries, a.k, parse_json_arg(a.approximate_json, "--approximate-json"), a.seed,
+            a.recall_k or [a.k], query_rows["query_id"], a.chunk_rows)
+    else:
+        scores, idx = top_k(images, queries, a.k, a.method, a.chunk_rows)
+    table = rankings_table(scores, idx, read_table(a.images_table), query_rows,
                            read_table(a.manifest), a.model, a.dataset, a.query_set)
+    if recall is not None:
+        write_table(recall, a.out_recall)
     write_table(table, a.out)
-    log.info("retrieved top-%d for %d queries", idx.shape[1], idx.shape[0])
+    log.info("retrieved top-%d for %d queries (%s)", idx.shape[1], idx.shape[0], a.method)
 
 
 if __name__ == "__main__":
