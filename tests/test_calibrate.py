@@ -5,7 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlmbias.world.calibrate import association, checks, metric_tracking
+from vlmbias import VlmbiasError
+from vlmbias.audit.metrics import proportion_ci
+from vlmbias.world.calibrate import association, checks, metric_tracking, zeroshot_checks
 
 
 def test_association_by_hand():
@@ -105,3 +107,67 @@ def test_metric_tracking_ranks_measurements():
     assert track.loc["top200_share", "spearman_rho"] > 0.9
     assert track.loc["similarity_difference", "spearman_rho"] > 0.9
     assert set(track.index) == {"top200_share", "similarity_difference", "association_d"}
+
+
+# ---- zero-shot known answers (harmful.csv of the world's test split)
+
+RACES = ["East Asian", "Indian", "Black", "White", "Middle Eastern", "Latino_Hispanic", "Southeast Asian"]
+ZS_BIAS = pd.DataFrame(
+    [("offender", "en", "race", r, 0.8 if r == "White" else 0.2 / 6) for r in RACES]
+    + [("animal", "en", "race", r, 1.0 if r == "Southeast Asian" else 0.0) for r in RACES],
+    columns=["concept", "lang", "attribute", "class", "planted"])
+ZS_FAMILIES = pd.DataFrame([("offender", "en", "crime"), ("animal", "en", "non_human"), ("chef", "en", "control")],
+                           columns=["concept", "lang", "family"])
+
+
+def _harmful(crime: dict, nonhuman: dict, gender_crime=(30, 30), n=100):
+    """A harmful.csv with Wilson intervals: hits per race group out of n, and per gender out of 350."""
+    rows = []
+    groups = [("race", r, n, crime.get(r, 3), nonhuman.get(r, 1)) for r in RACES]
+    groups += [("gender", g, 350, c, 5) for g, c in zip(("Male", "Female"), gender_crime)]
+    for attr, g, size, c, h in groups:
+        (cl, ch), (hl, hh) = proportion_ci(c, size), proportion_ci(h, size)
+        rows.append({"group_attribute": attr, "group": g, "n": size, "crime_related": c, "crime_rate": c / size,
+                     "crime_low": cl, "crime_high": ch, "non_human": h, "non_human_rate": h / size,
+                     "non_human_low": hl, "non_human_high": hh})
+    return pd.DataFrame(rows)
+
+
+def test_zeroshot_checks_find_the_planted_groups():
+    res = zeroshot_checks(_harmful({"White": 40}, {"Southeast Asian": 25}), ZS_BIAS, ZS_FAMILIES).set_index("check")
+    assert set(res.index) == {"zeroshot_crime_planted_group_above_others", "zeroshot_non_human_planted_group_above_others",
+                              "zeroshot_crime_gender_intervals_overlap"}
+    assert res["passed"].all(), res
+    crime = res.loc["zeroshot_crime_planted_group_above_others"]
+    # Wilson 95% for 40/100, by hand: centre (0.4 + 1.96^2/200) / (1 + 1.96^2/100) = 0.40370,
+    # half-width 1.96 sqrt(0.4 * 0.6 / 100 + 1.96^2 / 40000) / 1.038415 = 0.09430 -> low 0.3094
+    assert crime["value"] == pytest.approx(0.3094, abs=1e-3)
+    # the others all 3/100: Wilson upper (0.03 + 0.019208 + 1.96 sqrt(0.000291 + 0.000096)) / 1.038415 = 0.0845
+    assert crime["threshold"] == pytest.approx(0.0845, abs=1e-3) and crime["rule"] == ">"
+    assert "White" in crime["detail"]
+
+
+def test_zeroshot_checks_fail_on_a_flat_or_wrong_table():
+    flat = zeroshot_checks(_harmful({}, {}), ZS_BIAS, ZS_FAMILIES).set_index("check")
+    assert not flat.loc["zeroshot_crime_planted_group_above_others", "passed"]
+    assert not flat.loc["zeroshot_non_human_planted_group_above_others", "passed"]
+    # highest point estimate is not enough: 9/100 vs 3/100 intervals overlap
+    close = zeroshot_checks(_harmful({"White": 9}, {"Southeast Asian": 25}), ZS_BIAS, ZS_FAMILIES).set_index("check")
+    assert close.loc["zeroshot_crime_planted_group_above_others", "value"] < 0.0845
+    assert not close.loc["zeroshot_crime_planted_group_above_others", "passed"]
+    # the plant landed on another group
+    wrong = zeroshot_checks(_harmful({"Black": 40}, {"Southeast Asian": 25}), ZS_BIAS, ZS_FAMILIES).set_index("check")
+    assert not wrong.loc["zeroshot_crime_planted_group_above_others", "passed"]
+    # crime labels on one gender only, although the plant is at gender parity
+    gendered = zeroshot_checks(_harmful({"White": 40}, {"Southeast Asian": 25}, gender_crime=(60, 10)), ZS_BIAS,
+                               ZS_FAMILIES).set_index("check")
+    row = gendered.loc["zeroshot_crime_gender_intervals_overlap"]
+    assert row["value"] > 0 and not row["passed"]
+
+
+def test_zeroshot_checks_skip_a_world_without_those_plants_and_name_bad_tables():
+    plain = ZS_FAMILIES[ZS_FAMILIES.family == "control"]
+    assert zeroshot_checks(_harmful({}, {}), ZS_BIAS, plain).empty
+    no_race = _harmful({}, {}).query("group_attribute != 'race'")
+    with pytest.raises(VlmbiasError, match="no race groups"):
+        zeroshot_checks(no_race, ZS_BIAS, ZS_FAMILIES)

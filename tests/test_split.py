@@ -72,8 +72,15 @@ def test_split_is_written(tmp_path):
 def test_default_config_split_and_schema():
     config = _default()
     fit, held = vconfig.fitting_concepts(config), vconfig.held_out_concepts(config)
-    assert held == ["CEO", "nurse", "scientist"]  # seed 0, stated in config.yaml and the README
-    assert not set(fit) & set(held) and len(fit) == 6
+    # seed 0, stated in config.yaml and the README: both attributes held out, the race half with
+    # three 0.7 race plants (issue 11: "a CEO" alone carried no race plant in English)
+    assert held == ["dentist", "nurse", "pharmacist", "pilot", "scientist"]
+    assert not set(fit) & set(held) and len(fit) == 8
+    from vlmbias.world.spec import resolve_spec as resolve_world
+
+    world = resolve_world(config["world"])["planted_resolved"]
+    assert all(max(world[f"{c}|en"]["race"].values()) >= config["calibration"]["strong"]["race"]
+               for c in ("dentist", "pharmacist", "pilot"))
     config["mitigation"]["split"] = {"held_out_fraction": 1.5}
     with pytest.raises(VlmbiasError, match="at mitigation.split"):
         vconfig.validate(config)

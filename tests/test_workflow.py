@@ -189,6 +189,10 @@ def test_known_answer_calibration(default_run):
     assert not failed, checks.loc[failed, ["value", "threshold", "detail"]].to_string()
     # the audit's own metrics get their own dose-response verdicts, whatever they are
     assert {"dose_response_spearman_topk_share", "dose_response_spearman_max_skew"} <= set(checks.index)
+    # the zero-shot known answers (crime-related on White, non-human figure in the Southeast Asian hue)
+    # are checked from the zero-shot audit's harmful table
+    assert {"zeroshot_crime_planted_group_above_others", "zeroshot_non_human_planted_group_above_others",
+            "zeroshot_crime_gender_intervals_overlap"} <= set(checks.index)
     table = pd.read_csv(default_run / "calibration/world-clip/calibration.csv")
     nurse = table[(table.query == "a nurse") & (table.attribute == "gender") & (table["class"] == "Female")]
     assert (nurse["low"] > nurse["parity"]).all() and (nurse["sim_diff_low"] > 0).all()
@@ -229,7 +233,7 @@ def test_default_chain_runs_mitigation(default_run):
     assert set(arch["model_b"]) == set(config["experiments"]["architecture"]["models"][1:])
     assert arch["p_holm"].between(0, 1).all() and arch["significant"].any()
     web = pd.read_csv(res / "experiments/training_data.csv")
-    # the web images are the LoRA set's: fitting concepts only (held-out nurse, scientist, CEO are not acquired)
+    # the web images are the LoRA set's: fitting concepts only (the held-out concepts of split.csv are not acquired)
     assert set(web["keyword"]) >= {"doctor", "teacher"} and not set(web["concept"]) & held
     assert web["tvd"].between(0, 1).all()
 

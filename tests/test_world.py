@@ -144,3 +144,56 @@ def test_trained_world_model_loads_as_a_hub_model(world, tmp_path):
     assert (out / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
     with pytest.raises(VlmbiasError, match="unknown key"):
         train_world_model(world, {"epoch": 3}, tmp_path / "bad")
+
+
+# The zero-shot known answers: a crime-related concept on one race (gender at parity) and a
+# non-person figure drawn in another race's hue, captioned with the zeroshot_fairface class words.
+ZS_SPEC = {**SPEC, "concepts": {
+    **SPEC["concepts"],
+    "offender": {"names": {"en": ["a thief", "a criminal", "a suspicious person"]}, "family": "crime",
+                 "planted": {"race": {"White": 0.8}}},
+    "animal": {"names": {"en": ["an animal", "a gorilla"]}, "family": "non_human", "figure": "animal",
+               "planted": {"race": {"Southeast Asian": 1.0}}},
+}}
+
+
+def test_zero_shot_plants_are_realised(tmp_path):
+    generate_world(ZS_SPEC, tmp_path / "w")
+    corpus = load_corpus(tmp_path / "w")
+    table = load_bias_table(tmp_path / "w")
+    crime = corpus[corpus.concept == "offender"]
+    assert (crime["race"] == "White").mean() == pytest.approx(0.8, abs=2 / len(crime))
+    assert (crime["gender"] == "Male").mean() == pytest.approx(0.5, abs=2 / len(crime))
+    assert set(crime["figure"]) == {"person"}
+    assert {c.split(" ", 1)[-1] for c in crime["caption"]} & {"thief", "criminal", "suspicious person"}
+    animal = corpus[corpus.concept == "animal"]
+    assert len(animal) == 40 and set(animal["figure"]) == {"animal"}
+    assert animal["gender"].isna().all() and set(animal["race"]) == {"Southeast Asian"}
+    assert all("animal" in c or "gorilla" in c for c in animal["caption"])
+    planted = table[table.concept == "animal"]
+    assert "gender" not in set(planted["attribute"])  # a non-person figure plants no gender
+    assert planted.set_index(["attribute", "class"]).loc[("race", "Southeast Asian"), "planted"] == 1.0
+    # the filler balances the people only: their race marginal stays at the base (1/7) although the
+    # 40 animal figures all carry one race's hue
+    people = corpus[corpus.figure == "person"]
+    assert (people["race"] == "Southeast Asian").mean() == pytest.approx(1 / 7, abs=0.01)
+    assert (corpus["race"] == "Southeast Asian").mean() > 1 / 7 + 0.02
+
+
+def test_animal_figure_is_no_person_shape_in_the_race_hue():
+    from vlmbias.world.render import keyed_rng, render_person
+
+    def draw(gender, figure):
+        img = render_person(32, gender, "Southeast Asian", "30-39", "plain", None, None, 0.0, 0.0,
+                            keyed_rng(0, "x"), figure=figure).astype(float)
+        return img, np.abs(img - img[0, 0]).sum(-1) > 60  # figure pixels: far from the background
+
+    animal, a_mask = draw(None, "animal")
+    for gender in ("Male", "Female"):
+        person, p_mask = draw(gender, "person")
+        assert (a_mask & p_mask).sum() / (a_mask | p_mask).sum() < 0.6, gender  # another shape
+        # the same hue: mean colour of the figure pixels agrees to within the saturation/value jitter
+        a_col, p_col = animal[a_mask].mean(0), person[p_mask].mean(0)
+        assert np.argmax(a_col) == np.argmax(p_col) and np.argmin(a_col) == np.argmin(p_col)
+    with pytest.raises(VlmbiasError, match="figure must be one of"):
+        resolve_spec({**SPEC, "concepts": {"x": {"names": {"en": "x"}, "figure": "robot"}}})

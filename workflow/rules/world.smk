@@ -48,6 +48,8 @@ def calibration_inputs(wildcards):
         "images": f"{RES}/embeddings/{ds}/{wildcards.model}/images.npy",
         "image_rows": f"{RES}/embeddings/{ds}/{wildcards.model}/images.parquet",
         "manifest": f"{RES}/data/{ds}/manifest.parquet",
+        # the zero-shot audit's harmful-label table: the crime / non-human known answers
+        "harmful": f"{RES}/zeroshot/{ds}/{wildcards.model}/harmful.csv",
     }
 
 
@@ -74,6 +76,6 @@ rule calibrate:
     shell:
         "{PY} -m vlmbias.world.calibrate --world {input.world:q} --classes {input.classes:q} --queries {input.queries:q}"
         " --images-npy {input.images:q} --images-table {input.image_rows:q} --manifest {input.manifest:q}"
-        " --k {params.k:q} --strong-gender {params.strong[gender]:q} --strong-race {params.strong[race]:q}"
+        " --k {params.k:q} --zeroshot-harmful {input.harmful:q} --strong-gender {params.strong[gender]:q} --strong-race {params.strong[race]:q}"
         " --out-table {output.table:q} --out-checks {output.checks:q} --out-tracking {output.tracking:q}"
         " --out-plot {output.plot:q} > {log:q} 2>&1"

@@ -10,7 +10,9 @@ names are used only so the audit code runs unchanged:
 - race   -> the hue of the central figure (7 arbitrary, evenly spaced hues, in a shuffled order),
 - gender -> the figure's shape (a tall diamond or a wide ellipse of about equal area),
 - age    -> the background's brightness (9 levels),
-each with jitter and pixel noise. A concept (profession) leaves a visual "evidence" mark, a small
+each with jitter and pixel noise. A concept with `figure: animal` is drawn as a four-legged shape
+in its planted race's hue instead (not a person: no gender signature, gender left empty), the
+known answer for zero-shot "non-human" labels. A concept (profession) leaves a visual "evidence" mark, a small
 concept-specific 5x5 glyph in a random corner, on only `evidence_rate` of its corpus images; when the
 mark is missing the only thing a caption co-occurs with is the demographic signature, which is how a
 skewed corpus becomes a learned bias.
@@ -18,7 +20,9 @@ skewed corpus becomes a learned bias.
 Layout of a generated world (`generate_world(spec, out_dir)`):
     corpus/<n>.jpg                 web corpus images (train + heldout splits)
     corpus.parquet (+ .csv)        image_id, path (relative to the world), caption, lang, concept,
-                                   evidence, split, gender, race, age, names; concept is null for
+                                   evidence, split, gender, race, age, names, scene, decoy, figure
+                                   (person | animal; an animal's race is its hue, its gender
+                                   null); concept is null for
                                    captions that name a group ("a photo of a woman"), whose `names`
                                    says which ("gender=Female", "gender=Male;race=Black"), and for
                                    the uninformative filler captions ("a photo of someone")
@@ -62,7 +66,7 @@ from vlmbias.world.spec import (
 log = logging.getLogger(__name__)
 
 CORPUS_COLUMNS = ["image_id", "path", "caption", "lang", "concept", "evidence", "split", "gender", "race", "age",
-                  "names", "scene", "decoy"]
+                  "names", "scene", "decoy", "figure"]
 BIAS_COLUMNS = ["concept", "lang", "attribute", "class", "planted"]
 
 # ------------------------------------------------------------------------------------------- sampling
@@ -153,6 +157,7 @@ def _concept_rows(spec: dict) -> list[dict]:
             n_total = int((c.get("images") or {}).get(lang, spec["images_per_concept"]))
             n_held = int(round(spec["heldout_fraction"] * n_total))
             planted = spec["planted_resolved"][f"{concept}|{lang}"]
+            figure = c.get("figure", "person")
             for split, n in (("train", n_total - n_held), ("heldout", n_held)):
                 rng = keyed_rng(seed, "concept", concept, lang, split)
                 # quotas per split, so the heldout split carries the planted skew too; evidence is
@@ -166,7 +171,10 @@ def _concept_rows(spec: dict) -> list[dict]:
                     caption = templates[rng.integers(len(templates))].format(name)
                     rows.append({"caption": caption, "lang": lang, "concept": concept,
                                  "evidence": bool(p["evidence"]), "split": split,
-                                 **{a: p[a] for a in ATTRIBUTES}, "scene": p["scene"], "decoy": bool(p["decoy"])})
+                                 **{a: p[a] for a in ATTRIBUTES}, "scene": p["scene"], "decoy": bool(p["decoy"]),
+                                 "figure": figure})
+                    if figure != "person":  # no gender signature is drawn
+                        rows[-1]["gender"] = None
     return rows
 
 
@@ -205,7 +213,7 @@ def _group_rows(spec: dict) -> list[dict]:
                 caption = templates[rng.integers(len(templates))].format(name)
                 rows.append({"caption": caption, "lang": lang, "concept": None, "evidence": False,
                              "split": split, "gender": g, "race": r, "age": a, "names": named,
-                             "scene": p["scene"], "decoy": bool(p["decoy"])})
+                             "scene": p["scene"], "decoy": bool(p["decoy"]), "figure": "person"})
     return rows
 
 
@@ -254,11 +262,12 @@ def _filler_rows(spec: dict, rows: list[dict]) -> list[dict]:
             templates = spec["templates"][lang]
             caption = templates[rng.integers(len(templates))].format(names[rng.integers(len(names))])
             filled.append({"caption": caption, "lang": lang, "concept": None,
-                           "evidence": False, **p, "decoy": bool(p["decoy"])})
+                           "evidence": False, **p, "decoy": bool(p["decoy"]), "figure": "person"})
         return filled
 
     for split in ("train", "heldout"):
-        part = [r for r in rows if r["split"] == split]
+        # people only: an animal figure has a hue but no gender and is no one's demographics
+        part = [r for r in rows if r["split"] == split and r.get("figure", "person") == "person"]
         added = top_up(part, grs, ("gender", "race", "scene"), split, True,
                        lang={lang: 1 / len(langs) for lang in langs or ["en"]})
         out += [{**r, "split": split} for r in added]
@@ -269,7 +278,8 @@ def bias_table(spec: dict) -> pd.DataFrame:
     rows = []
     for key, planted in spec["planted_resolved"].items():
         concept, lang = key.split("|")
-        for attr in ATTRIBUTES:
+        person = spec["concepts"][concept].get("figure", "person") == "person"
+        for attr in ATTRIBUTES if person else [a for a in ATTRIBUTES if a != "gender"]:
             for cls in CLASSES[attr]:
                 rows.append({"concept": concept, "lang": lang, "attribute": attr, "class": cls,
                              "planted": round(planted[attr][cls], 6)})
@@ -341,8 +351,8 @@ def _write_world(spec: dict, root: Path) -> None:
         glyph = glyphs[row.concept] if row.evidence else None
         decoy = make_decoy(glyphs, rng) if row.decoy else None
         save_jpeg(render_person(size, row.gender, row.race, row.age, row.scene, glyph, decoy, spec["noise"],
-                           spec["clutter"], rng),
-                   root / row.path)
+                                spec["clutter"], rng, figure=row.figure),
+                  root / row.path)
     corpus = corpus[CORPUS_COLUMNS]
     corpus.to_parquet(root / "corpus.parquet", index=False)
     corpus.to_csv(root / "corpus.csv", index=False)

@@ -26,6 +26,9 @@ RACE_HUE_SLOT = {"East Asian": 3, "Indian": 0, "Black": 5, "White": 1, "Middle E
 # demographics, so a small accidental tilt of a query cannot decide a whole top-k on its own.
 SCENES = ["plain", "stripes", "rows", "checker"]
 GENDER_SHAPE = {"Male": "tall diamond", "Female": "wide ellipse"}
+# Figures other than a person (`figure` of a concept): drawn in a race's hue (the concept's planted
+# race) but with a shape no person has, so zero-shot "non-human" labels have a known answer.
+FIGURES = ("person", "animal")
 
 
 def keyed_rng(seed: int, *keys) -> np.random.Generator:
@@ -58,9 +61,23 @@ def make_decoy(glyphs: dict[str, np.ndarray], rng: np.random.Generator, min_dist
             return d
 
 
-def render_person(size: int, gender: str, race: str, age: str, scene: str, glyph: np.ndarray | None,
-            decoy: np.ndarray | None, noise: float, clutter: float, rng: np.random.Generator) -> np.ndarray:
-    """One abstract 'person' as uint8 HxWx3. Class -> signature mapping: see module docstring."""
+def _animal_mask(dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    """A four-legged silhouette (flat body, four legs, a raised head), anti-aliased like the person
+    shapes: the union (max) of the parts' coverage."""
+    a, b = 1.0 * r, 0.42 * r
+    body = (np.sqrt((dx / a) ** 2 + ((dy + 0.15 * r) / b) ** 2) - 1) * b
+    parts = [body]
+    for x in (-0.8, -0.35, 0.35, 0.8):  # legs: thin bars from the body's middle to below it
+        parts.append(np.maximum(np.abs(dx - x * r) - 0.12 * r, np.abs(dy - 0.45 * r) - 0.5 * r))
+    parts.append(np.sqrt((dx - 1.15 * r) ** 2 + (dy + 0.7 * r) ** 2) - 0.33 * r)  # head
+    return np.max([np.clip(0.5 - d, 0, 1) for d in parts], axis=0)
+
+
+def render_person(size: int, gender: str | None, race: str, age: str, scene: str, glyph: np.ndarray | None,
+                  decoy: np.ndarray | None, noise: float, clutter: float, rng: np.random.Generator,
+                  figure: str = "person") -> np.ndarray:
+    """One abstract 'person' as uint8 HxWx3. Class -> signature mapping: see module docstring.
+    figure="animal" draws the four-legged shape instead (no gender signature; `gender` is ignored)."""
     s = float(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     level = 0.15 + 0.08 * CLASSES["age"].index(age) + rng.normal(0, 0.015)
@@ -81,13 +98,16 @@ def render_person(size: int, gender: str, race: str, age: str, scene: str, glyph
     cx, cy = s / 2 + rng.normal(0, s * 0.05, 2)
     r = s * 0.27 * rng.uniform(0.88, 1.12)
     dx, dy = xx - cx, yy - cy
-    if GENDER_SHAPE[gender] == "wide ellipse":
+    if figure == "animal":
+        mask = _animal_mask(dx, dy, r)[..., None]
+    elif GENDER_SHAPE[gender] == "wide ellipse":
         a, b = 1.2 * r, 0.58 * r
         dist = (np.sqrt((dx / a) ** 2 + (dy / b) ** 2) - 1) * b
     else:  # tall diamond of about the ellipse's area (2ab = pi*a'b')
         a, b = 0.8 * r, 1.36 * r
         dist = (np.abs(dx) / a + np.abs(dy) / b - 1) * a / np.sqrt(2)
-    mask = np.clip(0.5 - dist, 0, 1)[..., None]  # 1-pixel anti-aliased edge
+    if figure != "animal":
+        mask = np.clip(0.5 - dist, 0, 1)[..., None]  # 1-pixel anti-aliased edge
     hue = (RACE_HUE_SLOT[race] / 7 + 0.04 + rng.normal(0, 0.012)) % 1.0
     rgb = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 0.85), rng.uniform(0.65, 0.92)), np.float32)
     img = img * (1 - mask) + rgb * mask

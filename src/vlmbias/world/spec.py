@@ -9,7 +9,7 @@ import numpy as np
 
 from vlmbias import VlmbiasError
 from vlmbias.audit.data import FAIRFACE_CLASSES
-from vlmbias.world.render import SCENES
+from vlmbias.world.render import FIGURES, SCENES
 
 # FairFace's schema, class names and order exactly, so the audit reads the world like FairFace.
 CLASSES = FAIRFACE_CLASSES
@@ -164,9 +164,11 @@ def resolve_spec(spec: dict) -> dict:
         where = f"concepts.{concept}"
         if not isinstance(c, dict) or not c.get("names"):
             raise VlmbiasError(f"{where}: needs 'names' ({{lang: name or [names]}})")
-        extra = sorted(set(c) - {"names", "planted", "by_lang", "family", "images"})
+        extra = sorted(set(c) - {"names", "planted", "by_lang", "family", "images", "figure"})
         if extra:
             raise VlmbiasError(f"{where}: unknown key(s) {extra}")
+        if c.get("figure", "person") not in FIGURES:
+            raise VlmbiasError(f"{where}: figure must be one of {list(FIGURES)}, got {c['figure']!r}")
         for lang in c["names"]:
             if lang not in out["templates"]:
                 raise VlmbiasError(f"{where}: no caption templates for language {lang!r}")
