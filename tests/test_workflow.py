@@ -295,6 +295,20 @@ def test_moved_project_still_finds_every_image(default_run, tmp_path_factory):
     assert cli.returncode in (0, 1) and "checks passed" in cli.stdout, cli.stdout[-2000:] + cli.stderr[-2000:]
 
 
+def test_non_human_overlay_adds_the_animal_to_the_default_world(tmp_path):
+    """config/world_non_human.yaml merges into the default config: the world it plans holds the
+    animal figure beside every default concept, under its own run name."""
+    (tmp_path / "config.yaml").write_text("{}\n")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                          "--cores", "2", "-n", "-p", "--configfile", str(REPO / "config.yaml"),
+                          str(REPO / "config/world_non_human.yaml"), "--replace-workflow-config"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    generate = next(line for line in run.stdout.splitlines() if "vlmbias.world.generate" in line)
+    assert '"figure": "animal"' in generate and '"offender"' in generate and '"accountant"' in generate
+    assert "results/world-non-human/calibration/world-clip/checks.csv" in run.stdout
+
+
 def test_thesis_config_is_valid_and_plans_every_experiment(tmp_path):
     """The real-data config cannot run offline, but it must validate and plan its whole DAG."""
     (tmp_path / "config.yaml").write_text("{}\n")

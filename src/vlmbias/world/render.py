@@ -62,10 +62,12 @@ def make_decoy(glyphs: dict[str, np.ndarray], rng: np.random.Generator, min_dist
 
 
 def _animal_mask(dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
-    """A four-legged silhouette (flat body, four legs, a raised head), anti-aliased like the person
+    """A four-legged silhouette (box body, four legs, a raised head), anti-aliased like the person
     shapes: the union (max) of the parts' coverage."""
     a, b = 1.0 * r, 0.42 * r
-    body = (np.sqrt((dx / a) ** 2 + ((dy + 0.15 * r) / b) ** 2) - 1) * b
+    # a box, neither person shape: an elliptical body (like the Female ellipse) cost the world model
+    # more of its gender signal (README "The non-human figure")
+    body = np.maximum(np.abs(dx) - a, np.abs(dy + 0.15 * r) - b)
     parts = [body]
     for x in (-0.8, -0.35, 0.35, 0.8):  # legs: thin bars from the body's middle to below it
         parts.append(np.maximum(np.abs(dx - x * r) - 0.12 * r, np.abs(dy - 0.45 * r) - 0.5 * r))
