@@ -36,6 +36,23 @@ def _select(scores: np.ndarray, k: int) -> np.ndarray:
     return cand[np.lexsort((cand, -scores[cand]))]
 
 
+def _select_rows(sims: np.ndarray, k: int) -> np.ndarray:
+    """`_select` for every row of sims at once. torch.topk (multi-threaded) finds each row's k-th best
+    score; every column scoring at least that is a candidate (k, plus the ties at the cut), and the
+    candidates are ordered by (row, -score, column), of which each row keeps its first k."""
+    import torch
+
+    if k == sims.shape[1]:
+        kth = sims.min(axis=1)
+    else:
+        kth = torch.topk(torch.from_numpy(sims), k, dim=1, sorted=False).values.min(dim=1).values.numpy()
+    rows, cols = np.nonzero(sims >= kth[:, None])
+    order = np.lexsort((cols, -sims[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # position within its row
+    return cols[rank < k].reshape(len(sims), k)
+
+
 def check_shapes(images: np.ndarray, queries: np.ndarray, k: int) -> int:
     """The k a search can return (at most every image); raises on unusable inputs."""
     if images.ndim != 2 or queries.ndim != 2 or images.shape[1] != queries.shape[1]:
@@ -81,7 +98,7 @@ def top_k(images: np.ndarray, queries: np.ndarray, k: int, method: str = "auto",
             s, i = _faiss_top_k(chunk, q, kc)
         else:
             sims = q @ chunk.T
-            i = np.stack([_select(row, kc) for row in sims])
+            i = _select_rows(sims, kc)
             s = np.take_along_axis(sims, i, 1)
         best = merge_top_k(best, s, i + start, k)
     return best
