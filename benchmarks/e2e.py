@@ -17,6 +17,7 @@ unsharded image embedding on the world.
     python benchmarks/e2e.py --test-cuts       # ~7 min on an idle 2-core machine
     python benchmarks/e2e.py                   # the config as shipped
     python benchmarks/e2e.py --keep DIR        # run in DIR and keep it
+    python benchmarks/e2e.py --from-run DIR    # parts 2-3 only, on a copy of a finished default run
 """
 from __future__ import annotations
 
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--test-cuts", action="store_true", help="the default-run test's cuts (~7 min idle)")
     ap.add_argument("--keep", help="run in this folder and keep it")
     ap.add_argument("--shard-size", type=int, default=175)
+    ap.add_argument("--from-run", help="a finished default run's folder (config.yaml, results, .snakemake): "
+                                       "copied, and only parts 2 and 3 are measured on the copy")
     a = ap.parse_args()
     info = header("end to end (snakemake --cores 2, default config" + (", test cuts)" if a.test_cuts else ")"),
                   ceiling=True)
@@ -125,12 +128,19 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         wd = tmp / "run"
-        wd.mkdir(exist_ok=True)
-        config = default_config(a.test_cuts)
-        write_config(wd, config)
-        dt, run = snakemake(wd)
-        n_jobs = sum(jobs_of(run.stdout + run.stderr).values())
-        print(f"default run: {dt:.0f} s wall ({n_jobs} jobs)", flush=True)
+        if a.from_run:
+            shutil.copytree(a.from_run, wd, symlinks=True, copy_function=shutil.copy2)  # mtimes kept
+            config = yaml.safe_load((wd / "config.yaml").read_text(encoding="utf-8"))
+            _, dry = snakemake(wd, "-n")
+            print(f"reusing the finished run {a.from_run}; jobs pending before any change: "
+                  f"{jobs_of(dry.stdout + dry.stderr) or 'none'}")
+        else:
+            wd.mkdir(exist_ok=True)
+            config = default_config(a.test_cuts)
+            write_config(wd, config)
+            dt, run = snakemake(wd)
+            n_jobs = sum(jobs_of(run.stdout + run.stderr).values())
+            print(f"default run: {dt:.0f} s wall ({n_jobs} jobs)", flush=True)
 
         q = config["query_sets"]["world_controls"]["queries"]
         config["query_sets"]["world_controls"]["queries"] = q[:-1]  # drop one query: only the queries change
