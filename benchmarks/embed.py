@@ -178,6 +178,9 @@ def bench_model(title, spec, paths, info, a, queries=None, rounds=1):
         if "pipeline" in name and "int8" in name:
             configs.append((f"pipeline {name} batch {bs} workers 2", enc, bs, 2, None, key, qv))
 
+    if a.only:  # keep the thesis loop and the configurations whose name contains --only
+        configs = configs[:1] + [c for c in configs[1:] if a.only in c[0]]
+
     def run(cfg):
         name, enc, bs, workers, threads, _, _ = cfg
         old = torch.get_num_threads()
@@ -232,6 +235,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the variants")
     ap.add_argument("--model", default="ViT-B-32", help="open_clip architecture (random weights)")
     ap.add_argument("--skip-vit", action="store_true")
+    ap.add_argument("--only", help="time only configurations whose name contains this (and the thesis loop)")
+    ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 3 world, 2 ViT, 1 --quick)")
     ap.add_argument("--skip-world", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also torch.compile (slow to compile on 2 cores)")
     ap.add_argument("--full", action="store_true", help="448 ViT images, more batch sizes, torch.compile")
@@ -254,12 +259,12 @@ def main() -> None:
             spec = {"backend": "hf", "name": str(w["model"])}
             qids, q = world_queries(load_encoder(spec, "cpu", "fp32"))
             print(f"world queries: {len(qids)} from config.yaml calibration.query_sets")
-            bench_model("world tiny CLIP (trained)", spec, paths, info, a, queries=q, rounds=1 if a.quick else 3)
+            bench_model("world tiny CLIP (trained)", spec, paths, info, a, queries=q, rounds=a.rounds or (1 if a.quick else 3))
         if not a.skip_vit:
             root = make_fairface_folder(Path(tmp) / "faces", per_cell=max(1, a.images // 14), size=96)
             paths = build_manifest({"type": "fairface", "root": str(root)})[0]["path"].tolist()[: a.images]
             bench_model(f"{a.model} (random weights)", {"backend": "open_clip", "name": a.model, "pretrained": None},
-                        paths, info, a, rounds=1 if a.quick else 2)
+                        paths, info, a, rounds=a.rounds or (1 if a.quick else 2))
     footer(info)
 
 

@@ -149,6 +149,7 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="add 10M (chunked exact over a float16 memmap)")
     ap.add_argument("--quick", action="store_true", help="10k and 30k only")
     ap.add_argument("--nprobe", type=int, default=16)
+    ap.add_argument("--methods", help="comma-separated subset of: " + ", ".join(METHODS))
     ap.add_argument("--tmp", default=None, help="folder for the generated embeddings (kept if given)")
     ap.add_argument("--case", nargs=3, metavar=("METHOD", "IMAGES", "QUERIES"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -170,6 +171,8 @@ def main() -> None:
             print(f"\n-- N = {n:,} ({'float16 memmap' if big else 'float32'}; data made in "
                   f"{time.perf_counter() - t:.0f} s)", flush=True)
             methods = ["chunked torch (memmap fp16)"] if big else [m for m in METHODS if "memmap" not in m]
+            if a.methods:
+                methods = [m for m in methods if m in a.methods.split(",")]
             for m in methods:
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                     [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
