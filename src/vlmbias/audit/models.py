@@ -198,7 +198,7 @@ def _apply_adapter(model, adapter: Path, base: str):
 def quantize_image_tower(module: torch.nn.Module, backend: str) -> torch.nn.Module:
     """Dynamic int8 quantisation, in place, of the image tower's MLP Linear layers (two thirds of a
     ViT block's Linear FLOPs): weights int8 per output channel, activations quantised per batch,
-    products on VNNI. The largest CPU gain without AMX bf16 units (benchmarks/RESULTS.md). Attention
+    products on VNNI: for CPUs where bf16 has no hardware path (benchmarks/RESULTS.md). Attention
     projections stay fp32: quantising them too moved the world model's top-20 overlap with fp32 from
     0.95-0.96 to 0.93 (below the 0.95 target); so do the text tower (queries are few), convolutions and
     the final projection. Activations are scaled per batch, so int8 embeddings depend slightly on
