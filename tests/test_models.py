@@ -37,6 +37,35 @@ def test_bf16_close_to_fp32(spec):
     assert b.dtype == np.float32 and float((a @ b.T).item()) > 0.98
 
 
+def test_int8_quantises_the_image_tower_and_stays_close_to_fp32(spec, fairface_dir):
+    """precision int8: the image tower's MLP Linear layers become dynamic int8 ones, attention and
+    the text tower are untouched; image embeddings within a small angle of fp32's, text embeddings equal. (Rankings
+    agree only with trained weights: benchmarks/embed.py measures top-20 overlap on the world's model.)"""
+    from vlmbias.audit.data import build_manifest
+    from vlmbias.imagegate import open_image
+
+    e32, e8 = load_encoder(spec), load_encoder(spec, precision="int8")
+    image_tower = e8.module.visual if spec["backend"] == "open_clip" else e8.module.vision_model
+    text_tower = e8.module.transformer if spec["backend"] == "open_clip" else e8.module.text_model
+    qlinear = torch.ao.nn.quantized.dynamic.Linear
+    kinds = {n: type(m) for n, m in image_tower.named_modules() if isinstance(m, (torch.nn.Linear, qlinear))}
+    assert kinds and all((k is qlinear) == (".mlp." in f".{n}") for n, k in kinds.items())  # MLP ones only
+    assert not any(isinstance(m, qlinear) for m in text_tower.modules())
+    assert not any(isinstance(m, qlinear) for m in e32.module.modules())
+    paths = build_manifest({"type": "fairface", "root": str(fairface_dir)})[0]["path"].tolist()[:12]
+    px = torch.stack([e32.preprocess(open_image(p)) for p in paths])
+    a, b = e32.encode_images(px), e8.encode_images(px)
+    assert b.dtype == np.float32 and np.min(np.sum(a * b, 1)) > 0.99
+    assert not np.array_equal(a, b)  # it did change the arithmetic
+    texts = ["a doctor", "a nurse", "a photo of a woman"]
+    np.testing.assert_array_equal(e32.encode_texts(texts), e8.encode_texts(texts))
+
+
+def test_int8_is_cpu_only(tiny_hf):
+    with pytest.raises(VlmbiasError, match="int8.*CPU only"):
+        load_encoder({"backend": "hf", "name": str(tiny_hf)}, device="cuda", precision="int8")
+
+
 def test_unknown_backend_and_model(tiny_open_clip):
     with pytest.raises(VlmbiasError, match="unknown model backend 'clip'"):
         load_encoder({"backend": "clip", "name": "x"})
