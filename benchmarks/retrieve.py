@@ -11,8 +11,8 @@ transient of the load).
 
 10M x 512 fp32 is 20 GB: more than this 24 GiB machine can hold beside the work. It is stored as a
 float16 memmap on disk (10 GB) and searched in chunks of 1M rows (torch matmul + topk per chunk,
-then a merge): only this chunked path can run at 10M here. The pipeline's `top_k` needs the whole
-float32 array in memory plus a [queries x N] score matrix, so it is not run at 10M.
+then a merge): only this chunked path is run at 10M here (the pipeline's `top_k` reads float32
+memory maps; a 10M float32 file is 20 GB of disk).
 
     python benchmarks/retrieve.py                # 10k, 100k, 1M (a few minutes)
     python benchmarks/retrieve.py --full         # also 10M (chunked exact; ~10 GB on disk in --tmp)

@@ -23,7 +23,6 @@ from vlmbias import VlmbiasError
 from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
 
 log = logging.getLogger(__name__)
-FAISS_MIN_IMAGES = 50_000
 CHUNK_ROWS = 65_536  # a multiple of faiss's 1024-row BLAS block, so faiss scores do not depend on chunking
 METHODS = ("auto", "exact", "faiss", "approximate")
 
@@ -37,20 +36,21 @@ def _select(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _select_rows(sims: np.ndarray, k: int) -> np.ndarray:
-    """`_select` for every row of sims at once. torch.topk (multi-threaded) finds each row's k-th best
-    score; every column scoring at least that is a candidate (k, plus the ties at the cut), and the
-    candidates are ordered by (row, -score, column), of which each row keeps its first k."""
+    """`_select`'s columns for every row of sims at once, in no order: torch.topk (multi-threaded)
+    picks k columns per row. Where a tie crosses the cut (more columns score the k-th value than
+    topk kept), topk's choice among them is arbitrary, so that row goes through `_select`."""
     import torch
 
     if k == sims.shape[1]:
-        kth = sims.min(axis=1)
+        idx = np.broadcast_to(np.arange(k), sims.shape)
+        vals = sims
     else:
-        kth = torch.topk(torch.from_numpy(sims), k, dim=1, sorted=False).values.min(dim=1).values.numpy()
-    rows, cols = np.nonzero(sims >= kth[:, None])
-    order = np.lexsort((cols, -sims[rows, cols], rows))
-    rows, cols = rows[order], cols[order]
-    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # position within its row
-    return cols[rank < k].reshape(len(sims), k)
+        vals, idx = (t.numpy() for t in torch.topk(torch.from_numpy(sims), k, dim=1, sorted=False))
+    out = np.array(idx)  # in no order: merge_top_k orders by (-score, row)
+    kth = vals.min(axis=1, keepdims=True)
+    for r in np.flatnonzero((sims == kth).sum(1) > (vals == kth).sum(1)):
+        out[r] = _select(sims[r], k)
+    return out
 
 
 def check_shapes(images: np.ndarray, queries: np.ndarray, k: int) -> int:
@@ -86,7 +86,7 @@ def top_k(images: np.ndarray, queries: np.ndarray, k: int, method: str = "auto",
     if chunk_rows < 1:
         raise VlmbiasError(f"chunk_rows must be at least 1, got {chunk_rows}")
     if method == "auto":
-        method = "faiss" if len(images) >= FAISS_MIN_IMAGES else "exact"
+        method = "exact"  # faster than faiss's flat index at every size measured (benchmarks/RESULTS.md)
     if method not in ("exact", "faiss"):
         raise VlmbiasError(f"unknown exact retrieval method {method!r}; expected exact, faiss or auto")
     q = np.ascontiguousarray(queries, np.float32)
@@ -96,12 +96,27 @@ def top_k(images: np.ndarray, queries: np.ndarray, k: int, method: str = "auto",
         kc = min(k, len(chunk))
         if method == "faiss":
             s, i = _faiss_top_k(chunk, q, kc)
+        elif best is not None and best[0].shape[1] == k:
+            s, i = _above(q @ chunk.T, best[0][:, -1:])
         else:
             sims = q @ chunk.T
             i = _select_rows(sims, kc)
             s = np.take_along_axis(sims, i, 1)
         best = merge_top_k(best, s, i + start, k)
     return best
+
+
+def _above(sims: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the columns scoring at least `floor` (the running k-th best: nothing below it can
+    enter the top k), padded to one width with -inf scores, which sort last. After the first chunks
+    few columns pass, so most chunks cost one comparison instead of a top-k search."""
+    rows, cols = np.nonzero(sims >= floor)
+    pos = np.arange(len(rows)) - np.searchsorted(rows, rows)  # position within its row
+    width = int(pos.max()) + 1 if len(pos) else 1
+    scores = np.full((len(sims), width), -np.inf, np.float32)
+    idx = np.full((len(sims), width), np.iinfo(np.int64).max // 2, np.int64)
+    scores[rows, pos], idx[rows, pos] = sims[rows, cols], cols
+    return scores, idx
 
 
 def _faiss_top_k(images: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
