@@ -189,10 +189,11 @@ def test_known_answer_calibration(default_run):
     assert not failed, checks.loc[failed, ["value", "threshold", "detail"]].to_string()
     # the audit's own metrics get their own dose-response verdicts, whatever they are
     assert {"dose_response_spearman_topk_share", "dose_response_spearman_max_skew"} <= set(checks.index)
-    # the zero-shot known answers (crime-related on White, non-human figure in the Southeast Asian hue)
-    # are checked from the zero-shot audit's harmful table
-    assert {"zeroshot_crime_planted_group_above_others", "zeroshot_non_human_planted_group_above_others",
-            "zeroshot_crime_gender_intervals_overlap"} <= set(checks.index)
+    # the zero-shot known answer of the default world (crime-related on White), checked from the
+    # zero-shot audit's harmful table; the non-human figure is an overlay (config/world_non_human.yaml)
+    zeroshot = {c for c in checks.index if c.startswith("zeroshot_")}
+    assert zeroshot == {"zeroshot_crime_planted_group_above_others", "zeroshot_crime_gender_intervals_overlap"}
+    assert checks.loc["zeroshot_crime_planted_group_above_others", "passed"], checks.loc["zeroshot_crime_planted_group_above_others"]
     table = pd.read_csv(default_run / "calibration/world-clip/calibration.csv")
     nurse = table[(table.query == "a nurse") & (table.attribute == "gender") & (table["class"] == "Female")]
     assert (nurse["low"] > nurse["parity"]).all() and (nurse["sim_diff_low"] > 0).all()
