@@ -38,6 +38,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import footer, header  # noqa: E402
 
+from vlmbias.testing import cut_default_run  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -76,15 +78,7 @@ def jobs_of(dry_run_output: str) -> dict[str, int]:
 
 def default_config(test_cuts: bool) -> dict:
     config = yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))
-    if test_cuts:  # exactly the default-run test's cuts
-        mit = config["mitigation"]
-        mit["acquire"]["limit"] = 40
-        mit["label"]["balanced"]["allow_missing"] = True
-        mit["finetune"].update(max_steps=3)
-        for spec in mit["methods"].values():
-            if spec["kind"] in ("saner", "prompt-array"):
-                spec["max_steps"] = 3
-    return config
+    return cut_default_run(config) if test_cuts else config  # exactly the default-run test's cuts
 
 
 def write_config(workdir: Path, config: dict) -> None:

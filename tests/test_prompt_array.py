@@ -62,10 +62,12 @@ def planted(tiny_hf, table, tmp_path_factory):
         w = pooled.mean(0) / (pooled.mean(0) @ pooled.mean(0))
         norm = features(model.get_text_features(**toks)).norm(dim=-1).mean()
         model.text_projection.weight += 0.6 * norm * torch.outer(g, w)
-    out = tmp_path_factory.mktemp("planted_clip")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    proc.save_pretrained(out)
+    return save_clip(tmp_path_factory.mktemp("planted_clip"), model, tok, proc)
+
+
+def save_clip(out, model, tok, proc) -> str:
+    for part in (model, tok, proc):
+        part.save_pretrained(out)
     return str(out)
 
 
@@ -230,11 +232,7 @@ def attributed(tiny_hf, table, tmp_path_factory):
         w = torch.linalg.pinv(pooled) @ target                          # pooled @ w = target (min norm)
         norm = features(model.get_text_features(**toks)).norm(dim=-1).mean()
         model.text_projection.weight += norm * torch.outer(g, w)
-    out = tmp_path_factory.mktemp("attributed_clip")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    proc.save_pretrained(out)
-    return str(out)
+    return save_clip(tmp_path_factory.mktemp("attributed_clip"), model, tok, proc)
 
 
 def test_prompt_array_keeps_explicitly_attributed_queries(attributed, table, tmp_path):

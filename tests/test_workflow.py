@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from vlmbias.io import read_table
+from vlmbias.testing import cut_default_run
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -165,14 +166,7 @@ def default_run(tmp_path_factory):
     """The default config as shipped (world, audit, calibration, mitigation, experiments), with only
     the LoRA training cut to a few steps so that the whole chain runs within the test budget."""
     wd = tmp_path_factory.mktemp("default")
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    mit = config["mitigation"]
-    mit["acquire"]["limit"] = 40
-    mit["label"]["balanced"]["allow_missing"] = True
-    mit["finetune"].update(max_steps=3)
-    for spec in mit["methods"].values():
-        if spec["kind"] in ("saner", "prompt-array"):
-            spec["max_steps"] = 3
+    config = cut_default_run(yaml.safe_load((REPO / "config.yaml").read_text()))
     (wd / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
     run = snakemake(wd)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -105,3 +105,17 @@ def make_tiny_open_clip_tags(folder: str | Path, tags: dict[str, list[str]]) -> 
             save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path))
             out[f"{arch}:{tag}"] = str(path)
     return {"config": str(configs), "tags": out}
+
+
+def cut_default_run(config: dict) -> dict:
+    """The default config's cuts for the end-to-end test (tests/test_workflow.py) and
+    `benchmarks/e2e.py --test-cuts`: fewer acquired images, the trained mitigations cut to 3 steps
+    (the world, the audit and the training-free methods run as shipped). Changes config in place."""
+    mit = config["mitigation"]
+    mit["acquire"]["limit"] = 40
+    mit["label"]["balanced"]["allow_missing"] = True
+    mit["finetune"].update(max_steps=3)
+    for spec in mit["methods"].values():
+        if spec["kind"] in ("saner", "prompt-array"):
+            spec["max_steps"] = 3
+    return config
