@@ -28,6 +28,9 @@ def test_all_male_to_mixed_improves_on_tvd_and_fd_is_not_judged():
     s = summary.set_index(["method", "metric"])
     assert s.loc[("mixed", "tvd"), "improved"] == 1 and bool(s.loc[("mixed", "tvd"), "judged"])
     assert s.loc[("partly", "fd"), "improved"] == 0 and not s.loc[("partly", "fd"), "judged"]
+    # FD's mean gets no interval (its per-query ones are unbounded near an absent class); TVD's does
+    assert s.loc[("partly", "fd"), ["mean_before_low", "mean_after_high"]].isna().all()
+    assert s.loc[("mixed", "tvd"), ["mean_before_low", "mean_after_high"]].notna().all()
 
 
 def test_overlapping_intervals_are_no_clear_change():
