@@ -9,7 +9,7 @@ unsharded image embedding on the world.
 2. Only the queries change (one query removed from `world_controls`): a dry run lists the jobs
    Snakemake would rerun (no `embed_images` job may be among them), then the rerun is timed.
    Target (issue 12): under 30 s, no image re-embedding.
-3. `embed.shard_size` (issue 12; added on another branch): when the config schema knows the key,
+3. `embed.shard_size` (issue 12): when the config schema knows the key,
    the world's image embedding is run unsharded and with shards of --shard-size images, each in a
    copy of the finished run's world, timed, and the embeddings compared bitwise. Otherwise the
    section reports that the key is not in this checkout.
@@ -112,7 +112,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--test-cuts", action="store_true", help="the default-run test's cuts (~7 min idle)")
     ap.add_argument("--keep", help="run in this folder and keep it")
-    ap.add_argument("--shard-size", type=int, default=175)
+    ap.add_argument("--shard-size", type=int, default=256, help="a multiple of embed.batch_size (128)")
     ap.add_argument("--from-run", help="a finished default run's folder (config.yaml, results, .snakemake): "
                                        "copied, and only parts 2 and 3 are measured on the copy")
     a = ap.parse_args()
