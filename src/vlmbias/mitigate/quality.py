@@ -39,6 +39,7 @@ from vlmbias import VlmbiasError
 from vlmbias.audit.embed import embed_image_files
 from vlmbias.audit.metrics import labelled, proportion_ci
 from vlmbias.audit.models import load_encoder
+from vlmbias.audit.retrieve import top_k
 from vlmbias.audit.zeroshot import class_embeddings, predict
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
@@ -119,7 +120,7 @@ def attributed_hits(encoder, image_emb: np.ndarray, labels: pd.Series, queries: 
     the named class (ties by image row)."""
     describe(encoder, queries["text"], queries["concept"], attribute)
     emb = encoder.encode_texts(queries["text"].tolist())
-    top = np.argsort(-(emb @ image_emb.T), axis=1, kind="stable")[:, :min(k, len(image_emb))]
+    top = top_k(image_emb, emb, k, "exact")[1]
     lab = labelled(labels.reset_index(drop=True)).to_numpy(dtype=object)
     out = []
     for row, cls in zip(top, queries["class"]):
@@ -138,8 +139,7 @@ def zero_shot_accuracy(encoder, image_emb: np.ndarray, labels: pd.Series, prompt
 def caption_precision(image_emb: np.ndarray, image_concepts: np.ndarray, caption_emb: np.ndarray,
                       caption_concepts: np.ndarray, k: int) -> np.ndarray:
     """Per caption: share of its top-k images that show its concept."""
-    k = min(k, len(image_emb))
-    top = np.argsort(-(caption_emb @ image_emb.T), axis=1, kind="stable")[:, :k]
+    top = top_k(image_emb, caption_emb, k, "exact")[1]
     return (image_concepts[top] == caption_concepts[:, None]).mean(axis=1)
 
 
