@@ -131,14 +131,46 @@ def deepface_home(tmp_path_factory):
     return home
 
 
-@pytest.fixture
-def deepface_env(deepface_home, monkeypatch):
+# deepface's OpenCV detector reads its cascades from the installed OpenCV wheel's `cv2/data/` when
+# they are there (most 4.x wheels, some 5.x), else from DEEPFACE_HOME (downloaded there online).
+# Which one a fresh install has depends on the wheel, so the tests fix the lookup and run both ways:
+# "wheel" puts the stand-in where the wheel's files would be, "home" leaves that folder empty.
+CASCADE_LOOKUPS = ("wheel", "home")
+
+
+@pytest.fixture(params=CASCADE_LOOKUPS)
+def deepface_env(request, deepface_home, monkeypatch, tmp_path_factory):
     # label.py sets these for deepface; monkeypatch puts back the values the session started with
     monkeypatch.setenv("DEEPFACE_HOME", str(deepface_home))
     monkeypatch.setenv("DEEPFACE_BACKEND_ENGINE", "onnx")
     # deepface (and werkzeug, which it imports without declaring) are vlmbias dependencies
     pytest.importorskip("deepface.DeepFace", reason="needs deepface and werkzeug: pip install -e .")
-    return deepface_home
+    from deepface.models.face_detection.OpenCv import OpenCvClient
+    from deepface.modules import modeling
+
+    lookup = "_OpenCvClient__get_opencv_path"  # name-mangled private method: fail loudly if it goes
+    assert hasattr(OpenCvClient, lookup), "deepface no longer has OpenCvClient.__get_opencv_path; update the test"
+    wheel_data = tmp_path_factory.mktemp(f"cv2_data_{request.param}")
+    if request.param == "wheel":
+        for name in ("haarcascade_frontalface_default.xml", "haarcascade_eye.xml"):
+            (wheel_data / name).write_text(BAND_CASCADE)
+    monkeypatch.setattr(OpenCvClient, lookup, lambda self: str(wheel_data))
+    # deepface keeps built detectors for the process: build ours afresh, and leave none behind
+    def forget_detector():
+        getattr(modeling, "cached_models", {}).get("face_detector", {}).pop("opencv", None)
+
+    forget_detector()
+    yield deepface_home
+    forget_detector()
+
+
+def test_opencv_detector_reads_the_stand_in_whatever_the_wheel_ships(deepface_env, tmp_path):
+    """The real cascade finds no face in a bright band; the stand-in does, both where the wheel keeps
+    its cascades and where deepface falls back to when the wheel has none."""
+    acquired = acquired_table(tmp_path, [("face", band(face_colour("Man", "white", 30)))])
+    labels, dropped, _ = label_images({"source": "deepface", "detector_backend": "opencv", "align": False},
+                                      acquired, None, progress=False)
+    assert list(labels["image_id"]) == ["kw/face.png"] and dropped.empty
 
 
 # ------------------------------------------------------------------------------------ test images
