@@ -1,6 +1,8 @@
 import copy
 import os
+import shutil
 import struct
+import tempfile
 import zlib
 
 import pytest
@@ -9,6 +11,16 @@ from vlmbias.testing import make_fairface_folder, make_tiny_hf_clip, tiny_open_c
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests see none of this machine's caches (a hub cache holding real weights would change what an
+# offline load finds; an embedding cache what the CLI recomputes): every run starts with empty ones,
+# removed at the end (snakemake jobs inherit them).
+CACHES = tempfile.mkdtemp(prefix="vlmbias-test-caches-")
+for _var in ("HF_HOME", "TORCH_HOME", "VLMBIAS_CACHE"):
+    os.environ[_var] = os.path.join(CACHES, _var.lower())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(CACHES, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
