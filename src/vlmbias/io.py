@@ -384,6 +384,21 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def failed_job_errors(log_dir: str | os.PathLike, since: float) -> list[tuple[Path, str]]:
+    """The `error: ...` sentence (see run_cli) of every rule log under `log_dir` written since
+    `since` (a time.time()): what a failed run's jobs said, for the workflow to print on the console."""
+    found = []
+    for log_file in sorted(Path(log_dir).rglob("*.log")) if Path(log_dir).is_dir() else []:
+        try:
+            if log_file.stat().st_mtime < since:
+                continue
+            with open(log_file, encoding="utf-8", errors="replace") as f:
+                found += [(log_file, line.rstrip()) for line in f if line.startswith("error: ")]
+        except OSError:
+            continue
+    return found
+
+
 def run_cli(main_fn, argv=None) -> int:
     """Run a stage's main(); user errors become one readable line and exit code 2."""
     from vlmbias import VlmbiasError
