@@ -276,3 +276,39 @@ def test_failed_job_errors_collects_the_sentences_of_recent_logs(tmp_path):
     (tmp_path / "old.log").write_text("error: from an earlier run\n")
     os.utime(tmp_path / "old.log", (1, 1))
     assert io.failed_job_errors(tmp_path, since=100) == [(tmp_path / "retrieve" / "a.log", "error: boom")]
+
+
+@pytest.mark.slow
+def test_workflow_refuses_a_short_images_npy_on_the_console(tmp_path, tiny_workflow_config):
+    """The real Snakefile: after a complete run, images.npy cut to its first 30 rows and retrieve
+    forced to rerun. Plain `snakemake --cores N` and the local profile both fail with the sentence
+    on the console; the metric tables are untouched."""
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    target = "results/smoke/metrics/ff/tiny/jobs_summary.csv"
+    config = tiny_workflow_config(query_sets={"jobs": {"queries": ["a doctor", "a nurse"]}})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+
+    def snakemake(*args):
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(tmp_path),
+               "--cores", "2", *args, "--", target]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    first = snakemake()
+    assert first.returncode == 0, first.stderr[-3000:]
+    emb = tmp_path / "results/smoke/embeddings/ff/tiny"
+    metrics_dir = tmp_path / "results/smoke/metrics/ff/tiny"
+    before = {p.name: p.read_bytes() for p in metrics_dir.iterdir()}
+    np.save(emb / "images.npy", np.load(emb / "images.npy")[:30])
+    rel = "results/smoke/embeddings/ff/tiny"  # the rules name files relative to the working directory
+    sentence = f"error: {rel}/images.npy holds 30 embeddings but {rel}/images.parquet lists 42 images"
+    for extra in ([], ["--profile", str(repo / "profiles/local")]):
+        run = snakemake("--forcerun", "retrieve", *extra)
+        assert run.returncode != 0
+        assert sentence in run.stderr, run.stderr[-3000:]
+        log = (tmp_path / "results/smoke/logs/retrieve/ff_tiny_jobs.log").read_text()
+        assert sentence in log and "Traceback" not in log
+        assert {p.name: p.read_bytes() for p in metrics_dir.iterdir()} == before
