@@ -295,7 +295,8 @@ def test_workflow_refuses_a_short_images_npy_on_the_console(tmp_path, tiny_workf
     def snakemake(*args):
         cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(tmp_path),
                "--cores", "2", *args, "--", target]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
 
     first = snakemake()
     assert first.returncode == 0, first.stderr[-3000:]

@@ -195,8 +195,8 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, *, path_root: str | o
             sidecar_path(path).unlink()
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
-            _write_parquet(df, tmp, None if path_root is None or "path" not in df.columns else Path(path_root).resolve(),
-                           path.parent.resolve(), meta)
+            root = None if path_root is None or "path" not in df.columns else Path(path_root).resolve()
+            _write_parquet(df, tmp, root, path.parent.resolve(), meta)
         else:
             df.to_csv(tmp, index=False)
 

@@ -657,7 +657,7 @@ def _check_k(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[int], 
                 lines.append(f"k {k} is more than the {labelled_n} images the dataset labels for {a!r}, so "
                              f"its rows measure at most {labelled_n}")
     if lines and strict:
-        raise MetricsInputError(lines[0] + "; lower k or turn off metrics.strict")
+        raise MetricsInputError(lines[0] + "; lower k, or turn strictness off (metrics.strict, vlmbias audit --strict)")
     for line in lines:
         log.warning("%s (column flags)", line)
     return found
