@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from vlmbias import VlmbiasError, io
-from vlmbias.audit import data, embed, metrics, retrieve
+from vlmbias.audit import data, embed, metrics, retrieve, zeroshot
 
 
 def _stage(main, args, capsys):
@@ -147,6 +147,19 @@ def test_embeddings_of_another_manifest_are_refused(run, capsys, fairface_dir):
     io.write_table(m.assign(race=m["race"].iloc[::-1].to_numpy()), run / "manifest.parquet", path_root=fairface_dir)
     rc, err = _stage(retrieve.main, _retrieve_args(run), capsys)
     assert rc == 2 and "were made from another version of" in err and str(run / "manifest.parquet") in err
+
+
+def test_zero_shot_reads_checked_embeddings(run, tiny_hf, capsys):
+    """Every reader of images.npy checks it, not only retrieval: the zero-shot audit as an example."""
+    args = ["--model-json", json.dumps({"backend": "hf", "name": str(tiny_hf)}), "--model-name", "tiny",
+            "--dataset-name", "ff", "--images-npy", str(run / "images.npy"), "--images-table",
+            str(run / "images.parquet"), "--manifest", str(run / "manifest.parquet"),
+            "--out-accuracy", str(run / "accuracy.csv"), "--out-harmful", str(run / "harmful.csv")]
+    rc, err = _stage(zeroshot.main, args, capsys)
+    assert rc == 0 and (run / "accuracy.csv").is_file()
+    np.save(run / "images.npy", np.load(run / "images.npy")[:30])
+    rc, err = _stage(zeroshot.main, args, capsys)
+    assert rc == 2 and f"{run / 'images.npy'} holds 30 embeddings but {run / 'images.parquet'} lists 42" in err
 
 
 def test_encoder_refuses_non_finite_outputs_naming_the_images(fairface_dir):
