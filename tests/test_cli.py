@@ -171,10 +171,26 @@ def test_k_larger_than_dataset_and_labelled_folder(tiny_hf, fairface_dir, cache,
     rc = main(audit_args(tiny_hf, fairface_dir, cache, "--query", "a nurse", "--k", "100",
                          "--dataset-type", "labelled-folder", "--csv", str(fairface_dir / "fairface_label_val.csv"),
                          "--attributes", "gender"))
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert rc == 0
     assert "the dataset has only 42 images" in out
     assert parse_report(out) == {"a nurse": {"gender": {"Female": 21, "Male": 21}}}  # classes sorted: from the CSV
+    assert "vlmbias: k 100 is more than the 42 images ranked per query" in err  # the workflow's warning too
+    rc = main(audit_args(tiny_hf, fairface_dir, cache, "--query", "a nurse", "--k", "100", "--strict"))
+    err = capsys.readouterr().err
+    assert rc == 2 and error_lines(err) == [
+        "error: k 100 is more than the 42 images ranked per query (the dataset's size or the rankings' depth), so "
+        "its rows measure at most 42; lower k, or turn strictness off (metrics.strict, vlmbias audit --strict)"]
+
+
+def test_an_empty_label_column_is_named_not_dropped_silently(tiny_hf, fairface_dir, cache, tmp_path, capsys):
+    labels = pd.read_csv(fairface_dir / "fairface_label_val.csv").assign(gender="")
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    rc = main(audit_args(tiny_hf, fairface_dir, cache, "--query", "a nurse", "--k", "10", "--dataset-type",
+                         "labelled-folder", "--csv", str(tmp_path / "labels.csv"), "--json"))
+    out, err = capsys.readouterr()
+    assert rc == 0 and "gender" not in json.loads(out)["attributes"]
+    assert "column 'gender' labels no image (every entry is empty)" in err
 
 
 @pytest.mark.parametrize("change, message", [

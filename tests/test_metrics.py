@@ -244,14 +244,14 @@ def test_match_rate_and_confusion_matrix():
 
 DOC_CLASSES = ("model, dataset, query_set, query_id, query, k, n, attribute, class, count, proportion, "
                "proportion_low, proportion_high, dataset_proportion, rd, rd_low, rd_high, skew_uniform, skew_dataset, "
-               "skew_convention, interval_method, interval_undercovers").split(", ")
+               "skew_convention, interval_method, interval_undercovers, flags").split(", ")
 DOC_SUMMARY = ("model, dataset, query_set, query_id, query, k, n, attribute, fd, fd_low, fd_high, fd_strict, "
                "tvd, tvd_low, tvd_high, "
                "max_skew_uniform, max_skew_uniform_low, max_skew_uniform_high, min_skew_uniform, "
                "max_skew_dataset, max_skew_dataset_low, max_skew_dataset_high, min_skew_dataset, "
                "ndkl_uniform, ndkl_uniform_low, ndkl_uniform_high, ndkl_dataset, ndkl_dataset_low, ndkl_dataset_high, "
                "chi2, p_value, named_class, match_rate, match_low, match_high, skew_convention, "
-               "interval_method, interval_undercovers").split(", ")
+               "interval_method, interval_undercovers, flags").split(", ")
 
 
 def test_documented_columns_match_docs():

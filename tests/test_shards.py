@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from vlmbias import VlmbiasError
+from vlmbias import VlmbiasError, io
 from vlmbias import config as vconfig
 from vlmbias.audit import embed, shards
 from vlmbias.audit.data import build_manifest
@@ -98,8 +98,9 @@ def test_concatenation_streams_to_the_bytes_np_save_writes(tmp_path):
     arrays[1] = np.zeros((0, 0), np.float32)  # a shard whose every image was skipped
     for i, a in enumerate(arrays):
         np.save(tmp_path / f"{i}.npy", a)
-    assert shards.write_concatenated([np.load(tmp_path / f"{i}.npy", mmap_mode="r") for i in range(3)],
-                                     tmp_path / "out.npy") == (10, 5)
+    shape, digest = shards.write_concatenated([np.load(tmp_path / f"{i}.npy", mmap_mode="r") for i in range(3)],
+                                              tmp_path / "out.npy")
+    assert shape == (10, 5) and digest == io.file_digest(tmp_path / "out.npy")
     np.save(tmp_path / "ref.npy", np.concatenate([arrays[0], arrays[2]]))
     assert (tmp_path / "out.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
     with pytest.raises(VlmbiasError, match="differ in dimension .3, 5."):

@@ -193,6 +193,7 @@ rule metrics:
         attributes=config["metrics"].get("attributes", []),
         skew=config["metrics"]["skew_pseudocount"],
         interval=config["metrics"]["interval"],
+        strict=["--strict"] if config["metrics"].get("strict") else [],
         seed=config["seed"],
     threads: 1
     resources:
@@ -205,7 +206,7 @@ rule metrics:
         "{PY} -m vlmbias.audit.metrics --rankings {input.rankings:q} --distribution {input.distribution:q}"
         " --k {params.k:q} --n-boot {params.n_boot:q} --ci-method {params.ci:q} --seed {params.seed:q}"
         " --attributes {params.attributes:q} --skew-pseudocount {params.skew:q} --interval {params.interval:q}"
-        " --out-classes {output.classes:q} --out-summary {output.summary:q} --out-confusion {output.confusion:q}"
+        " {params.strict:q} --out-classes {output.classes:q} --out-summary {output.summary:q} --out-confusion {output.confusion:q}"
         " > {log:q} 2>&1"
 
 

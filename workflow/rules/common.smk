@@ -1,6 +1,7 @@
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -17,6 +18,17 @@ except VlmbiasError as e:
 validate(config, "../schemas/config.schema.yaml")  # fills in the schema's defaults
 
 RES = vconfig.results_root(config)
+_STARTED = time.time()  # logs written since then belong to this run
+
+
+onerror:
+    # each failed job's one-sentence error on the console, also without --show-failed-logs
+    from vlmbias.io import failed_job_errors
+
+    for _log, _line in failed_job_errors(f"{RES}/logs", _STARTED - 1):
+        print(f"{_line}  [{_log}]", file=sys.stderr)
+
+
 MAX_PIXELS = config["images"]["max_pixels"]  # the image gate's one limit, passed to every rule that opens images
 SELECTED = vconfig.audit_selection(config)
 

@@ -103,6 +103,10 @@ def folder_manifest(root: str | Path, csv: str | Path, file_column: str = "file"
         check_classes(df, classes, str(csv_path))
     else:
         classes = {a: sorted(set(df[a]) - {""}) for a in names}
+    for a in names:  # an empty column would otherwise drop out of every table without a word
+        if not (df[a] != "").any():
+            log.warning("%s: column %r labels no image (every entry is empty), so no metric can be computed "
+                        "for %r; fill it in or leave the column out", csv_path, a, a)
     df = df[df[file_column] != ""]
     df, missing = _resolve_files(df, root, file_column)
     return df[["image_id", "path", *names]], missing, classes

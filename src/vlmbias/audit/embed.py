@@ -20,7 +20,8 @@ from vlmbias.audit.models import Encoder, load_encoder
 from vlmbias.audit.queries import expand_query_set, strip_article
 from vlmbias.audit.shards import check_bad_fraction, shard_rows
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
-from vlmbias.io import parse_json_arg, read_table, run_cli, write_npy, write_table
+from vlmbias import VlmbiasError
+from vlmbias.io import file_digest, parse_json_arg, provenance, read_table, run_cli, text_digest, write_npy, write_table
 from vlmbias.mitigate.debias import apply_projection, projection_for
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,21 @@ def embed_image_files(encoder: Encoder, paths: list[str], batch_size: int = 64, 
     for idx, pixels, failed in tqdm(loader, desc="embed images", unit="batch", disable=not progress):
         bad.extend(failed)
         if pixels is not None:
-            chunks.append(encoder.encode_images(pixels))
+            chunks.append(check_finite(encoder.encode_images(pixels), [paths[i] for i in idx], "image"))
             kept.extend(idx)
     emb = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     return emb, kept, bad
+
+
+def check_finite(emb: np.ndarray, names: list[str], what: str) -> np.ndarray:
+    """`emb` unchanged when every value is finite; else the encoder failed on these inputs (a broken
+    checkpoint, fp16 overflow): refuse at the source, naming them, rather than rank NaN scores."""
+    bad = np.flatnonzero(~np.isfinite(emb).reshape(len(emb), -1).all(axis=1))
+    if len(bad):
+        shown = ", ".join(str(names[i]) for i in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise VlmbiasError(f"the encoder returned non-finite values (NaN or inf) for {len(bad)} {what}(s): {shown}; "
+                           "check the model's weights and precision (fp16 can overflow)")
+    return emb
 
 
 def embed_images(manifest: pd.DataFrame, encoder: Encoder, batch_size=64, num_workers=2, max_bad_fraction=0.01,
@@ -87,7 +99,7 @@ def embed_queries(qset_name: str, qset_spec: dict, encoder: Encoder) -> tuple[np
     """One embedding per query: the normalised mean over its templates (CLIP's prompt ensembling)."""
     queries = expand_query_set(qset_name, qset_spec)
     flat = [t for texts in queries["texts"] for t in texts]
-    emb = encoder.encode_texts(flat)
+    emb = check_finite(encoder.encode_texts(flat), flat, "query text")
     out, start = [], 0
     for texts in queries["texts"]:
         m = emb[start:start + len(texts)].mean(0)
@@ -111,6 +123,7 @@ def embed_queries(qset_name: str, qset_spec: dict, encoder: Encoder) -> tuple[np
         from vlmbias.mitigate.saner import apply_saner
 
         out = apply_saner(out, saner["layer"])
+    check_finite(out, queries["query"].tolist(), "query")  # also after a mitigation's transform
     table = queries.assign(row=np.arange(len(queries)), text=queries["texts"].map(" | ".join)).drop(columns="texts")
     return out, table[["row", "query_id", "query", "text", "lang", "concept",
                                                       "names_attribute", "names_class"]]
@@ -142,9 +155,12 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device, a.precision)
+    model_spec = parse_json_arg(a.model_json, "--model-json")
+    encoder = load_encoder(model_spec, a.device, a.precision)
+    inputs = {"model": text_digest({"model": model_spec, "precision": a.precision})}
     if a.what == "images":
-        manifest = read_table(a.manifest)
+        manifest = read_table(a.manifest, made_by="dataset_manifest")
+        inputs["manifest"] = file_digest(a.manifest)
         if a.shard_size:  # one shard; the merge checks max_bad_fraction over the whole dataset
             part = shard_rows(len(manifest), a.shard_size, a.shard)
             log.info("shard %d: manifest rows %d..%d of %d", a.shard, part.start, part.stop - 1, len(manifest))
@@ -154,10 +170,13 @@ def main(argv=None) -> None:
         write_table(skipped, a.skipped)
         log.info("embedded %d images (dim %d), skipped %d", len(rows), emb.shape[1], len(skipped))
     else:
-        emb, rows = embed_queries(a.name, parse_json_arg(a.queries_json, "--queries-json"), encoder)
+        qspec = parse_json_arg(a.queries_json, "--queries-json")
+        inputs["query_set"] = text_digest(qspec)
+        emb, rows = embed_queries(a.name, qspec, encoder)
         log.info("embedded %d queries of set %s", len(rows), a.name)
-    write_npy(emb, a.out_npy)
-    write_table(rows, a.out_table)
+    digest = write_npy(emb, a.out_npy)
+    # the row table records the array it belongs to: readers refuse a mismatched pair (io.check_embeddings)
+    write_table(rows, a.out_table, meta=provenance(len(rows), inputs, npy={"digest": digest, "shape": list(emb.shape)}))
 
 
 if __name__ == "__main__":

@@ -49,16 +49,21 @@ __all__ = [
 
 KEY_COLUMNS = ["model", "dataset", "query_set", "query_id", "query"]
 CONVENTION_COLUMNS = ["skew_convention", "interval_method", "interval_undercovers"]
+# why a row measures fewer than k items, ';'-joined (empty: it measures k): `k_above_images`, the
+# query's rankings hold fewer than k images (k above the dataset size); `k_above_labelled`, the
+# dataset labels fewer than k images for this attribute. A warning in the log; an error when strict.
+FLAG_COLUMNS = ["flags"]
 COVERAGE_TABLE = Path(__file__).with_name("coverage_measured.csv")  # written by benchmarks/coverage.py
 CLASS_COLUMNS = KEY_COLUMNS + [
     "k", "n", "attribute", "class", "count", "proportion", "proportion_low", "proportion_high",
-    "dataset_proportion", "rd", "rd_low", "rd_high", "skew_uniform", "skew_dataset"] + CONVENTION_COLUMNS
+    "dataset_proportion", "rd", "rd_low", "rd_high", "skew_uniform", "skew_dataset"] + CONVENTION_COLUMNS + FLAG_COLUMNS
 SUMMARY_COLUMNS = KEY_COLUMNS + [
     "k", "n", "attribute", "fd", "fd_low", "fd_high", "fd_strict", "tvd", "tvd_low", "tvd_high",
     "max_skew_uniform", "max_skew_uniform_low", "max_skew_uniform_high", "min_skew_uniform",
     "max_skew_dataset", "max_skew_dataset_low", "max_skew_dataset_high", "min_skew_dataset",
     "ndkl_uniform", "ndkl_uniform_low", "ndkl_uniform_high", "ndkl_dataset", "ndkl_dataset_low",
-    "ndkl_dataset_high", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS
+    "ndkl_dataset_high", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS \
+    + FLAG_COLUMNS
 SKEW_CONVENTION = "published"  # raw share, absent class = 1/n (Geyik 2019; Berg 2022)
 INTERVAL_METHOD = "dirichlet"  # Dirichlet(counts + 1/C) posterior, holds the estimate (measured: benchmarks/COVERAGE.txt)
 N_SIM = 10_000
@@ -519,7 +524,8 @@ def _validate(rankings: pd.DataFrame, distribution: pd.DataFrame, ks, attributes
 def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[int],
                  attributes: list[str] | None = None, n_boot: int = 1000, seed=0,
                  ci_method: str = "wilson", level: float = 0.95, n_sim: int = N_SIM,
-                 skew_eps: float | None = None, interval: str = INTERVAL_METHOD) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 skew_eps: float | None = None, interval: str = INTERVAL_METHOD,
+                 strict: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-class and per-(query, k, attribute) metric tables (docs/artifacts.md, "Metrics").
 
     For each query (rows sorted by ``rank``), each k and each attribute, the first k ranks are
@@ -534,6 +540,8 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
     p-value. For queries that name a group (columns ``names_attribute``/``names_class``), the
     summary row of the named attribute carries ``named_class`` and ``match_rate`` with its
     interval; other rows have them null. ``attributes`` empty or None means every attribute.
+    A k above the images ranked per query or above the images the dataset labels is flagged
+    (column ``flags``) and warned about once, or refused when ``strict``.
     """
     ks, attributes = _validate(rankings, distribution, ks, attributes)
     _check_level(level)
@@ -553,6 +561,7 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
         dprops[a] = _props(w, pd.Index(classes[a]), f"dataset distribution of {a!r}")
     has_names = {"names_attribute", "names_class"} <= set(rankings.columns)
     convention = {"skew_convention": skew_convention(skew_eps), "interval_method": interval}
+    shrunk = _check_k(rankings, distribution, ks, attributes, strict)
 
     ranked = rankings.sort_values("rank", kind="stable")
     class_parts, summary_rows = [], []
@@ -566,6 +575,8 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
             cls, q, C = classes[a], dprops[a], len(classes[a])
             u = np.where(q > 0, 1.0 / (q > 0).sum(), 0.0)
             for k in ks:
+                flags = ";".join(f for f in ("k_above_images", "k_above_labelled") if (a, k, f) in shrunk
+                                 or (f == "k_above_images" and len(g) < k))
                 codes = _codes(g[a].iloc[:k], cls)  # the first k ranks, then their labelled items
                 n = len(codes)
                 c = np.bincount(codes, minlength=C).astype(float)
@@ -609,11 +620,12 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                     **keyd, "k": k, "n": n, "attribute": a, "class": cls, "count": c.astype(int), "proportion": prop,
                     "proportion_low": p_lo, "proportion_high": p_hi, "dataset_proportion": q,
                     "rd": rd, "rd_low": rd_lo, "rd_high": rd_hi,
-                    "skew_uniform": sk_u if n else nan_c, "skew_dataset": sk_d if n else nan_c, **convention}))
+                    "skew_uniform": sk_u if n else nan_c, "skew_dataset": sk_d if n else nan_c, **convention,
+                    "flags": flags}))
                 row = {**keyd, "k": k, "n": n, "attribute": a, "fd_strict": float(_fd(c, True)) if n else np.nan,
                        "min_skew_uniform": _nanext(np.nanmin, sk_u), "min_skew_dataset": _nanext(np.nanmin, sk_d),
                        "chi2": chi2, "p_value": pval, "named_class": None, "match_rate": np.nan,
-                       "match_low": np.nan, "match_high": np.nan, **convention}
+                       "match_low": np.nan, "match_high": np.nan, **convention, "flags": flags}
                 for m, v in est.items():
                     lo, hi = ci.get(m, (np.nan, np.nan))
                     row.update({m: v, f"{m}_low": float(lo), f"{m}_high": float(hi)})
@@ -624,6 +636,31 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
     classes_df = pd.concat(class_parts, ignore_index=True)[CLASS_COLUMNS]
     summary_df = pd.DataFrame(summary_rows, columns=SUMMARY_COLUMNS)
     return classes_df, summary_df
+
+
+def _check_k(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[int], attributes: list[str],
+             strict: bool) -> set[tuple[str, int, str]]:
+    """The (attribute, k, flag)s of a k no top-k can fill: above the most images a query ranks
+    (`k_above_images`) or above the images the dataset labels for the attribute (`k_above_labelled`).
+    Each is one warning (not one per query), or a MetricsInputError when `strict`."""
+    most = int(rankings.groupby(KEY_COLUMNS, sort=False, dropna=False).size().max())
+    found, lines = set(), []
+    for k in ks:
+        if k > most:
+            found |= {(a, k, "k_above_images") for a in attributes}
+            lines.append(f"k {k} is more than the {most} images ranked per query (the dataset's size or the "
+                         f"rankings' depth), so its rows measure at most {most}")
+        for a in attributes:
+            labelled_n = int(distribution.loc[distribution["attribute"] == a, "count"].sum())
+            if most >= k > labelled_n > 0:
+                found.add((a, k, "k_above_labelled"))
+                lines.append(f"k {k} is more than the {labelled_n} images the dataset labels for {a!r}, so "
+                             f"its rows measure at most {labelled_n}")
+    if lines and strict:
+        raise MetricsInputError(lines[0] + "; lower k, or turn strictness off (metrics.strict, vlmbias audit --strict)")
+    for line in lines:
+        log.warning("%s (column flags)", line)
+    return found
 
 
 def _posterior_intervals(c, est, rd, q, u, n_draws, seed, level, skew_eps):
@@ -735,7 +772,7 @@ def _pseudocount(text: str) -> float | None:
 
 
 def main(argv=None) -> None:
-    from vlmbias.io import read_table, write_table
+    from vlmbias.io import file_digest, provenance, read_table, write_table
 
     p = argparse.ArgumentParser(prog="python -m vlmbias.audit.metrics", description="Disparity metrics of one rankings table.")
     p.add_argument("--rankings", required=True)
@@ -748,18 +785,22 @@ def main(argv=None) -> None:
     p.add_argument("--skew-pseudocount", type=_pseudocount, default=None,
                    help="smooth Skew with this additive pseudo-count; None (default): the published convention")
     p.add_argument("--interval", default=INTERVAL_METHOD, choices=INTERVAL_METHODS)
+    p.add_argument("--strict", action="store_true", help="a k no top-k can fill is an error, not a flagged row")
     p.add_argument("--out-classes", required=True)
     p.add_argument("--out-summary", required=True)
     p.add_argument("--out-confusion", help="confusion matrix of the group-naming queries (header only if none)")
     a = p.parse_args(argv)
-    rankings, distribution = read_table(a.rankings), read_table(a.distribution)
+    rankings = read_table(a.rankings, made_by="retrieve")
+    distribution = read_table(a.distribution, made_by="dataset_manifest")
     classes, summary = audit_tables(rankings, distribution, a.k, a.attributes or None,
                                     n_boot=a.n_boot, seed=a.seed, ci_method=a.ci_method,
-                                    skew_eps=a.skew_pseudocount, interval=a.interval)
-    write_table(classes, a.out_classes)
-    write_table(summary, a.out_summary)
+                                    skew_eps=a.skew_pseudocount, interval=a.interval, strict=a.strict)
+    inputs = {"rankings": file_digest(a.rankings), "distribution": file_digest(a.distribution)}
+    write_table(classes, a.out_classes, meta=provenance(len(classes), inputs))
+    write_table(summary, a.out_summary, meta=provenance(len(summary), inputs))
     if a.out_confusion:
-        write_table(confusion_table(rankings, distribution, a.k), a.out_confusion)
+        confusion = confusion_table(rankings, distribution, a.k)
+        write_table(confusion, a.out_confusion, meta=provenance(len(confusion), inputs))
     log.info("metrics for %d queries x %d k x %d attributes", summary["query_id"].nunique(), len(set(a.k)),
              summary["attribute"].nunique())
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from vlmbias import VlmbiasError
-from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
+from vlmbias.io import check_embeddings, file_digest, parse_json_arg, provenance, read_table, run_cli, write_table
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 65_536  # a multiple of faiss's 1024-row BLAS block, so faiss scores do not depend on chunking
@@ -176,9 +176,18 @@ def main(argv=None) -> None:
     p.add_argument("--query-set", required=True)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    images = read_npy(a.images_npy, mmap=True)
-    queries = read_npy(a.queries_npy)
-    query_rows = read_table(a.queries_table)
+    # every input checked against the others before anything is ranked (io.check_embeddings)
+    images, image_rows, image_meta = check_embeddings(a.images_npy, a.images_table, "embed_images",
+                                                      manifest=a.manifest, chunk_rows=a.chunk_rows)
+    queries, query_rows, _ = check_embeddings(a.queries_npy, a.queries_table, "embed_queries", mmap=False)
+    manifest = read_table(a.manifest, made_by="dataset_manifest")
+    missing = sorted(set(image_rows["image_id"]) - set(manifest["image_id"]))
+    if missing:
+        raise VlmbiasError(f"{a.images_table} lists {len(missing)} image(s) that {a.manifest} does not, e.g. "
+                           f"{missing[0]}; delete the embeddings and run snakemake again (rule embed_images)")
+    if a.k > len(images):  # the metrics flag these rows too (flags column k_above_images)
+        log.warning("k %d is more than the %d images embedded: each query's rankings hold all %d", a.k,
+                    len(images), len(images))
     recall = None
     if a.method == "approximate":
         from vlmbias.audit.approximate import approximate_with_recall
@@ -190,11 +199,14 @@ def main(argv=None) -> None:
             a.recall_k or [a.k], query_rows["query_id"], a.chunk_rows)
     else:
         scores, idx = top_k(images, queries, a.k, a.method, a.chunk_rows)
-    table = rankings_table(scores, idx, read_table(a.images_table), query_rows,
-                           read_table(a.manifest), a.model, a.dataset, a.query_set)
+    table = rankings_table(scores, idx, image_rows, query_rows, manifest, a.model, a.dataset, a.query_set)
     if recall is not None:
         write_table(recall, a.out_recall)
-    write_table(table, a.out)
+    # what the rankings were made from: a reader can tell they belong to these embeddings
+    inputs = {"images": (image_meta.get("npy") or {}).get("digest") or file_digest(a.images_npy),
+              "queries": file_digest(a.queries_npy), "manifest": file_digest(a.manifest)}
+    write_table(table, a.out, meta=provenance(len(table), inputs, k=int(idx.shape[1]), k_asked=a.k,
+                                              n_images=len(images)))
     log.info("retrieved top-%d for %d queries (%s)", idx.shape[1], idx.shape[0], a.method)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from vlmbias import VlmbiasError
-from vlmbias.io import atomic_path, read_npy, read_table, run_cli, write_table
+from vlmbias.io import atomic_path, check_embeddings, file_digest, provenance, read_table, run_cli, write_table
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,10 @@ def merge_shards(manifest: pd.DataFrame, shard_size: int, parts: list[tuple[np.n
     return rows, skipped
 
 
-def write_concatenated(arrays: list[np.ndarray], path) -> tuple[int, int]:
+def write_concatenated(arrays: list[np.ndarray], path) -> tuple[tuple[int, int], str]:
     """Write the row-wise concatenation of `arrays` (memory maps welcome) as one .npy, one array at a
-    time, atomically: the same bytes np.save writes for np.concatenate(arrays). Returns its shape."""
+    time, atomically: the same bytes np.save writes for np.concatenate(arrays). Returns its shape
+    and content digest (io.file_digest)."""
     filled = [a for a in arrays if len(a)]  # a shard whose every image was skipped has shape (0, 0)
     dims = {a.shape[1] for a in filled}
     if len(dims) > 1:
@@ -98,7 +99,8 @@ def write_concatenated(arrays: list[np.ndarray], path) -> tuple[int, int]:
             start += len(a)
         out.flush()
         del out
-    return shape
+        digest = file_digest(tmp)
+    return shape, digest
 
 
 def main(argv=None) -> None:
@@ -113,14 +115,24 @@ def main(argv=None) -> None:
     p.add_argument("--out-table", required=True)
     p.add_argument("--skipped", required=True)
     a = p.parse_args(argv)
-    parts = []
+    parts, models = [], set()
     for path in a.shards:
         stem = path[:-len(".npy")]
-        parts.append((read_npy(path, mmap=True), read_table(f"{stem}.parquet"), read_table(f"{stem}_skipped.parquet")))
-    rows, skipped = merge_shards(read_table(a.manifest), a.shard_size, parts, a.max_bad_fraction)
-    shape = write_concatenated([e for e, _, _ in parts], a.out_npy)
+        # each shard and its row table belong together, are finite and come from this manifest
+        emb, shard_rows_, meta = check_embeddings(path, f"{stem}.parquet", "embed_images", manifest=a.manifest)
+        models.add((meta.get("inputs") or {}).get("model"))
+        parts.append((emb, shard_rows_, read_table(f"{stem}_skipped.parquet", made_by="embed_images")))
+    if len(models) > 1:
+        raise VlmbiasError(f"the shards {a.shards[0]} .. {a.shards[-1]} were embedded with different model "
+                           "settings; delete the shards folder and run snakemake again (rule embed_images)")
+    rows, skipped = merge_shards(read_table(a.manifest, made_by="dataset_manifest"), a.shard_size, parts,
+                                 a.max_bad_fraction)
+    shape, digest = write_concatenated([e for e, _, _ in parts], a.out_npy)
+    inputs = {"model": models.pop(), "manifest": file_digest(a.manifest)}
     write_table(skipped, a.skipped)
-    write_table(rows, a.out_table)
+    # the record the unsharded embed_images writes, so the two row tables stay byte-identical
+    write_table(rows, a.out_table, meta=provenance(len(rows), {k: v for k, v in inputs.items() if v},
+                                                   npy={"digest": digest, "shape": list(shape)}))
     log.info("merged %d shards: %d images (dim %d), skipped %d", len(parts), shape[0], shape[1], len(skipped))
 
 

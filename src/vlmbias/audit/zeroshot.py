@@ -27,7 +27,7 @@ import yaml
 from vlmbias import VlmbiasError
 from vlmbias.audit.metrics import labelled, proportion_ci
 from vlmbias.audit.presets import PRESET_DIR
-from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
+from vlmbias.io import check_embeddings, parse_json_arg, read_table, run_cli, write_table
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,10 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     spec = parse_json_arg(a.spec_json, "--spec-json")
     prompts = load_prompts(spec)
-    rows = read_table(a.images_table)
+    # the array, its row table and the manifest must belong together (io.check_embeddings)
+    emb, rows, _ = check_embeddings(a.images_npy, a.images_table, "embed_images", manifest=a.manifest, mmap=False)
     labels = read_table(a.manifest).set_index("image_id").loc[rows["image_id"]].reset_index()
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
-    emb = read_npy(a.images_npy)
     key = {"model": a.model_name, "dataset": a.dataset_name}
     attributes = spec.get("attributes") or [k for k in ("race", "gender", "age") if k in labels.columns]
     acc = accuracy_table(labels, emb, encoder, prompts, attributes).assign(**key)[ACCURACY_COLUMNS]

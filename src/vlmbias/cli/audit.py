@@ -188,7 +188,7 @@ def run_audit(a: argparse.Namespace) -> dict:
     dataset_name = Path(dspec["root"]).name
     rankings = rankings_table(scores, idx, rows, qtable, manifest, model_id(model), dataset_name, QUERY_SET)
     cls_df, sum_df = audit_tables(rankings, dist, [a.k], attributes, n_boot=a.n_boot, seed=a.seed,
-                                  skew_eps=a.skew_pseudocount)
+                                  skew_eps=a.skew_pseudocount, strict=getattr(a, "strict", False))
 
     queries = []
     for q in qtable.itertuples():
@@ -372,6 +372,9 @@ def register(sub, formatter) -> None:
                    help="smooth Skew/MaxSkew with this pseudo-count (default: the published convention, raw share "
                         "with an absent class at 1/k)")
     s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the goodness-of-fit simulation")
+    s.add_argument("--strict", action="store_true",
+                   help="stop with an error when --k is more than the dataset's images (or its labelled images "
+                        "of an attribute) instead of measuring fewer and flagging it")
     s.add_argument("--max-missing-fraction", type=float, default=0.0,
                    help="share of listed images allowed to be missing on disk")
     s.add_argument("--max-bad-fraction", type=float, default=0.01,

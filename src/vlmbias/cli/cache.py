@@ -48,6 +48,8 @@ def cache_key(model: dict, manifest, precision: str) -> str:
 
 def read_cache(entry: Path, manifest):
     """(embeddings, row table, skipped table) from a cache entry, or None when absent or unusable."""
+    import numpy as np
+
     from vlmbias.io import read_npy, read_table
 
     if not (entry / "images.npy").is_file() or not (entry / "images.parquet").is_file():
@@ -57,6 +59,8 @@ def read_cache(entry: Path, manifest):
         skipped = read_table(entry / "skipped.csv") if (entry / "skipped.csv").is_file() else None
         if emb.ndim != 2 or len(emb) != len(rows) or list(rows["row"]) != list(range(len(rows))):
             raise ValueError(f"embeddings {emb.shape} do not match {len(rows)} rows")
+        if not np.isfinite(emb).all():
+            raise ValueError("embeddings hold non-finite values (NaN or inf)")
         if not set(rows["image_id"]) <= set(manifest["image_id"]):
             raise ValueError("image ids differ from the dataset's")
     except Exception as e:  # a damaged entry is recomputed, never trusted

@@ -42,7 +42,7 @@ from vlmbias.audit.models import load_encoder
 from vlmbias.audit.retrieve import top_k
 from vlmbias.audit.zeroshot import class_embeddings, predict
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS
-from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
+from vlmbias.io import check_embeddings, parse_json_arg, read_table, run_cli, write_table
 from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS, PAIR_WORDS
 
 log = logging.getLogger(__name__)
@@ -225,10 +225,10 @@ def main(argv=None) -> None:
     fitting = sorted(c for c, v in (splits or {}).items() if v == "fitting")
     encoder = TransformedText(load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device),
                               parse_json_arg(a.transform_json, "--transform-json"), fitting)
-    rows = read_table(a.images_table)
+    images, rows, _ = check_embeddings(a.images_npy, a.images_table, "embed_images", manifest=a.manifest, mmap=False)
     labels = read_table(a.manifest).set_index("image_id").loc[rows["image_id"]].reset_index()
     corpus = heldout_corpus(a.world) if a.world else None
-    table = evaluate(encoder, a.model_name, read_npy(a.images_npy), labels, a.attributes, a.template, corpus, a.k,
+    table = evaluate(encoder, a.model_name, images, labels, a.attributes, a.template, corpus, a.k,
                      max_pixels=a.max_pixels, splits=splits)
     write_table(table, a.out)
     for r in table.itertuples():

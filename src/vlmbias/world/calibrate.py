@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from vlmbias import VlmbiasError
-from vlmbias.io import read_npy, read_table, run_cli, write_table
+from vlmbias.io import check_embeddings, read_npy, read_table, run_cli, write_table
 
 log = logging.getLogger(__name__)
 DEFAULT_STRONG = {"gender": 0.8, "race": 0.5}
@@ -263,12 +263,12 @@ def main(argv=None) -> None:
     classes = pd.concat([read_table(p) for p in a.classes], ignore_index=True)
     classes = classes.drop(columns=[c for c in ("concept", "lang") if c in classes]).merge(
         pd.concat(qmeta).drop_duplicates("query_id"), on="query_id", how="left")
-    rows = read_table(a.images_table)
+    images, rows, _ = check_embeddings(a.images_npy, a.images_table, "embed_images", manifest=a.manifest, mmap=False)
     labels = read_table(a.manifest).set_index("image_id").loc[rows["image_id"]].reset_index()
-    table = calibration_table(classes, bias, query_emb, read_npy(a.images_npy), labels, a.k)
+    table = calibration_table(classes, bias, query_emb, images, labels, a.k)
     extra = {}
     for k in sorted(set(classes["k"]) - {a.k}):
-        extra[f"top{k}_share"] = calibration_table(classes, bias, query_emb, read_npy(a.images_npy), labels, k)
+        extra[f"top{k}_share"] = calibration_table(classes, bias, query_emb, images, labels, k)
     result = checks(table, families, {"gender": a.strong_gender, "race": a.strong_race})
     if a.zeroshot_harmful:
         zs = zeroshot_checks(read_table(a.zeroshot_harmful), bias, families)
