@@ -370,7 +370,7 @@ def register(sub, formatter) -> None:
                    help="a neutral query such as \"a doctor\"; repeat for several")
     s.add_argument("--query-set", metavar="PRESET:SET",
                    help="a literature preset's query set instead of --query, e.g. berg2022:berg2022_test "
-                        "(presets: thesis, berg2022, bendvlm; see README)")
+                        "(presets: thesis, berg2022, bendvlm; see docs/configuration.md)")
     s.add_argument("--k", type=int, default=20, help="how many top images to measure")
     s.add_argument("--attributes", nargs="+", metavar="ATTR",
                    help="attributes to measure (default: all of the dataset's, e.g. gender race age)")
