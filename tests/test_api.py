@@ -132,3 +132,17 @@ def test_python_api_doc_examples_run(tiny_hf, labelled_folder, tmp_path, monkeyp
     assert (tmp_path / "my-audit" / "summary.csv").is_file()
     out = capsys.readouterr().out
     assert "0.47" in out and "4.0" in out and "inf" in out   # the commented known answers
+
+
+def test_readme_python_example_runs(tiny_hf, labelled_folder, tmp_path, monkeypatch):
+    """The README's Python block, with its model path pointed at the tiny model."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```python\n(.*?)```", readme, flags=re.S).group(1)
+    assert "/models/my-clip" in block
+    shutil.copytree(labelled_folder, tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VLMBIAS_CACHE", str(tmp_path / "cache"))
+    namespace: dict = {}
+    exec(compile(block.replace("/models/my-clip", str(tiny_hf)), "README.md", "exec"), namespace)
+    assert sorted(p.name for p in (tmp_path / "my-audit").iterdir()) == [
+        "classes.csv", "distribution.csv", "info.json", "queries.csv", "rankings.parquet", "summary.csv"]
