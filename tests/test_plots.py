@@ -353,3 +353,35 @@ def test_confusion_heatmap_is_drawn(tmp_path):
         assert im.size[0] > 100 and im.size[1] > 100
     with pytest.raises(plots.PlotInputError, match="no rows with"):
         plots.plot_confusion(t, "gender", 20, tmp_path / "x.png")
+
+
+CJK_TITLE = "一位首席执行官"   # "a CEO" in simplified Chinese, as in the default run's language experiment
+ARABIC_TITLE = "مدير تنفيذي"  # "a CEO" in Arabic
+
+
+def test_cjk_and_arabic_titles_render_without_missing_glyphs(tmp_path, caplog):
+    """The shipped Noto fonts cover the scripts of the default run's queries: matplotlib, drawing
+    with the families figure_style picks, warns about no missing glyph and no box is logged."""
+    texts = [CJK_TITLE, ARABIC_TITLE]
+    families, missing = plot_base._families_for_chars(frozenset(plot_base._needed_chars(texts)))
+    assert not missing, f"no font for {sorted(missing)}"
+    assert any("CJK" in f for f in families) and any("Arabic" in f or f == "DejaVu Sans" for f in families)
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    with warnings.catch_warnings(record=True) as seen, plt.rc_context(
+            {"font.family": plot_base._families_for(texts) + ["sans-serif"]}):
+        warnings.simplefilter("always")
+        fig = Figure(figsize=(3, 1))
+        fig.suptitle(f"{CJK_TITLE} / {ARABIC_TITLE}")
+        fig.savefig(tmp_path / "t.png")
+    glyph_warnings = [str(w.message) for w in seen if "missing from" in str(w.message)]
+    assert not glyph_warnings, glyph_warnings
+    # and through a real figure of the workflow, titled in both scripts
+    classes = pd.DataFrame({"query_id": ["q1", "q1", "q2", "q2"], "query": [CJK_TITLE] * 2 + [ARABIC_TITLE] * 2,
+                            "k": 20, "attribute": "gender", "class": ["Female", "Male"] * 2,
+                            "proportion": [0.3, 0.7, 0.5, 0.5], "proportion_low": [0.1, 0.5, 0.3, 0.3],
+                            "proportion_high": [0.5, 0.9, 0.7, 0.7], "dataset_proportion": 0.5})
+    with caplog.at_level(logging.WARNING, logger="vlmbias.plots"):
+        assert_png(plot_distributions(classes, "gender", 20, tmp_path / "bars.png"), 100)
+    assert "no installed font has glyphs" not in caplog.text

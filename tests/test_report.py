@@ -51,3 +51,32 @@ def test_summary_page_and_headline_table():
     html = publish_parts(rst + "\n" + targets, writer_name="html",
                          settings_overrides={"halt_level": 2, "report_level": 2})["html_body"]
     assert "<table" in html and "world-clip" in html
+
+
+def test_summary_page_leads_with_a_query_by_attribute_matrix():
+    import pandas as pd
+    from docutils.core import publish_parts
+
+    from vlmbias.report import headline_table, summary_rst
+
+    rows = []
+    for query, g_skew, r_low in (("a doctor", 0.4055, 0.2), ("一位首席执行官", 0.0, 0.0)):
+        for attr, skew in (("gender", g_skew), ("race", 1.25)):
+            rows.append({"model": "m", "query_set": "s", "query": query, "attribute": attr, "k": 50,
+                         "max_skew_uniform": skew, "max_skew_uniform_low": r_low if attr == "race" else skew - 0.1,
+                         "max_skew_uniform_high": skew + 0.1, "interval_undercovers": "",
+                         "skew_convention": "published", "interval_method": "dirichlet"})
+    head = headline_table(pd.DataFrame(rows))
+    config = {"run_name": "r", "datasets": {"d": {}}, "models": {"m": {}}, "retrieval": {"k": [50]}}
+    rst = summary_rst(config, head, {"m": pd.DataFrame({"check": ["x"], "passed": [True]})}, None)
+    # the matrix comes before the calibration verdict and the long table
+    assert rst.index("At a glance") < rst.index("Calibration verdict") < rst.index("Headline: MaxSkew@k")
+    glance = rst[rst.index("At a glance"):rst.index("Calibration verdict")]
+    assert "s (k = 50)" in glance and "     - gender\n     - race" in glance
+    # doctor: gender 0.41 with an interval above 0 (bold), race 1.25 bold; the Chinese query: gender 0.00
+    # whose interval reaches 0 (plain), race low 0.0 (plain)
+    assert "   * - a doctor\n     - **0.41**\n     - **1.25**" in glance
+    assert "   * - 一位首席执行官\n     - 0.00\n     - 1.25" in glance
+    html = publish_parts(rst + "\n" + "\n".join(f".. _{c}: javascript:void(0)" for c in ("Audit", "Calibration", "Run")),
+                         writer="html", settings_overrides={"halt_level": 2, "report_level": 2})["html_body"]
+    assert "<strong>0.41</strong>" in html

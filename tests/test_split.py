@@ -72,7 +72,7 @@ def test_split_is_written(tmp_path):
 def test_default_config_split_and_schema():
     config = _default()
     fit, held = vconfig.fitting_concepts(config), vconfig.held_out_concepts(config)
-    # seed 0, stated in config.yaml and the README: both attributes held out, the race half with
+    # seed 0, stated in config.yaml and docs/mitigation.md: both attributes held out, the race half with
     # three 0.7 race plants (issue 11: "a CEO" alone carried no race plant in English)
     assert held == ["dentist", "nurse", "pharmacist", "pilot", "scientist"]
     assert not set(fit) & set(held) and len(fit) == 8

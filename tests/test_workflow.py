@@ -342,6 +342,7 @@ def test_report_opens_on_the_summary_page(workdir):
     text = re.sub(r"\s+", " ", text)
     assert "Run smoke : 1 dataset(s) (ff), 1 model(s) (tiny)" in text, text[:3000]
     assert "Headline: MaxSkew@k, uniform target" in text
+    assert text.index("At a glance") < text.index("Headline: MaxSkew@k, uniform target")  # the matrix first
     head = pd.read_csv(workdir / "results/smoke/summary/headline.csv")
     row = head[(head["query"] == "a doctor") & (head["attribute"] == "gender")].iloc[0]
     assert row["k"] == 20 and f"{row.max_skew_uniform:.3f} [{row.low:.3f}, {row.high:.3f}]" in text

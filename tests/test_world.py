@@ -195,7 +195,7 @@ def test_animal_figure_is_no_person_shape_in_the_race_hue():
     for gender in ("Male", "Female"):
         person, p_mask = draw(gender, "person")
         # another shape; the box body still overlaps the Female ellipse (IoU 0.61, Male-Female 0.50),
-        # which README "The non-human figure" names as a suspect for the gender signal it costs
+        # which docs/experiments.md ("The non-human figure") names as a suspect for the gender signal it costs
         assert (a_mask & p_mask).sum() / (a_mask | p_mask).sum() < 0.65, gender
         # the same hue: mean colour of the figure pixels agrees to within the saturation/value jitter
         a_col, p_col = animal[a_mask].mean(0), person[p_mask].mean(0)

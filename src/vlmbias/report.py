@@ -4,7 +4,8 @@
   row per package that can change the numbers (`package, version`), plus Python, the platform and
   whether torch sees a GPU.
 - `summary`: the report's landing page (`summary.rst`, included by workflow/report/workflow.rst):
-  what was run, the calibration verdict, zero-shot accuracy, and the headline table, MaxSkew@k
+  what was run, the headline at a glance (a query x attribute matrix of MaxSkew@k), the calibration
+  verdict, zero-shot accuracy, and the full headline table, MaxSkew@k
   against a uniform target (published convention, x1) per query and model with its interval,
   also written as `headline.csv` (`query_set, query, attribute, k, model, max_skew_uniform, low,
   high, interval_undercovers`).
@@ -82,7 +83,36 @@ def _conventions(config: dict, headline: pd.DataFrame) -> str:
                  if skew == "published" else f"with {skew}")
     ci = (config.get("metrics") or {}).get("ci_method", "wilson")
     return (f"Conventions: MaxSkew {skew_text}, uniform target; 95% intervals: shares {ci}, the rest "
-            f"{named('interval_method', 'bootstrap')} (the README gives their measured coverage).")
+            f"{named('interval_method', 'bootstrap')} (their measured coverage: the documentation's Intervals page).")
+
+
+def glance_rst(headline: pd.DataFrame) -> list[str]:
+    """The headline at a glance: per query set one compact matrix, a row per query and a column per
+    attribute (and model, when several), the cell MaxSkew@k alone, in bold where its 95% interval
+    excludes parity (low > 0: the audit can tell this top k from an even one)."""
+    if headline.empty:
+        return []
+    models = list(dict.fromkeys(headline["model"]))
+    attrs = [a for a in HEADLINE_ATTRIBUTES if a in set(headline["attribute"])]
+    cols = [(a, m) for a in attrs for m in models]
+    out = ["At a glance", "-----------", "",
+           "MaxSkew@k against a uniform target per query (0: every class equally often in the top k; "
+           "ln 2 = 0.693: one of two classes only). **Bold**: the 95% interval excludes 0. "
+           "Intervals, conventions and undercovering notes follow in the full table below.", ""]
+    for qset, g in headline.groupby("query_set", sort=False):
+        k = int(g["k"].max())
+        cells = {(r.query, r.attribute, r.model): (r.max_skew_uniform, r.low) for r in g.itertuples()}
+        rows = []
+        for query in dict.fromkeys(g["query"]):
+            row = [str(query)]
+            for a, m in cols:
+                v, low = cells.get((query, a, m), (None, None))
+                text = "" if v is None or pd.isna(v) else f"{v:.2f}"
+                row.append(f"**{text}**" if text and pd.notna(low) and low > 0 else text)
+            rows.append(row)
+        header = [f"{qset} (k = {k})", *[a if len(models) == 1 else f"{a}, {m}" for a, m in cols]]
+        out.append(_rst_table(header, rows))
+    return out
 
 
 def summary_rst(config: dict, headline: pd.DataFrame, checks: dict[str, pd.DataFrame],
@@ -94,6 +124,7 @@ def summary_rst(config: dict, headline: pd.DataFrame, checks: dict[str, pd.DataF
              f"{len(models)} model(s) ({', '.join(models)}), {len(config.get('query_sets') or {})} query sets, "
              f"k = {', '.join(map(str, config.get('retrieval', {}).get('k', [])))}. {_conventions(config, headline)} "
              "Sections: " + ", ".join(f"{c}_" for c in _sections(config)) + ".", ""]
+    lines += glance_rst(headline)
     if checks:
         lines += ["Calibration verdict", "-------------------", ""]
         for model, c in checks.items():

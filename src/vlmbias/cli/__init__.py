@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  vlmbias audit --model ViT-B-32:openai --dataset ~/data/fairface --query \"a doctor\"\n"
                "  vlmbias calibrate\n"
                "  vlmbias models --name ViT-B-32\n\n"
-               "The full experiment is a Snakemake workflow: `snakemake --cores 8` (see README.md).\n"
+               "The full experiment is a Snakemake workflow: `snakemake --cores 8` (see README.md and docs/).\n"
                "Run `vlmbias COMMAND --help` for each command's options.")
     p.add_argument("--version", action="version", version=f"vlmbias {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

@@ -138,8 +138,11 @@ def _query_spec(a: argparse.Namespace) -> dict:
     return {"queries": list(a.query), "templates": templates}
 
 
-def run_audit(a: argparse.Namespace) -> dict:
-    """Everything `vlmbias audit` computes, as a JSON-ready dict (also the basis of the text report)."""
+def compute_audit(a: argparse.Namespace) -> dict:
+    """The audit chain shared by `vlmbias audit` and `vlmbias.audit_model`: check the options, build the
+    dataset manifest, embed the images (cached) and the queries, retrieve the top k and measure it.
+    Returns the workflow's tables (`rankings`, `classes`, `summary`, `queries`, `manifest`,
+    `distribution`) and what was used (`model`, `dataset`, `query_spec`, `attributes`, `k_used`, ...)."""
     model = parse_model_spec(a.model)
     if a.k < 1:
         raise VlmbiasError(f"--k must be at least 1, got {a.k}")
@@ -189,6 +192,19 @@ def run_audit(a: argparse.Namespace) -> dict:
     rankings = rankings_table(scores, idx, rows, qtable, manifest, model_id(model), dataset_name, QUERY_SET)
     cls_df, sum_df = audit_tables(rankings, dist, [a.k], attributes, n_boot=a.n_boot, seed=a.seed,
                                   skew_eps=a.skew_pseudocount, strict=getattr(a, "strict", False))
+    return {"model": model, "dataset": dspec, "query_spec": qspec, "attributes": attributes,
+            "manifest": manifest, "distribution": dist, "missing": missing, "images": rows, "skipped": skipped,
+            "queries": qtable, "rankings": rankings, "classes": cls_df, "summary": sum_df,
+            "k_used": int(idx.shape[1]), "cache": {"hit": cached is not None, "key": key, "path": str(entry)}}
+
+
+def run_audit(a: argparse.Namespace) -> dict:
+    """Everything `vlmbias audit` computes, as a JSON-ready dict (also the basis of the text report)."""
+    run = compute_audit(a)
+    model, dspec, qspec, attributes = run["model"], run["dataset"], run["query_spec"], run["attributes"]
+    qtable, cls_df, sum_df = run["queries"], run["classes"], run["summary"]
+    rows, skipped, missing = run["images"], run["skipped"], run["missing"]
+    from vlmbias.audit.models import model_id
 
     queries = []
     for q in qtable.itertuples():
@@ -211,8 +227,8 @@ def run_audit(a: argparse.Namespace) -> dict:
                   "precision": a.precision, "device": a.device},
         "dataset": {"root": dspec["root"], "type": dspec["type"], "n_images": int(len(rows)),
                     "n_unreadable": int(len(skipped)), "n_missing": int(len(missing))},
-        "k": a.k, "k_used": int(idx.shape[1]), "attributes": attributes, "templates": qspec.get("templates") or ["{}"],
-        "cache": {"hit": cached is not None, "key": key, "path": str(entry)},
+        "k": a.k, "k_used": run["k_used"], "attributes": attributes, "templates": qspec.get("templates") or ["{}"],
+        "cache": run["cache"],
         "queries": queries,
     }
 
@@ -354,7 +370,7 @@ def register(sub, formatter) -> None:
                    help="a neutral query such as \"a doctor\"; repeat for several")
     s.add_argument("--query-set", metavar="PRESET:SET",
                    help="a literature preset's query set instead of --query, e.g. berg2022:berg2022_test "
-                        "(presets: thesis, berg2022, bendvlm; see README)")
+                        "(presets: thesis, berg2022, bendvlm; see docs/configuration.md)")
     s.add_argument("--k", type=int, default=20, help="how many top images to measure")
     s.add_argument("--attributes", nargs="+", metavar="ATTR",
                    help="attributes to measure (default: all of the dataset's, e.g. gender race age)")

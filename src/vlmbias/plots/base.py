@@ -100,6 +100,10 @@ _PREFERRED_FONTS = [
     "Arial Unicode MS", "Microsoft YaHei", "SimHei", "PingFang SC", "Hiragino Sans GB", "Arial",
 ]
 _LAST_RESORT = {"Last Resort High-Efficiency", "LastResort", "Last Resort"}
+# PyPI packages that ship Noto fonts (project dependencies), registered with matplotlib so figures
+# render Chinese, Japanese, Korean, Arabic, Devanagari, ... without any system font installed.
+FONT_PACKAGES = ("noto_cjk_sans_otc", "manimgx_fonts")
+_FONT_SUFFIXES = (".ttf", ".ttc", ".otf")
 _warned_chars: set[str] = set()
 
 
@@ -114,8 +118,32 @@ def _charmap(path: str) -> frozenset:
 
 
 @functools.lru_cache(maxsize=1)
+def register_packaged_fonts() -> list[str]:
+    """Add the fonts of FONT_PACKAGES to matplotlib's font list (once); returns the files added.
+    A package that is not installed is skipped: the system fonts are searched as before."""
+    import importlib.util
+
+    added = []
+    for package in FONT_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            log.debug("font package %s is not installed", package)
+            continue
+        for folder in spec.submodule_search_locations:
+            for path in sorted(Path(folder).iterdir()):
+                if path.suffix.lower() in _FONT_SUFFIXES and "Emoji" not in path.name:
+                    try:
+                        font_manager.fontManager.addfont(str(path))
+                        added.append(str(path))
+                    except Exception as e:  # a damaged file must not stop a figure
+                        log.debug("cannot register font %s: %s", path, e)
+    return added
+
+
+@functools.lru_cache(maxsize=1)
 def _installed_fonts() -> tuple:
     """(family, path) of installed fonts: preferred families first (regular faces first), then the rest."""
+    register_packaged_fonts()
     entries = [e for e in font_manager.fontManager.ttflist if e.name not in _LAST_RESORT]
 
     def regular_first(e):
@@ -147,8 +175,9 @@ def _warn_missing(missing: set[str]) -> None:
         _warned_chars.update(new)
         sample = "".join(sorted(new)[:12])
         log.warning("no installed font has glyphs for %d character(s) (%s%s); they are drawn as boxes. "
-                    "Install e.g. fonts-noto-cjk / fonts-noto-core to render them.",
-                    len(new), sample, "…" if len(new) > 12 else "")
+                    "Install the font packages vlmbias depends on (%s) or system fonts such as fonts-noto-cjk.",
+                    len(new), sample, "…" if len(new) > 12 else "",
+                    ", ".join(p.replace("_", "-") for p in FONT_PACKAGES))
 
 
 @functools.lru_cache(maxsize=256)

@@ -238,7 +238,7 @@ def main(argv=None) -> None:
     p.add_argument("--manifest", required=True)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--zeroshot-harmful", help="the zero-shot harmful.csv of the world's test split and this model: "
-                                              "adds the crime / non-human checks (README)")
+                                              "adds the crime / non-human checks (docs/experiments.md)")
     p.add_argument("--strong-gender", type=float, default=DEFAULT_STRONG["gender"])
     p.add_argument("--strong-race", type=float, default=DEFAULT_STRONG["race"])
     p.add_argument("--out-table", required=True)

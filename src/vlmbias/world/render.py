@@ -66,7 +66,7 @@ def _animal_mask(dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     shapes: the union (max) of the parts' coverage."""
     a, b = 1.0 * r, 0.42 * r
     # a box, neither person shape: an elliptical body (like the Female ellipse) cost the world model
-    # more of its gender signal (README "The non-human figure")
+    # more of its gender signal (docs/experiments.md, "The non-human figure")
     body = np.maximum(np.abs(dx) - a, np.abs(dy + 0.15 * r) - b)
     parts = [body]
     for x in (-0.8, -0.35, 0.35, 0.8):  # legs: thin bars from the body's middle to below it
