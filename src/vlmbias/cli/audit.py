@@ -138,8 +138,9 @@ def _query_spec(a: argparse.Namespace) -> dict:
     return {"queries": list(a.query), "templates": templates}
 
 
-def run_audit(a: argparse.Namespace) -> dict:
-    """Everything `vlmbias audit` computes, as a JSON-ready dict (also the basis of the text report)."""
+def run_audit(a: argparse.Namespace, tables: dict | None = None) -> dict:
+    """Everything `vlmbias audit` computes, as a JSON-ready dict (also the basis of the text report).
+    `tables`, when given, receives the workflow's tables as DataFrames: rankings, classes, summary."""
     model = parse_model_spec(a.model)
     if a.k < 1:
         raise VlmbiasError(f"--k must be at least 1, got {a.k}")
@@ -189,6 +190,8 @@ def run_audit(a: argparse.Namespace) -> dict:
     rankings = rankings_table(scores, idx, rows, qtable, manifest, model_id(model), dataset_name, QUERY_SET)
     cls_df, sum_df = audit_tables(rankings, dist, [a.k], attributes, n_boot=a.n_boot, seed=a.seed,
                                   skew_eps=a.skew_pseudocount)
+    if tables is not None:
+        tables.update(rankings=rankings, classes=cls_df, summary=sum_df)
 
     queries = []
     for q in qtable.itertuples():
@@ -204,6 +207,9 @@ def run_audit(a: argparse.Namespace) -> dict:
                             if col not in ("model", "dataset", "query_set", "query_id", "query", "k", "attribute")},
             }
         entry_q["n"] = int(sum_df.loc[sum_df["query_id"] == q.query_id, "n"].max())
+        ranked = rankings[rankings["query_id"] == q.query_id]
+        entry_q["ranking"] = [{"rank": int(r["rank"]), "image_id": str(r["image_id"]), "score": _jsonable(r["score"]),
+                               **{attr: _jsonable(r[attr]) for attr in attributes}} for _, r in ranked.iterrows()]
         queries.append(entry_q)
     return {
         "vlmbias": __version__,
@@ -309,8 +315,43 @@ def _top_class(classes: list[dict]) -> dict | None:
     return classes[best]
 
 
+OUTPUT_FILES = {"rankings": "rankings.csv", "classes": "classes.csv", "summary": "summary.csv"}
+
+
+def check_output_dir(path: str) -> Path:
+    """--output must be a folder (created if absent), not a file; checked before any work is done."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise VlmbiasError(f"--output must be a folder, but {path} is a file")
+    return out
+
+
+def write_outputs(out: Path, res: dict, tables: dict) -> list[Path]:
+    """The audit's tables (columns as the workflow's artifacts, docs/artifacts.md) and its JSON, each
+    written whole or not at all."""
+    from vlmbias.io import atomic_path, write_table
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VlmbiasError(f"cannot create --output folder {out}: {e.strerror}") from None
+    written = []
+    for name, file in OUTPUT_FILES.items():
+        write_table(tables[name], out / file)
+        written.append(out / file)
+    with atomic_path(out / "audit.json") as tmp:
+        Path(tmp).write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    written.append(out / "audit.json")
+    return written
+
+
 def cmd_audit(a: argparse.Namespace) -> int:
-    res = run_audit(a)
+    out = check_output_dir(a.output) if a.output else None
+    tables: dict = {}
+    res = run_audit(a, tables)
+    if out is not None:
+        written = write_outputs(out, res, tables)
+        log.info("wrote %s", ", ".join(str(p) for p in written))
     print(json.dumps(res, indent=2, ensure_ascii=False) if a.json else format_audit(res))
     return 0
 
@@ -324,12 +365,14 @@ AUDIT_EXAMPLES = """examples:
   vlmbias audit --model "hf:results/world/world/models/clip+adapter=results/world/mitigation/adapters/lora-thesis" \\
       --dataset results/world/world/data/fairface --query "a nurse"
   vlmbias audit --model RN50:openai --dataset ~/photos --dataset-type labelled-folder --csv ~/photos/labels.csv \\
-      --query "a scientist" --attributes gender
+      --query "a scientist" --attributes gender --output audit-out/
 
 Image embeddings are cached in --cache (default $VLMBIAS_CACHE or ~/.cache/vlmbias), keyed by the
 model, the dataset's images (ids, sizes, modification times) and the precision: a second audit of
 the same model and dataset only encodes the queries. --json prints every number (NaN as null,
-infinities as "inf")."""
+infinities as "inf"), including each query's ranking (rank, image id, score, labels). --output DIR
+writes rankings.csv, classes.csv, summary.csv (the workflow's columns, docs/artifacts.md) and
+audit.json."""
 
 
 def register(sub, formatter) -> None:
@@ -362,8 +405,9 @@ def register(sub, formatter) -> None:
                    help="prompt template with one {}, e.g. \"a photo of {}\"; repeat to average several "
                         "(default: the query as is)")
     s.add_argument("--cache", metavar="DIR", help="image-embedding cache (default: $VLMBIAS_CACHE or ~/.cache/vlmbias)")
-    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="numeric precision of the model (part of the cache key)")
+    s.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="numeric precision of the model (part of the cache key); int8: the image tower's MLP "
+                        "layers dynamically quantised, CPU only")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     s.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
     s.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (0: none)")
@@ -379,4 +423,7 @@ def register(sub, formatter) -> None:
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="larger images are refused before decoding (decompression bombs); config images.max_pixels")
     s.add_argument("--json", action="store_true", help="print a machine-readable JSON object instead of tables")
+    s.add_argument("--output", metavar="DIR",
+                   help="also write the tables to this folder: rankings.csv (image ids and scores per query), "
+                        "classes.csv, summary.csv (columns as the workflow's) and audit.json")
     s.set_defaults(func=cmd_audit)
