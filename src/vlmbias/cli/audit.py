@@ -18,6 +18,7 @@ from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 log = logging.getLogger("vlmbias.cli")
 
 MODEL_FORMS = ("open_clip:NAME:PRETRAINED, NAME:PRETRAINED (open_clip, e.g. ViT-B-32:openai), "
+               "hf-hub:ORG/NAME (an open_clip model on the Hugging Face hub), "
                "hf:ID_OR_DIR (a transformers CLIPModel hub id or local directory) or "
                "hf:DIR+adapter=ADAPTER_DIR")
 FAIRFACE_LABELS = "fairface_label_val.csv"
@@ -34,6 +35,10 @@ def parse_model_spec(text: str) -> dict:
 
     if not text:
         raise bad("it is empty")
+    if text.startswith("hf-hub:"):  # open_clip's own hub form (architecture and weights in one repo)
+        if not text[len("hf-hub:"):].strip():
+            raise bad("no hub id after 'hf-hub:'")
+        return {"backend": "open_clip", "name": text, "pretrained": None}
     if text.startswith("hf:"):
         rest, adapter = text[3:], None
         m = re.fullmatch(r"(.*)\+([A-Za-z_][\w-]*)=(.*)", rest)
@@ -76,6 +81,8 @@ def _abs_if_local(value: str) -> str:
 
 
 def format_model_spec(spec: dict) -> str:
+    if str(spec["name"]).startswith("hf-hub:") and not spec.get("pretrained"):
+        return spec["name"]
     if spec["backend"] == "hf":
         return f"hf:{spec['name']}" + (f"+adapter={spec['adapter']}" if spec.get("adapter") else "")
     return f"open_clip:{spec['name']}:{spec.get('pretrained')}"
