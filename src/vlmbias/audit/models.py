@@ -275,10 +275,23 @@ def _load_open_clip(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
         raise VlmbiasError(f"cannot load {what}: {cause}") from None
     model = model.to(device=device, dtype=dtype).eval()
     tokenizer = open_clip.get_tokenizer(name)
+    context = getattr(tokenizer, "context_length", None)
+    warned: set[str] = set()
+
+    def text_fn(texts):
+        encode = getattr(tokenizer, "encode", None)  # open_clip's tokenizers truncate silently: say so
+        if context and callable(encode):
+            for text in texts:
+                n = len(encode(text)) + 2  # + start and end tokens
+                if n > context and text not in warned:
+                    warned.add(text)
+                    log.warning("query %r is %d tokens long, more than the model's context length of %d: only "
+                                "its first %d tokens are encoded", text, n, context, context)
+        return model.encode_text(tokenizer(texts).to(device))
+
     return Encoder(
         name=name if hub else f"{name}:{pretrained}", preprocess=preprocess, device=device, dtype=dtype,
-        module=model, _image_fn=model.encode_image,
-        _text_fn=lambda texts: model.encode_text(tokenizer(texts).to(device)),
+        module=model, _image_fn=model.encode_image, _text_fn=text_fn,
     )
 
 
@@ -320,8 +333,22 @@ def _load_hf(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
     def preprocess(img):
         return processor(images=img, return_tensors="pt")["pixel_values"][0]
 
+    # a tokenizer saved without model_max_length truncates nowhere; the model's positions are the limit
+    context = getattr(model.config.text_config, "max_position_embeddings", None)
+    usable = getattr(tokenizer, "model_max_length", None)
+    if isinstance(usable, int) and 0 < usable < 1_000_000:
+        context = min(context, usable) if context else usable
+    warned: set[str] = set()
+
     def text_fn(texts):
-        toks = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(device)
+        if context:
+            lengths = [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]]
+            for text, n in zip(texts, lengths):
+                if n > context and text not in warned:
+                    warned.add(text)
+                    log.warning("query %r is %d tokens long, more than the model's context length of %d: only its "
+                                "first %d tokens are encoded", text, n, context, context)
+        toks = tokenizer(texts, padding=True, truncation=True, max_length=context, return_tensors="pt").to(device)
         return features(model.get_text_features(input_ids=toks["input_ids"], attention_mask=toks["attention_mask"]))
 
     return Encoder(
