@@ -88,7 +88,7 @@ def format_model_spec(spec: dict) -> str:
     return f"open_clip:{spec['name']}:{spec.get('pretrained')}"
 
 
-def dataset_spec(path: str, kind: str, csv: str | None, file_column: str) -> dict:
+def dataset_spec(path: str, kind: str, csv: str | None, file_column: str, strict_labels: bool = False) -> dict:
     """`--dataset/--dataset-type/--csv` -> a dataset spec dict as `data.build_manifest` takes it."""
     root = Path(path).expanduser()
     if not root.exists():
@@ -116,7 +116,13 @@ def dataset_spec(path: str, kind: str, csv: str | None, file_column: str) -> dic
     csv_path = Path(csv).expanduser()
     if not csv_path.is_absolute() and csv_path.exists():  # relative to the working directory...
         csv_path = csv_path.resolve()                       # ...else build_manifest reads it inside the folder
-    return {"type": "labelled-folder", "root": str(root), "csv": str(csv_path), "file_column": file_column}
+    elif not csv_path.is_absolute() and not (root / csv_path).exists():
+        raise VlmbiasError(f"--csv {csv} not found (looked in the working directory {Path.cwd()} and in the "
+                           f"dataset folder {root})")
+    elif csv_path.is_absolute() and not csv_path.exists():
+        raise VlmbiasError(f"--csv {csv} not found")
+    return {"type": "labelled-folder", "root": str(root), "csv": str(csv_path), "file_column": file_column,
+            "strict_labels": strict_labels}
 
 
 def _check_queries(queries: list[str], templates: list[str]) -> None:
@@ -160,7 +166,7 @@ def run_audit(a: argparse.Namespace, tables: dict | None = None) -> dict:
         if not 0 <= getattr(a, name) <= 1:
             raise VlmbiasError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(a, name)}")
     qspec = _query_spec(a)
-    dspec = dataset_spec(a.dataset, a.dataset_type, a.csv, a.file_column)
+    dspec = dataset_spec(a.dataset, a.dataset_type, a.csv, a.file_column, a.strict_labels)
 
     from vlmbias.audit.data import build_manifest, classes_from_distribution
 
@@ -400,6 +406,9 @@ def register(sub, formatter) -> None:
     s.add_argument("--csv", metavar="FILE", help="labelled-folder: CSV with a file column (paths relative to "
                                                  "--dataset) and one column per attribute")
     s.add_argument("--file-column", default="file", help="labelled-folder: the CSV's file column")
+    s.add_argument("--strict-labels", action="store_true",
+                   help="labelled-folder: refuse labels that differ only in case or surrounding space "
+                        "('Female' and 'female') instead of merging them with a warning")
     s.add_argument("--query", action="append", metavar="TEXT",
                    help="a neutral query such as \"a doctor\"; repeat for several")
     s.add_argument("--query-set", metavar="PRESET:SET",
