@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -276,8 +277,11 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
     if len(missing):
         log.warning("%d of %d listed images are missing, e.g. %s", len(missing), total, missing["path"].iloc[0])
     if len(missing) > max_missing_fraction * total:
+        need = math.ceil(len(missing) / total * 10_000) / 10_000  # rounded up, so that it does allow them
         raise VlmbiasError(f"{len(missing)} of {total} listed images are missing (allowed fraction "
-                           f"{max_missing_fraction}); first: {missing['path'].iloc[0]}")
+                           f"{max_missing_fraction}); first: {missing['path'].iloc[0]}; to audit the others, allow a "
+                           f"fraction of at least {need:g}: --max-missing-fraction {need:g} on the command line, the "
+                           "dataset's max_missing_fraction in a workflow config")
     if manifest["image_id"].duplicated().any():
         raise VlmbiasError(f"duplicate image ids, e.g. {manifest.loc[manifest['image_id'].duplicated(), 'image_id'].iloc[0]}")
     manifest = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
