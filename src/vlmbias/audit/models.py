@@ -89,7 +89,8 @@ def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
     try:
         get_session().head(constants.ENDPOINT, timeout=timeout)
     except Exception as e:  # DNS failure, refused connection, timeout, proxy error: all mean "offline"
-        return f"{constants.ENDPOINT} cannot be reached ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        return f"{constants.ENDPOINT} cannot be reached ({type(e).__name__}: {first})"
     return None
 
 

@@ -51,10 +51,10 @@ def check_bad_fraction(skipped: pd.DataFrame, n: int, max_bad_fraction: float) -
         raise VlmbiasError("no images to embed")
     if len(skipped) > max_bad_fraction * n:
         need = math.ceil(len(skipped) / n * 10_000) / 10_000  # rounded up, so that it does allow them
-        raise VlmbiasError(f"{len(skipped)} of {n} images could not be read (allowed fraction {max_bad_fraction}); first: "
-                           f"{skipped['path'].iat[0]}: {skipped['reason'].iat[0]}; to skip them (reported in the "
-                           f"skipped list) and go on, allow a fraction of at least {need:g}: --max-bad-fraction {need:g} "
-                           "on the command line, embed.max_bad_fraction in a workflow config")
+        raise VlmbiasError(f"{len(skipped)} of {n} images could not be read (allowed fraction {max_bad_fraction}); "
+                           f"first: {skipped['path'].iat[0]}: {skipped['reason'].iat[0]}; to skip them (reported in "
+                           f"the skipped list) and go on, allow a fraction of at least {need:g}: --max-bad-fraction "
+                           f"{need:g} on the command line, embed.max_bad_fraction in a workflow config")
 
 
 def merge_shards(manifest: pd.DataFrame, shard_size: int, parts: list[tuple[np.ndarray, pd.DataFrame, pd.DataFrame]],

@@ -1,4 +1,5 @@
-"""`vlmbias calibrate`: print the calibration checks the workflow wrote, PASS or FAIL each."""
+"""`vlmbias calibrate`: print the calibration checks the workflow wrote, each PASS, FAIL or
+EXPECTED-LIMIT (a metric's known limit, not counted in the exit status)."""
 from __future__ import annotations
 
 import argparse
@@ -115,9 +116,10 @@ when it fails it is shown as EXPECTED-LIMIT (never as PASS) and does not set the
 
 def register(sub, formatter) -> None:
     """Add this command's parser to the `vlmbias` subparsers."""
-    s = sub.add_parser("calibrate", help="print the workflow's calibration checks (PASS/FAIL)",
+    s = sub.add_parser("calibrate", help="print the workflow's calibration checks (PASS, FAIL or EXPECTED-LIMIT)",
                        description="Print the calibration checks that the workflow computed on the synthetic world "
-                                   "(does the audit recover the planted bias?), PASS or FAIL each.",
+                                   "(does the audit recover the planted bias?), PASS, FAIL or EXPECTED-LIMIT (a "
+                                   "metric's known limit) each.",
                        epilog=CALIBRATE_EXAMPLES, formatter_class=formatter)
     s.add_argument("--results", metavar="DIR", help="the run's results folder (default: results/world, or the "
                                                     "one --config names)")
