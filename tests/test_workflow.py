@@ -95,10 +95,10 @@ def test_missing_dataset_root_fails_cleanly(workdir, tmp_path):
     config["datasets"]["ff"]["root"] = str(tmp_path / "nowhere")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run = snakemake(tmp_path)
-    assert run.returncode != 0
-    log = (tmp_path / "results/smoke/logs/dataset_manifest/ff.log").read_text()
-    assert "error: FairFace root not found" in log and "Traceback" not in log
-    assert not (tmp_path / "results/smoke/data/ff/manifest.parquet").exists()
+    assert run.returncode != 0  # the config check names the folder before any job starts
+    assert f"invalid configuration: datasets.ff.root: folder {tmp_path / 'nowhere'} not found" in run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists()
 
 
 SHARD_TARGET = "results/smoke/retrieval/ff/tiny/jobs.parquet"
