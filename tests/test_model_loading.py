@@ -1,5 +1,6 @@
 """Model names as users type them: hub ids, local folders (and mistyped ones), open_clip's hf-hub:
 form, offline without a local copy, and a local checkpoint of the wrong architecture."""
+import logging
 import time
 
 import pytest
@@ -58,7 +59,7 @@ def test_open_clip_hf_hub_ids_are_accepted():
     {"backend": "open_clip", "name": "RN50", "pretrained": "openai"},
     {"backend": "open_clip", "name": "hf-hub:timm/ViT-B-16-SigLIP", "pretrained": None},
 ])
-def test_offline_without_a_local_copy_fails_at_once_in_one_sentence(spec, tmp_path, monkeypatch):
+def test_offline_without_a_local_copy_fails_at_once_in_one_sentence(spec, tmp_path, monkeypatch, caplog):
     """The cache is tried first without network; one quick probe says the hub is unreachable; no retries."""
     from huggingface_hub import constants
 
@@ -77,6 +78,7 @@ def test_offline_without_a_local_copy_fails_at_once_in_one_sentence(spec, tmp_pa
     msg = str(e.value)
     assert "is not in the local Hugging Face cache" in msg and "http://127.0.0.1:9 cannot be reached" in msg
     assert "needs network access once" in msg and "\n" not in msg
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # the sentence is the only error
 
 
 def test_wrong_architecture_checkpoint_names_the_mismatch(tmp_path):

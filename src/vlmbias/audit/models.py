@@ -72,12 +72,17 @@ def _hub_offline():
     """Force huggingface_hub (and transformers and open_clip through it) to use its cache only."""
     from huggingface_hub import constants
 
+    def quiet(record: logging.LogRecord) -> bool:  # open_clip logs each cache miss on the root logger
+        return not str(record.msg).startswith("Failed to download")
+
     before = constants.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = True
+    logging.getLogger().addFilter(quiet)
     try:
         yield
     finally:
         constants.HF_HUB_OFFLINE = before
+        logging.getLogger().removeFilter(quiet)
 
 
 def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
