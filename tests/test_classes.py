@@ -91,3 +91,17 @@ def test_cli_tables_follow_natural_order_and_strict_flag(tiny_hf, fairface_dir, 
     assert main(base + ["--strict-labels"]) == 2
     err = capsys.readouterr().err
     assert "error: " in err and "differ only in case" in err and "Traceback" not in err
+
+
+def test_config_declares_class_order_and_strictness(tmp_path):
+    from vlmbias.config import validate
+
+    def config(**dataset):
+        return {"datasets": {"mine": {"type": "labelled-folder", "root": "photos", "csv": "labels.csv", **dataset}},
+                "models": {"m": {"backend": "hf", "name": "org/model"}}, "query_sets": {"q": {"queries": ["a doctor"]}}}
+
+    validate(config(classes={"age": AGES}, strict_labels=True))
+    with pytest.raises(VlmbiasError, match="at datasets.mine.strict_labels: 'yes' is not of type 'boolean'"):
+        validate(config(strict_labels="yes"))
+    with pytest.raises(VlmbiasError, match="at datasets.mine.classes.age"):
+        validate(config(classes={"age": []}))
