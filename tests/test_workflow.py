@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from vlmbias.io import read_table
-from vlmbias.testing import cut_default_run
+from vlmbias.testing import cut_default_run, make_fairface_folder
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -95,10 +95,10 @@ def test_missing_dataset_root_fails_cleanly(workdir, tmp_path):
     config["datasets"]["ff"]["root"] = str(tmp_path / "nowhere")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run = snakemake(tmp_path)
-    assert run.returncode != 0
-    log = (tmp_path / "results/smoke/logs/dataset_manifest/ff.log").read_text()
-    assert "error: FairFace root not found" in log and "Traceback" not in log
-    assert not (tmp_path / "results/smoke/data/ff/manifest.parquet").exists()
+    assert run.returncode != 0  # the config check names the folder before any job starts
+    assert f"invalid configuration: datasets.ff.root: folder {tmp_path / 'nowhere'} not found" in run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists()
 
 
 SHARD_TARGET = "results/smoke/retrieval/ff/tiny/jobs.parquet"
@@ -305,8 +305,13 @@ def test_non_human_overlay_adds_the_animal_to_the_default_world(tmp_path):
 
 
 def test_thesis_config_is_valid_and_plans_every_experiment(tmp_path):
-    """The real-data config cannot run offline, but it must validate and plan its whole DAG."""
+    """The real-data config cannot run offline, but it must validate and plan its whole DAG; without
+    FairFace on disk the dry run stops at once, naming the folder."""
     (tmp_path / "config.yaml").write_text("{}\n")
+    run = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/thesis.yaml"), "--replace-workflow-config")
+    assert run.returncode != 0
+    assert "datasets.fairface.root: folder data/fairface-img-margin025-trainval not found" in run.stdout + run.stderr
+    make_fairface_folder(tmp_path / "data" / "fairface-img-margin025-trainval", per_cell=1)
     run = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/thesis.yaml"), "--replace-workflow-config")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # its images are embedded in shards (embed.shard_size), planned once the manifest checkpoint has run

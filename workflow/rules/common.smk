@@ -13,6 +13,7 @@ from vlmbias import config as vconfig
 
 try:
     vconfig.validate(config)  # readable errors that name the key
+    vconfig.check_paths(config)  # dataset roots, label CSVs and local models exist: fail at `snakemake -n`
 except VlmbiasError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
 validate(config, "../schemas/config.schema.yaml")  # fills in the schema's defaults

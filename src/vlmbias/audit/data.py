@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -34,18 +36,65 @@ FAIRFACE_COLUMNS = ["file", "age", "gender", "race", "service_test"]
 HUB_REPO = "HuggingFaceM4/FairFace"
 
 
-def read_label_csv(csv_path: Path, required: list[str]) -> pd.DataFrame:
+def read_label_csv(csv_path: Path, required: list[str], strip: bool = True) -> pd.DataFrame:
+    """A label CSV as strings; `strip=False` keeps the cells as written (for `normalise_labels` to report)."""
     if not csv_path.is_file():
         raise VlmbiasError(f"label file not found: {csv_path}")
     try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=strip)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise VlmbiasError(f"cannot parse {csv_path}: {e}") from None
     df.columns = [str(c).strip() for c in df.columns]  # tolerate ' age, gender' style headers
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise VlmbiasError(f"{csv_path} lacks column(s) {missing}; it has {list(df.columns)}")
-    return df.apply(lambda s: s.str.strip())
+    return df.apply(lambda s: s.str.strip()) if strip else df
+
+
+def natural_key(label: str):
+    """Numeric-aware sort key: classes that carry a number sort by their first number ('0-2', '3-9',
+    '10-19', ..., 'more than 70'), before classes without one, which sort as text (case-insensitive)."""
+    m = re.search(r"\d+(?:\.\d+)?", str(label))
+    return (0, float(m.group()), str(label).casefold()) if m else (1, 0.0, str(label).casefold())
+
+
+def class_order(values, declared: list | None = None) -> list[str]:
+    """The classes of an attribute in order: the declared ones first (config `classes:`), then the
+    rest in natural (numeric-aware) order."""
+    declared = [str(c) for c in (declared or [])]
+    rest = sorted((set(map(str, values)) - {""}) - set(declared), key=natural_key)
+    return declared + rest
+
+
+def normalise_labels(df: pd.DataFrame, names: list[str], source: str, strict: bool = False,
+                     canonical: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """Labels that differ only in case or surrounding space are one class: they are merged (into the
+    declared spelling, else the most frequent one) with a warning naming the variants, or, with
+    `strict`, refused. Space around every label of a class (', Male' style CSVs) is trimmed silently."""
+    out = df.copy()
+    for attr in names:
+        raw = out[attr].astype(str)
+        trimmed = raw.str.strip()
+        variants = pd.DataFrame({"raw": raw, "key": trimmed.str.casefold()})
+        spelled = {c.casefold(): c for c in (canonical or {}).get(attr, [])}
+        mapping, merged = {}, []
+        for key, grp in variants.groupby("key", sort=True):
+            counts = grp["raw"].value_counts()
+            forms = sorted(counts.index, key=lambda v: (-counts[v], v))
+            target = spelled.get(key, forms[0].strip())
+            mapping.update({f: target for f in forms})
+            if key and (len(forms) > 1 or forms[0].strip() != target):
+                merged.append((target, forms))
+        if merged:
+            words = "; ".join(f"{', '.join(repr(f) for f in forms)} -> {target!r}" for target, forms in merged)
+            if strict:
+                raise VlmbiasError(f"{source}: attribute '{attr}' has labels that differ only in case or surrounding "
+                                   f"space ({words}); make them identical in the CSV, or drop strict labels "
+                                   "(--strict-labels / strict_labels) to merge them")
+            log.warning("%s: attribute '%s': labels that differ only in case or surrounding space are merged: %s",
+                        source, attr, words)
+        out[attr] = raw.map(mapping)
+    return out
 
 
 def check_classes(df: pd.DataFrame, classes: dict[str, list[str]], source: str) -> None:
@@ -79,37 +128,59 @@ def fairface_manifest(root: str | Path, split: str = "val") -> tuple[pd.DataFram
     return df[["image_id", "path", *FAIRFACE_CLASSES]], missing, FAIRFACE_CLASSES
 
 
+FILE_COLUMN_GUESSES = ("path", "file", "filename", "file_name", "image", "image_path", "img", "filepath")
+
+
 def folder_manifest(root: str | Path, csv: str | Path, file_column: str = "file",
-                    attributes: dict[str, list[str]] | list[str] | None = None):
+                    attributes: dict[str, list[str]] | list[str] | None = None,
+                    classes: dict[str, list[str]] | None = None, strict_labels: bool = False):
     """Any labelled image folder. `attributes`: {name: [classes]} (fixes class order and allowed
-    values), a list of column names (classes taken from the data, sorted), or None (every column
-    but the file column)."""
+    values), a list of column names, or None (every column but the file column); `classes`:
+    {name: [classes]} declares an order only (classes it omits follow in natural order). Without
+    either, classes come in natural (numeric-aware) order. Labels differing only in case or
+    surrounding space are merged with a warning, or refused with `strict_labels`."""
     root = Path(root)
     if not root.is_dir():
         raise VlmbiasError(f"image folder not found: {root}")
     csv_path = Path(csv) if Path(csv).is_absolute() else root / csv
+    if not csv_path.is_file():
+        where = "" if Path(csv).is_absolute() else f" (looked for it inside the dataset folder {root.resolve()})"
+        raise VlmbiasError(f"label file not found: {csv}{where}")
+    header = read_label_csv(csv_path, [], strip=False)
+    if file_column not in header.columns:
+        guess = [c for c in header.columns if c.lower() in FILE_COLUMN_GUESSES]
+        hint = (f"; if {guess[0]!r} holds the image files, pass --file-column {guess[0]} (config: "
+                f"file_column: {guess[0]})" if guess else
+                "; name the column holding the image files with --file-column (config: file_column)")
+        raise VlmbiasError(f"{csv_path} has no file column {file_column!r} (it has {list(header.columns)}){hint}")
     if isinstance(attributes, dict):
         names = list(attributes)
     elif attributes:
         names = list(attributes)
     else:
-        header = read_label_csv(csv_path, [file_column])
         names = [c for c in header.columns if c != file_column]
     if not names:
         raise VlmbiasError(f"{csv_path}: no attribute columns besides '{file_column}'")
-    df = read_label_csv(csv_path, [file_column, *names])
-    if isinstance(attributes, dict):
-        classes = {a: [str(c) for c in cls] for a, cls in attributes.items()}
-        check_classes(df, classes, str(csv_path))
+    unknown = [a for a in (classes or {}) if a not in names]
+    if unknown:
+        raise VlmbiasError(f"{csv_path}: classes are declared for {unknown}, which are not attributes ({names})")
+    df = read_label_csv(csv_path, [file_column, *names], strip=False)
+    df[file_column] = df[file_column].str.strip()
+    declared = {a: [str(c) for c in cls] for a, cls in attributes.items()} if isinstance(attributes, dict) else {}
+    df = normalise_labels(df, names, str(csv_path), strict_labels,
+                          {**{a: [str(c) for c in v] for a, v in (classes or {}).items()}, **declared})
+    if declared:
+        check_classes(df, declared, str(csv_path))
+        order = declared
     else:
-        classes = {a: sorted(set(df[a]) - {""}) for a in names}
+        order = {a: class_order(df[a], (classes or {}).get(a)) for a in names}
     for a in names:  # an empty column would otherwise drop out of every table without a word
         if not (df[a] != "").any():
             log.warning("%s: column %r labels no image (every entry is empty), so no metric can be computed "
                         "for %r; fill it in or leave the column out", csv_path, a, a)
     df = df[df[file_column] != ""]
     df, missing = _resolve_files(df, root, file_column)
-    return df[["image_id", "path", *names]], missing, classes
+    return df[["image_id", "path", *names]], missing, order
 
 
 def _hub_class_names(parquet_file: Path) -> dict[str, list[str]]:
@@ -200,7 +271,8 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
                                                            spec.get("split", "validation"), spec.get("cache_dir"))
     elif kind == "labelled-folder":
         manifest, missing, classes = folder_manifest(spec["root"], spec["csv"], spec.get("file_column", "file"),
-                                                     spec.get("attributes"))
+                                                     spec.get("attributes"), spec.get("classes"),
+                                                     bool(spec.get("strict_labels", False)))
     else:
         raise VlmbiasError(f"unknown dataset type {kind!r}; expected fairface, fairface-hub or labelled-folder")
     total = len(manifest) + len(missing)
@@ -209,8 +281,11 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
     if len(missing):
         log.warning("%d of %d listed images are missing, e.g. %s", len(missing), total, missing["path"].iloc[0])
     if len(missing) > max_missing_fraction * total:
+        need = math.ceil(len(missing) / total * 10_000) / 10_000  # rounded up, so that it does allow them
         raise VlmbiasError(f"{len(missing)} of {total} listed images are missing (allowed fraction "
-                           f"{max_missing_fraction}); first: {missing['path'].iloc[0]}")
+                           f"{max_missing_fraction}); first: {missing['path'].iloc[0]}; to audit the others, allow a "
+                           f"fraction of at least {need:g}: --max-missing-fraction {need:g} on the command line, the "
+                           "dataset's max_missing_fraction in a workflow config")
     if manifest["image_id"].duplicated().any():
         raise VlmbiasError(f"duplicate image ids, e.g. {manifest.loc[manifest['image_id'].duplicated(), 'image_id'].iloc[0]}")
     manifest = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)

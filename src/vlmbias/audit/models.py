@@ -15,6 +15,9 @@ Backends (config `models.<name>.backend`):
 from __future__ import annotations
 
 import logging
+import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -42,6 +45,95 @@ def offline_error(what: str, e: Exception) -> VlmbiasError:
         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
         "Loading a hub model needs network access once; offline, point the model at a local path."
     )
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def local_model_folder(name: str, what: str = "model") -> Path | None:
+    """Where a model name points: an existing folder -> that folder (absolute); a hub id (`org/name`)
+    -> None; anything else that looks like a path ('./x', '/x', '~/x', 'a/b/c', or a bare 'x', which
+    no CLIP repository on the hub is named) -> "no such folder" at once, never a hub lookup."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if path.exists():
+        raise VlmbiasError(f"{what} {name} is a file; a model is a folder (config.json and .safetensors "
+                           "weights inside) or a hub id such as openai/clip-vit-base-patch32")
+    if HUB_ID.fullmatch(name) and ".." not in name:
+        return None
+    raise VlmbiasError(f"{what} {name}: no such folder (looked in {path.resolve()}); a local model is an "
+                       "existing folder, a hub model an id of the form org/name (e.g. openai/clip-vit-base-patch32)")
+
+
+@contextmanager
+def _hub_offline():
+    """Force huggingface_hub (and transformers and open_clip through it) to use its cache only."""
+    from huggingface_hub import constants
+
+    def quiet(record: logging.LogRecord) -> bool:  # open_clip logs each cache miss on the root logger
+        return not str(record.msg).startswith("Failed to download")
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+        logging.getLogger().removeFilter(quiet)
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub cannot be reached now, or None when it answers: one request, no retries."""
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as e:  # DNS failure, refused connection, timeout, proxy error: all mean "offline"
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        return f"{constants.ENDPOINT} cannot be reached ({type(e).__name__}: {first})"
+    return None
+
+
+def _not_cached(e: BaseException) -> bool:
+    """Whether a load failed only because the hub's cache lacks a file (not a real loading error)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)) or (
+                isinstance(e, OSError) and ("offline" in str(e).lower() or "cached files" in str(e))):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def from_hub(load: Callable[[], object], what: str):
+    """Run a loader that may fetch from the Hugging Face hub: from the local cache first (no network),
+    and online only when that copy is missing and the hub answers one quick request, so that offline
+    without a local copy is one sentence at once instead of a minute of retries."""
+    try:
+        with _hub_offline():
+            return load()
+    except VlmbiasError:
+        raise
+    except Exception as e:
+        if not _not_cached(e):
+            raise
+        why = hub_unreachable()
+        if why:
+            from huggingface_hub import constants
+
+            raise VlmbiasError(
+                f"cannot load {what}: it is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}; "
+                "loading a hub model needs network access once, or point the model at a local folder") from None
+    log.info("fetching %s from the Hugging Face hub", what)
+    return load()
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -149,29 +241,63 @@ def _load_open_clip(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
 
     register_open_clip(spec)
     name, pretrained = spec["name"], spec.get("pretrained")
-    if name not in open_clip.list_models():
+    hub = name.startswith("hf-hub:")  # open_clip's own hub form: architecture and weights from one hub repo
+    if hub:
+        repo = name[len("hf-hub:"):]
+        if not HUB_ID.fullmatch(repo):
+            raise VlmbiasError(f"open_clip model {name!r}: after 'hf-hub:' comes a hub id of the form org/name")
+        if pretrained:
+            raise VlmbiasError(f"open_clip model {name!r} brings its own weights; give no pretrained tag")
+    elif name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
         raise VlmbiasError(f"unknown open_clip model {name!r}; similar names: {close or open_clip.list_models()[:8]}")
-    if pretrained and not Path(str(pretrained)).exists():
+    local = None
+    if pretrained and Path(str(pretrained)).exists():
+        local = Path(str(pretrained))
+    elif pretrained and not hub:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
             raise VlmbiasError(f"open_clip model {name!r} has no pretrained tag {pretrained!r}; known tags: {tags}")
-    if not pretrained:
+        file = (open_clip.get_pretrained_cfg(name, pretrained) or {}).get("file")
+        local = Path(file) if file else None  # a local tag (`tags`): its registered checkpoint
+    if not pretrained and not hub:
         torch.manual_seed(0)  # random weights (tests, smoke runs) must still be reproducible
+
+    def create():
+        return open_clip.create_model_and_transforms(name, pretrained=pretrained or None, device=device)
+
+    what = name if hub else f"open_clip {name}:{pretrained}"
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None, device=device)
-    except (OSError, RuntimeError, ValueError) as e:
-        if pretrained and Path(str(pretrained)).exists():
-            raise VlmbiasError(f"cannot load checkpoint {pretrained} into open_clip {name}: {e}") from None
-        raise offline_error(f"open_clip {name}:{pretrained}", e) from None
-    except Exception as e:  # hub client errors (connection, missing cache entry)
-        raise offline_error(f"open_clip {name}:{pretrained}", e) from None
+        model, _, preprocess = create() if local or not (pretrained or hub) else from_hub(create, what)
+    except VlmbiasError:
+        raise
+    except Exception as e:  # a local checkpoint that fails is the checkpoint's fault, never the network's
+        cause = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        if local is not None:
+            raise VlmbiasError(f"the weights in {local} do not match the open_clip architecture {name} (was the "
+                               f"checkpoint saved from another architecture?): {cause}") from None
+        if isinstance(e, (OSError, ConnectionError)) or _not_cached(e):
+            raise offline_error(what, e) from None
+        raise VlmbiasError(f"cannot load {what}: {cause}") from None
     model = model.to(device=device, dtype=dtype).eval()
     tokenizer = open_clip.get_tokenizer(name)
+    context = getattr(tokenizer, "context_length", None)
+    warned: set[str] = set()
+
+    def text_fn(texts):
+        encode = getattr(tokenizer, "encode", None)  # open_clip's tokenizers truncate silently: say so
+        if context and callable(encode):
+            for text in texts:
+                n = len(encode(text)) + 2  # + start and end tokens
+                if n > context and text not in warned:
+                    warned.add(text)
+                    log.warning("query %r is %d tokens long, more than the model's context length of %d: only "
+                                "its first %d tokens are encoded", text, n, context, context)
+        return model.encode_text(tokenizer(texts).to(device))
+
     return Encoder(
-        name=f"{name}:{pretrained}", preprocess=preprocess, device=device, dtype=dtype, module=model,
-        _image_fn=model.encode_image,
-        _text_fn=lambda texts: model.encode_text(tokenizer(texts).to(device)),
+        name=name if hub else f"{name}:{pretrained}", preprocess=preprocess, device=device, dtype=dtype,
+        module=model, _image_fn=model.encode_image, _text_fn=text_fn,
     )
 
 
@@ -182,16 +308,22 @@ def features(out) -> torch.Tensor:
 
 def load_hf_parts(name: str, dtype: torch.dtype, what: str = "model"):
     """(CLIPModel from safetensors, tokenizer, image processor) of a hub id or directory; every
-    failure is one sentence (not a CLIPModel directory, or offline without a local copy)."""
+    failure is one sentence (no such folder, not a CLIPModel directory, or offline without a local
+    copy: found out at once, see `from_hub`)."""
     from transformers import AutoTokenizer, CLIPImageProcessor
 
+    folder = local_model_folder(name, what)
+
+    def parts(source):
+        return (load_clip_weights(source, dtype, what), AutoTokenizer.from_pretrained(source),
+                CLIPImageProcessor.from_pretrained(source))
+
     try:
-        return (load_clip_weights(name, dtype, what), AutoTokenizer.from_pretrained(name),
-                CLIPImageProcessor.from_pretrained(name))
+        return parts(str(folder)) if folder else from_hub(lambda: parts(name), f"Hugging Face {what} {name}")
     except VlmbiasError:
         raise
     except Exception as e:
-        if Path(name).exists():
+        if folder:
             raise VlmbiasError(f"{what} {name} is not a loadable CLIPModel directory: "
                                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
         raise offline_error(f"Hugging Face {what} {name}", e) from None
@@ -207,8 +339,22 @@ def _load_hf(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
     def preprocess(img):
         return processor(images=img, return_tensors="pt")["pixel_values"][0]
 
+    # a tokenizer saved without model_max_length truncates nowhere; the model's positions are the limit
+    context = getattr(model.config.text_config, "max_position_embeddings", None)
+    usable = getattr(tokenizer, "model_max_length", None)
+    if isinstance(usable, int) and 0 < usable < 1_000_000:
+        context = min(context, usable) if context else usable
+    warned: set[str] = set()
+
     def text_fn(texts):
-        toks = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(device)
+        if context:
+            lengths = [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]]
+            for text, n in zip(texts, lengths):
+                if n > context and text not in warned:
+                    warned.add(text)
+                    log.warning("query %r is %d tokens long, more than the model's context length of %d: only its "
+                                "first %d tokens are encoded", text, n, context, context)
+        toks = tokenizer(texts, padding=True, truncation=True, max_length=context, return_tensors="pt").to(device)
         return features(model.get_text_features(input_ids=toks["input_ids"], attention_mask=toks["attention_mask"]))
 
     return Encoder(
@@ -287,6 +433,8 @@ def load_encoder(spec: dict, device: str = "cpu", precision: str = "fp32") -> En
 def model_id(spec: dict) -> str:
     """A readable identity of a model spec, for tables."""
     if spec["backend"] == "open_clip":
+        if str(spec["name"]).startswith("hf-hub:") and not spec.get("pretrained"):
+            return str(spec["name"])
         return f"{spec['name']}:{spec.get('pretrained')}"
     return (str(spec["name"]) + (f"+{Path(spec['adapter']).name}" if spec.get("adapter") else "")
             + (f"+prompts:{Path(spec['prompts']).name}" if spec.get("prompts") else ""))

@@ -47,9 +47,14 @@ def manifest_shard_count(manifest_path, shard_size: int | None) -> int:
 
 def check_bad_fraction(skipped: pd.DataFrame, n: int, max_bad_fraction: float) -> None:
     """Raise when no image was given or more than `max_bad_fraction` of the `n` could not be read."""
-    if n == 0 or len(skipped) > max_bad_fraction * n:
-        raise VlmbiasError(f"{len(skipped)} of {n} images could not be read (allowed fraction {max_bad_fraction})"
-                           + (f"; first: {skipped['path'].iat[0]}: {skipped['reason'].iat[0]}" if len(skipped) else ""))
+    if n == 0:
+        raise VlmbiasError("no images to embed")
+    if len(skipped) > max_bad_fraction * n:
+        need = math.ceil(len(skipped) / n * 10_000) / 10_000  # rounded up, so that it does allow them
+        raise VlmbiasError(f"{len(skipped)} of {n} images could not be read (allowed fraction {max_bad_fraction}); "
+                           f"first: {skipped['path'].iat[0]}: {skipped['reason'].iat[0]}; to skip them (reported in "
+                           f"the skipped list) and go on, allow a fraction of at least {need:g}: --max-bad-fraction "
+                           f"{need:g} on the command line, embed.max_bad_fraction in a workflow config")
 
 
 def merge_shards(manifest: pd.DataFrame, shard_size: int, parts: list[tuple[np.ndarray, pd.DataFrame, pd.DataFrame]],

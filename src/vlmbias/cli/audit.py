@@ -18,6 +18,7 @@ from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 log = logging.getLogger("vlmbias.cli")
 
 MODEL_FORMS = ("open_clip:NAME:PRETRAINED, NAME:PRETRAINED (open_clip, e.g. ViT-B-32:openai), "
+               "hf-hub:ORG/NAME (an open_clip model on the Hugging Face hub), "
                "hf:ID_OR_DIR (a transformers CLIPModel hub id or local directory) or "
                "hf:DIR+adapter=ADAPTER_DIR")
 FAIRFACE_LABELS = "fairface_label_val.csv"
@@ -34,6 +35,10 @@ def parse_model_spec(text: str) -> dict:
 
     if not text:
         raise bad("it is empty")
+    if text.startswith("hf-hub:"):  # open_clip's own hub form (architecture and weights in one repo)
+        if not text[len("hf-hub:"):].strip():
+            raise bad("no hub id after 'hf-hub:'")
+        return {"backend": "open_clip", "name": text, "pretrained": None}
     if text.startswith("hf:"):
         rest, adapter = text[3:], None
         m = re.fullmatch(r"(.*)\+([A-Za-z_][\w-]*)=(.*)", rest)
@@ -76,12 +81,14 @@ def _abs_if_local(value: str) -> str:
 
 
 def format_model_spec(spec: dict) -> str:
+    if str(spec["name"]).startswith("hf-hub:") and not spec.get("pretrained"):
+        return spec["name"]
     if spec["backend"] == "hf":
         return f"hf:{spec['name']}" + (f"+adapter={spec['adapter']}" if spec.get("adapter") else "")
     return f"open_clip:{spec['name']}:{spec.get('pretrained')}"
 
 
-def dataset_spec(path: str, kind: str, csv: str | None, file_column: str) -> dict:
+def dataset_spec(path: str, kind: str, csv: str | None, file_column: str, strict_labels: bool = False) -> dict:
     """`--dataset/--dataset-type/--csv` -> a dataset spec dict as `data.build_manifest` takes it."""
     root = Path(path).expanduser()
     if not root.exists():
@@ -109,7 +116,13 @@ def dataset_spec(path: str, kind: str, csv: str | None, file_column: str) -> dic
     csv_path = Path(csv).expanduser()
     if not csv_path.is_absolute() and csv_path.exists():  # relative to the working directory...
         csv_path = csv_path.resolve()                       # ...else build_manifest reads it inside the folder
-    return {"type": "labelled-folder", "root": str(root), "csv": str(csv_path), "file_column": file_column}
+    elif not csv_path.is_absolute() and not (root / csv_path).exists():
+        raise VlmbiasError(f"--csv {csv} not found (looked in the working directory {Path.cwd()} and in the "
+                           f"dataset folder {root})")
+    elif csv_path.is_absolute() and not csv_path.exists():
+        raise VlmbiasError(f"--csv {csv} not found")
+    return {"type": "labelled-folder", "root": str(root), "csv": str(csv_path), "file_column": file_column,
+            "strict_labels": strict_labels}
 
 
 def _check_queries(queries: list[str], templates: list[str]) -> None:
@@ -155,7 +168,7 @@ def compute_audit(a: argparse.Namespace) -> dict:
         if not 0 <= getattr(a, name) <= 1:
             raise VlmbiasError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(a, name)}")
     qspec = _query_spec(a)
-    dspec = dataset_spec(a.dataset, a.dataset_type, a.csv, a.file_column)
+    dspec = dataset_spec(a.dataset, a.dataset_type, a.csv, a.file_column, a.strict_labels)
 
     from vlmbias.audit.data import build_manifest, classes_from_distribution
 
@@ -198,9 +211,12 @@ def compute_audit(a: argparse.Namespace) -> dict:
             "k_used": int(idx.shape[1]), "cache": {"hit": cached is not None, "key": key, "path": str(entry)}}
 
 
-def run_audit(a: argparse.Namespace) -> dict:
-    """Everything `vlmbias audit` computes, as a JSON-ready dict (also the basis of the text report)."""
+def run_audit(a: argparse.Namespace, tables: dict | None = None) -> dict:
+    """Everything `vlmbias audit` computes, as a JSON-ready dict (also the basis of the text report).
+    `tables`, when given, receives the workflow's tables as DataFrames: rankings, classes, summary."""
     run = compute_audit(a)
+    if tables is not None:
+        tables.update(rankings=run["rankings"], classes=run["classes"], summary=run["summary"])
     model, dspec, qspec, attributes = run["model"], run["dataset"], run["query_spec"], run["attributes"]
     qtable, cls_df, sum_df = run["queries"], run["classes"], run["summary"]
     rows, skipped, missing = run["images"], run["skipped"], run["missing"]
@@ -220,6 +236,9 @@ def run_audit(a: argparse.Namespace) -> dict:
                             if col not in ("model", "dataset", "query_set", "query_id", "query", "k", "attribute")},
             }
         entry_q["n"] = int(sum_df.loc[sum_df["query_id"] == q.query_id, "n"].max())
+        ranked = run["rankings"][run["rankings"]["query_id"] == q.query_id]
+        entry_q["ranking"] = [{"rank": int(r["rank"]), "image_id": str(r["image_id"]), "score": _jsonable(r["score"]),
+                               **{attr: _jsonable(r[attr]) for attr in attributes}} for _, r in ranked.iterrows()]
         queries.append(entry_q)
     return {
         "vlmbias": __version__,
@@ -325,8 +344,43 @@ def _top_class(classes: list[dict]) -> dict | None:
     return classes[best]
 
 
+OUTPUT_FILES = {"rankings": "rankings.csv", "classes": "classes.csv", "summary": "summary.csv"}
+
+
+def check_output_dir(path: str) -> Path:
+    """--output must be a folder (created if absent), not a file; checked before any work is done."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise VlmbiasError(f"--output must be a folder, but {path} is a file")
+    return out
+
+
+def write_outputs(out: Path, res: dict, tables: dict) -> list[Path]:
+    """The audit's tables (columns as the workflow's artifacts, docs/artifacts.md) and its JSON, each
+    written whole or not at all."""
+    from vlmbias.io import atomic_path, write_table
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VlmbiasError(f"cannot create --output folder {out}: {e.strerror}") from None
+    written = []
+    for name, file in OUTPUT_FILES.items():
+        write_table(tables[name], out / file)
+        written.append(out / file)
+    with atomic_path(out / "audit.json") as tmp:
+        Path(tmp).write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    written.append(out / "audit.json")
+    return written
+
+
 def cmd_audit(a: argparse.Namespace) -> int:
-    res = run_audit(a)
+    out = check_output_dir(a.output) if a.output else None
+    tables: dict = {}
+    res = run_audit(a, tables)
+    if out is not None:
+        written = write_outputs(out, res, tables)
+        log.info("wrote %s", ", ".join(str(p) for p in written))
     print(json.dumps(res, indent=2, ensure_ascii=False) if a.json else format_audit(res))
     return 0
 
@@ -340,12 +394,14 @@ AUDIT_EXAMPLES = """examples:
   vlmbias audit --model "hf:results/world/world/models/clip+adapter=results/world/mitigation/adapters/lora-thesis" \\
       --dataset results/world/world/data/fairface --query "a nurse"
   vlmbias audit --model RN50:openai --dataset ~/photos --dataset-type labelled-folder --csv ~/photos/labels.csv \\
-      --query "a scientist" --attributes gender
+      --query "a scientist" --attributes gender --output audit-out/
 
 Image embeddings are cached in --cache (default $VLMBIAS_CACHE or ~/.cache/vlmbias), keyed by the
 model, the dataset's images (ids, sizes, modification times) and the precision: a second audit of
 the same model and dataset only encodes the queries. --json prints every number (NaN as null,
-infinities as "inf")."""
+infinities as "inf"), including each query's ranking (rank, image id, score, labels). --output DIR
+writes rankings.csv, classes.csv, summary.csv (the workflow's columns, docs/artifacts.md) and
+audit.json."""
 
 
 def register(sub, formatter) -> None:
@@ -366,6 +422,9 @@ def register(sub, formatter) -> None:
     s.add_argument("--csv", metavar="FILE", help="labelled-folder: CSV with a file column (paths relative to "
                                                  "--dataset) and one column per attribute")
     s.add_argument("--file-column", default="file", help="labelled-folder: the CSV's file column")
+    s.add_argument("--strict-labels", action="store_true",
+                   help="labelled-folder: refuse labels that differ only in case or surrounding space "
+                        "('Female' and 'female') instead of merging them with a warning")
     s.add_argument("--query", action="append", metavar="TEXT",
                    help="a neutral query such as \"a doctor\"; repeat for several")
     s.add_argument("--query-set", metavar="PRESET:SET",
@@ -378,8 +437,9 @@ def register(sub, formatter) -> None:
                    help="prompt template with one {}, e.g. \"a photo of {}\"; repeat to average several "
                         "(default: the query as is)")
     s.add_argument("--cache", metavar="DIR", help="image-embedding cache (default: $VLMBIAS_CACHE or ~/.cache/vlmbias)")
-    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="numeric precision of the model (part of the cache key)")
+    s.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="numeric precision of the model (part of the cache key); int8: the image tower's MLP "
+                        "layers dynamically quantised, CPU only")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     s.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
     s.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (0: none)")
@@ -398,4 +458,7 @@ def register(sub, formatter) -> None:
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="larger images are refused before decoding (decompression bombs); config images.max_pixels")
     s.add_argument("--json", action="store_true", help="print a machine-readable JSON object instead of tables")
+    s.add_argument("--output", metavar="DIR",
+                   help="also write the tables to this folder: rankings.csv (image ids and scores per query), "
+                        "classes.csv, summary.csv (columns as the workflow's) and audit.json")
     s.set_defaults(func=cmd_audit)

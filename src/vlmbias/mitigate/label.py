@@ -393,7 +393,7 @@ def label_world(images: pd.DataFrame, spec: dict):
 # ----------------------------------------------------------------------------------------------- csv
 
 def label_csv(images: pd.DataFrame, spec: dict):
-    from vlmbias.audit.data import check_classes, read_label_csv
+    from vlmbias.audit.data import check_classes, class_order, read_label_csv
 
     if not spec.get("csv"):
         raise VlmbiasError("label source 'csv' needs 'csv', the file holding the labels")
@@ -406,7 +406,7 @@ def label_csv(images: pd.DataFrame, spec: dict):
     if isinstance(declared, dict):
         classes = {a: [str(c) for c in cls] for a, cls in declared.items()}
     else:
-        classes = {a: FAIRFACE_CLASSES[a] if a in FAIRFACE_CLASSES else sorted(set(df[a]) - {""}) for a in names}
+        classes = {a: FAIRFACE_CLASSES[a] if a in FAIRFACE_CLASSES else class_order(df[a]) for a in names}
     df = df[df[file_col] != ""]
     empty = df[names].eq("").any(axis=1)
     if empty.any():

@@ -92,13 +92,24 @@ def focal_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 RULES = {">=": np.greater_equal, ">": np.greater, "<": np.less}
 DOSE_RHO = 0.9
-CHECK_COLUMNS = ["check", "value", "rule", "threshold", "passed", "detail"]
+CHECK_COLUMNS = ["check", "value", "rule", "threshold", "passed", "kind", "detail"]
+# kind of a check, fixed before any result is seen: "recovery" checks ask whether the audit finds the
+# planted bias (a failure is a failure of the audit); "limit" checks document a metric's known
+# ceiling: the top-k share and MaxSkew saturate once a plant reaches ~0.8 (every top-k image is
+# then Male), so their dose-response rank correlation cannot reach the bar over the strong doses.
+LIMIT_CHECKS = {
+    "dose_response_spearman_topk_share": "the top-k share saturates by design once a plant reaches ~0.8 "
+                                         "(every top-k image is then of the planted class)",
+    "dose_response_spearman_max_skew": "MaxSkew saturates by design once a plant reaches ~0.8 (every top-k "
+                                       "image is then of the planted class)",
+}
 
 
 def _check(name: str, value: float, rule: str, threshold: float, detail: str) -> dict:
-    """One checks.csv row; `passed` is exactly `value <rule> threshold` (a NaN value fails)."""
+    """One checks.csv row; `passed` is exactly `value <rule> threshold` (a NaN value fails), whatever its kind."""
     passed = bool(np.isfinite(value) and RULES[rule](value, threshold))
-    return {"check": name, "value": value, "rule": rule, "threshold": threshold, "passed": passed, "detail": detail}
+    return {"check": name, "value": value, "rule": rule, "threshold": threshold, "passed": passed,
+            "kind": "limit" if name in LIMIT_CHECKS else "recovery", "detail": detail}
 
 
 def checks(table: pd.DataFrame, families: pd.DataFrame, strong: dict[str, float]) -> pd.DataFrame:
