@@ -39,11 +39,12 @@ def test_summary_page_and_headline_table():
     head = headline_table(pd.DataFrame(rows))
     assert set(head["k"]) == {200} and set(head["attribute"]) == {"gender", "race"}  # largest k, gender & race
     assert head.set_index(["model", "attribute"]).loc[("a", "gender"), "max_skew_uniform"] == 0.4055
-    checks = {"world-clip": pd.DataFrame({"check": ["x", "y"], "passed": [True, False]})}
+    checks = {"world-clip": pd.DataFrame({"check": ["x", "y", "z"], "passed": [True, False, False],
+                                          "kind": ["recovery", "recovery", "limit"]})}
     config = {"run_name": "r", "datasets": {"d": {}}, "models": {"a": {}, "b": {}}, "calibration": {"x": 1},
               "retrieval": {"k": [20, 200]}}
     rst = summary_rst(config, head, checks, None)
-    assert "1 of 2 checks passed; failed: y" in rst and "0.406 [0.305, 0.506]" in rst
+    assert "1 of 3 checks passed; failed: y; at a known metric limit: z." in rst and "0.406 [0.305, 0.506]" in rst
     assert "MaxSkew as published (raw share" in rst and "the rest bootstrap-normal" in rst
     # links only to the categories this run has (two models: their leaderboard)
     assert "Calibration_" in rst and "Leaderboard_" in rst and "Mitigation_" not in rst

@@ -128,9 +128,14 @@ def summary_rst(config: dict, headline: pd.DataFrame, checks: dict[str, pd.DataF
     if checks:
         lines += ["Calibration verdict", "-------------------", ""]
         for model, c in checks.items():
-            failed = c.loc[~c["passed"].astype(bool), "check"].tolist()
-            lines.append(f"- ``{model}``: {len(c) - len(failed)} of {len(c)} checks passed"
-                         + (f"; failed: {', '.join(failed)}" if failed else "") + ".")
+            passed = c["passed"].astype(bool)
+            # a "limit" check records a metric's known ceiling (checks.csv `kind`): shown, never a failure
+            limit = c["kind"].astype(str).eq("limit") if "kind" in c.columns else pd.Series(False, index=c.index)
+            failed = c.loc[~passed & ~limit, "check"].tolist()
+            at_limit = c.loc[~passed & limit, "check"].tolist()
+            lines.append(f"- ``{model}``: {int(passed.sum())} of {len(c)} checks passed"
+                         + (f"; failed: {', '.join(failed)}" if failed else "")
+                         + (f"; at a known metric limit: {', '.join(at_limit)}" if at_limit else "") + ".")
         lines.append("")
     if zeroshot is not None and len(zeroshot):
         overall = zeroshot[zeroshot["group"] == "all"]
