@@ -81,7 +81,7 @@ def check_config(config: dict) -> None:
     for name, spec in config.get("datasets", {}).items():
         if spec.get("world") and "world" not in config:
             raise VlmbiasError(f"dataset {name!r} uses the calibration world, but the config has no 'world' block")
-        if not spec.get("world") and spec["type"] in ("fairface", "labelled-folder") and not spec.get("root"):
+        if not spec.get("world") and spec["type"] in ("fairface", "labelled-folder", "utkface", "celeba", "facet") and not spec.get("root"):
             raise VlmbiasError(f"dataset {name!r} (type {spec['type']}) needs a 'root' folder")
         if spec["type"] == "labelled-folder" and not spec.get("csv"):
             raise VlmbiasError(f"dataset {name!r} (labelled-folder) needs a 'csv' label file")

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from vlmbias.audit.models import Encoder, load_encoder
+from vlmbias.audit.published import parse_crop
 from vlmbias.audit.queries import expand_query_set, strip_article
 from vlmbias.audit.shards import check_bad_fraction, shard_rows
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
@@ -28,15 +29,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    def __init__(self, paths: list[str], preprocess, max_pixels: int):
+    def __init__(self, paths: list[str], preprocess, max_pixels: int, crops: list | None = None):
         self.paths, self.preprocess, self.max_pixels = paths, preprocess, max_pixels
+        self.crops = crops
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return i, self.preprocess(open_image(self.paths[i], self.max_pixels)), ""
+            img = open_image(self.paths[i], self.max_pixels)
+            box = parse_crop(self.crops[i]) if self.crops is not None else None
+            if box is not None:  # one person of a photo (the manifest's `crop`), clipped to the image
+                w, h = img.size
+                box = (max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3]))
+                if box[2] <= box[0] or box[3] <= box[1]:
+                    raise ValueError(f"crop box {self.crops[i]} lies outside the {w}x{h} image")
+                img = img.crop(box)
+            return i, self.preprocess(img), ""
         except Exception as e:  # any decode failure is reported per image, never fatal here
             return i, None, f"{type(e).__name__}: {e}"
 
@@ -49,11 +59,12 @@ def _collate(items):
 
 
 def embed_image_files(encoder: Encoder, paths: list[str], batch_size: int = 64, num_workers: int = 2,
-                      progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+                      progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, crops: list | None = None
                       ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-    """Encode images; returns (embeddings of the readable ones, their indices into paths, [(index, reason)])."""
+    """Encode images; returns (embeddings of the readable ones, their indices into paths, [(index, reason)]).
+    `crops`: per path an `x,y,width,height` box (or None) to encode instead of the whole image."""
     check_limit(max_pixels)  # a bad limit is one config error, not every image skipped
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, encoder.preprocess, max_pixels), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(_ImageFiles(paths, encoder.preprocess, max_pixels, crops), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate, shuffle=False)
     chunks, kept, bad = [], [], []
     for idx, pixels, failed in tqdm(loader, desc="embed images", unit="batch", disable=not progress):
@@ -71,7 +82,8 @@ def embed_images(manifest: pd.DataFrame, encoder: Encoder, batch_size=64, num_wo
 
     `max_bad_fraction=None` leaves that check to the caller (a shard: the merge checks the whole dataset)."""
     emb, kept, bad = embed_image_files(encoder, manifest["path"].tolist(), batch_size, num_workers,
-                                       max_pixels=max_pixels)
+                                       max_pixels=max_pixels,
+                                       crops=manifest["crop"].tolist() if "crop" in manifest.columns else None)
     skipped = pd.DataFrame({"image_id": [manifest["image_id"].iat[i] for i, _ in bad],
                             "path": [manifest["path"].iat[i] for i, _ in bad],
                             "reason": [r for _, r in bad]}, columns=["image_id", "path", "reason"])

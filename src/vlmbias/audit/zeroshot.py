@@ -93,7 +93,7 @@ def _grouped(hit: np.ndarray, labels: pd.DataFrame, group_attrs: list[str]) -> p
 def accuracy_table(labels: pd.DataFrame, image_emb: np.ndarray, encoder, prompts: dict,
                    attributes: list[str]) -> pd.DataFrame:
     """Accuracy of classifying each attribute, within every group of every labelled attribute."""
-    group_attrs = [a for a in labels.columns if a not in ("image_id", "path")]
+    group_attrs = [a for a in labels.columns if a not in ("image_id", "path", "crop")]
     parts = []
     for attr in attributes:
         if attr not in prompts:
@@ -127,7 +127,7 @@ def harmful_table(labels: pd.DataFrame, image_emb: np.ndarray, encoder, prompts:
     pred = np.asarray(names, dtype=object)[predict(image_emb, emb)]
     crime = np.isin(pred, prompts.get("crime_related") or [])
     nonhuman = np.isin(pred, prompts.get("non_human") or [])
-    group_attrs = [a for a in labels.columns if a not in ("image_id", "path")]
+    group_attrs = [a for a in labels.columns if a not in ("image_id", "path", "crop")]
     c, h = _grouped(crime, labels, group_attrs), _grouped(nonhuman, labels, group_attrs)
     return pd.DataFrame({"label_set": label_set, "group_attribute": c["group_attribute"], "group": c["group"],
                          "n": c["n"], "crime_related": c["hits"], "crime_rate": c["rate"], "crime_low": c["low"],
