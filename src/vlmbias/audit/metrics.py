@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MetricsInputError", "class_counts", "fairness_disparity", "representation_disparity", "skew",
-    "max_skew", "min_skew", "ndkl", "uniform_target", "proportion_ci", "bootstrap_ci", "goodness_of_fit",
+    "max_skew", "min_skew", "ndkl", "kl_divergence", "uniform_target", "proportion_ci", "bootstrap_ci", "goodness_of_fit",
     "match_rate", "confusion_matrix", "confusion_table", "audit_tables", "CLASS_COLUMNS", "SUMMARY_COLUMNS",
 ]
 
@@ -58,7 +58,7 @@ SUMMARY_COLUMNS = KEY_COLUMNS + [
     "max_skew_uniform", "max_skew_uniform_low", "max_skew_uniform_high", "min_skew_uniform",
     "max_skew_dataset", "max_skew_dataset_low", "max_skew_dataset_high", "min_skew_dataset",
     "ndkl_uniform", "ndkl_uniform_low", "ndkl_uniform_high", "ndkl_dataset", "ndkl_dataset_low",
-    "ndkl_dataset_high", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS
+    "ndkl_dataset_high", "kl_dataset", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS
 SKEW_CONVENTION = "published"  # raw share, absent class = 1/n (Geyik 2019; Berg 2022)
 INTERVAL_METHOD = "dirichlet"  # Dirichlet(counts + 1/C) posterior, holds the estimate (measured: benchmarks/COVERAGE.txt)
 N_SIM = 10_000
@@ -393,6 +393,24 @@ def ndkl(labels, classes: Sequence, target_props) -> float:
     return float(_ndkl_codes(_codes(labels, classes)[None, :], len(classes), q)[0])
 
 
+def _kl(c: np.ndarray, q: np.ndarray) -> float:
+    p = c / c.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / q), 0.0)
+    return float(terms.sum())
+
+
+def kl_divergence(counts, target_props) -> float:
+    """KL@k = KL(P_topk || P_target) = sum_c p_c ln(p_c / q_c), natural log, 0·ln 0 = 0, no
+    smoothing: p = the top k's class shares (its labelled items), q = the target mix (the dataset's
+    for the summary column `kl_dataset`). The retrieval KL of BendVLM (Gerych et al., NeurIPS 2024)
+    and SEM, which compare the retrieved attribute mix with the dataset's; 0 when they match,
+    +inf when the top k holds a class the target gives 0, NaN with no labelled item."""
+    c, index = _counts_array(counts)
+    q = _props(target_props, index, "target_props")
+    return _kl(c, q) if c.sum() > 0 else float("nan")
+
+
 def proportion_ci(count, n, level: float = 0.95, method: str = "wilson"):
     """Confidence interval (low, high) for a binomial proportion count/n, vectorised over arrays.
 
@@ -612,7 +630,7 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                     "skew_uniform": sk_u if n else nan_c, "skew_dataset": sk_d if n else nan_c, **convention}))
                 row = {**keyd, "k": k, "n": n, "attribute": a, "fd_strict": float(_fd(c, True)) if n else np.nan,
                        "min_skew_uniform": _nanext(np.nanmin, sk_u), "min_skew_dataset": _nanext(np.nanmin, sk_d),
-                       "chi2": chi2, "p_value": pval, "named_class": None, "match_rate": np.nan,
+                       "kl_dataset": _kl(c, q) if n else np.nan, "chi2": chi2, "p_value": pval, "named_class": None, "match_rate": np.nan,
                        "match_low": np.nan, "match_high": np.nan, **convention}
                 for m, v in est.items():
                     lo, hi = ci.get(m, (np.nan, np.nan))
