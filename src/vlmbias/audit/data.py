@@ -214,6 +214,10 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
     else:
         raise VlmbiasError(f"unknown dataset type {kind!r}; expected fairface, fairface-hub, labelled-folder, "
                            "utkface, celeba or facet")
+    if spec.get("intersections"):
+        from vlmbias.audit.intersect import add_intersections
+
+        manifest, classes = add_intersections(manifest, classes, spec["intersections"])
     total = len(manifest) + len(missing)
     if total == 0:
         raise VlmbiasError(f"dataset {spec.get('root', kind)} lists no images")
