@@ -87,3 +87,9 @@ def test_worst_group_accuracy_and_gap_by_hand():
                          "accuracy_high": 0.9})
     t = zs.worst_group_table(tied).iloc[0]
     assert (t.worst_group, t.best_group, t.gap, t.groups) == ("p", "p", 0.0, 2)
+
+
+def test_crop_column_is_not_a_group():
+    labels, emb = _world()
+    t = zs.accuracy_table(labels.assign(crop="0,0,4,4"), emb, WordEncoder(), PROMPTS, ["gender"])
+    assert set(t["group_attribute"]) == {"all", "gender", "race"}
