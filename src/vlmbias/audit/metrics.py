@@ -403,9 +403,11 @@ def _kl(c: np.ndarray, q: np.ndarray) -> float:
 def kl_divergence(counts, target_props) -> float:
     """KL@k = KL(P_topk || P_target) = sum_c p_c ln(p_c / q_c), natural log, 0·ln 0 = 0, no
     smoothing: p = the top k's class shares (its labelled items), q = the target mix (the dataset's
-    for the summary column `kl_dataset`). The retrieval KL of BendVLM (Gerych et al., NeurIPS 2024)
-    and SEM, which compare the retrieved attribute mix with the dataset's; 0 when they match,
-    +inf when the top k holds a class the target gives 0, NaN with no labelled item."""
+    for the summary column `kl_dataset`). The retrieval KL of BendVLM (Gerych et al., NeurIPS 2024;
+    its released code's `get_kl`: the same direction against the dataset's attribute prior, natural
+    log, absent classes adding 0; its 1e-10 floor on the ratio never binds for a top k drawn from the
+    dataset), which SEM also reports; 0 when the mixes match, +inf when the top k holds a class the
+    target gives 0, NaN with no labelled item."""
     c, index = _counts_array(counts)
     q = _props(target_props, index, "target_props")
     return _kl(c, q) if c.sum() > 0 else float("nan")
