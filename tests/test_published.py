@@ -91,6 +91,8 @@ def test_facet_one_item_per_person_with_boxes(tmp_path):
     assert left.mean() < 60 < 190 < right.mean()
     visible, _, _ = build_manifest({"type": "facet", "root": str(root), "require_visible": ["face"]})
     assert "sa_2.jpg#3" not in set(visible["image_id"]) and len(visible) == 3
+    shown, _, _ = build_manifest({"type": "facet", "root": str(root), "exclude_minimal": True})
+    assert shown["image_id"].tolist() == visible["image_id"].tolist()
 
 
 def test_facet_bad_box_and_missing_image(tmp_path):

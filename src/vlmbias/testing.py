@@ -178,7 +178,7 @@ def make_facet_folder(root: str | Path, seed: int = 0) -> Path:
     one-hot gender_presentation_*, age_presentation_*, skin_tone_1..10 votes, visible_* flags,
     `bounding_box` as JSON) and images under `imgs_1/`. sa_1.jpg holds two persons (left half a
     dark masc person, right half a light fem person); sa_2.jpg one person whose face is not visible
-    and whose skin-tone votes tie; sa_3.jpg one person with gender `na`."""
+    (flagged `visible_minimal`) and whose skin-tone votes tie; sa_3.jpg one person with gender `na`."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     img = np.zeros((40, 80, 3), np.uint8)
@@ -190,11 +190,12 @@ def make_facet_folder(root: str | Path, seed: int = 0) -> Path:
     _face(root / "imgs_1" / "sa_3.jpg", 160, size=48, rng=rng)
 
     def person(pid, fname, cls, gender, age, votes, face, box):
-        row = {"person_id": pid, "filename": fname, "class1": cls}
+        row = {"person_id": pid, "filename": fname, "class1": cls, "class2": ""}
         row.update({f"gender_presentation_{c}": int(c == gender) for c in ("masc", "fem", "non_binary", "na")})
         row.update({f"age_presentation_{c}": int(c == age) for c in ("young", "middle", "older", "na")})
         row.update({f"skin_tone_{i}": votes.get(i, 0) for i in range(1, 11)})
-        row.update({"skin_tone_na": 0, "visible_torso": 1, "visible_face": face, "visible_minimal": 0,
+        row.update({"skin_tone_na": 0, "visible_torso": 1, "visible_face": face, "visible_minimal": int(not face),
+                    "lighting_well_lit": 1,
                     "bounding_box": json.dumps({"x": box[0], "y": box[1], "width": box[2], "height": box[3],
                                                 "dont_care": False})})
         return row

@@ -210,7 +210,8 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
                                                                    spec.get("attributes"))
         else:
             manifest, missing, classes = published.facet_manifest(spec["root"], spec.get("csv"),
-                                                                  spec.get("require_visible"))
+                                                                  spec.get("require_visible"),
+                                                                  bool(spec.get("exclude_minimal", False)))
     else:
         raise VlmbiasError(f"unknown dataset type {kind!r}; expected fairface, fairface-hub, labelled-folder, "
                            "utkface, celeba or facet")

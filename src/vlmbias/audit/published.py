@@ -43,7 +43,7 @@ CELEBA_VALUES = ["1", "-1"]  # the source's own codes: present, absent
 FACET_GENDER = ["masc", "fem", "non_binary"]
 FACET_AGE = ["young", "middle", "older"]
 FACET_SKIN = [str(i) for i in range(1, 11)]  # Monk Skin Tone 1..10, annotator votes per tone
-FACET_VISIBLE = ["face", "torso", "minimal"]
+FACET_VISIBLE = ["face", "torso"]  # `visible_minimal` marks a person barely visible: see exclude_minimal
 
 
 def _skipped(rows: list[dict]) -> pd.DataFrame:
@@ -190,12 +190,14 @@ def _majority(votes: list[int], classes: list[str]):
     return winners[0] if top > 0 and len(winners) == 1 else None
 
 
-def facet_manifest(root: str | Path, csv: str | None = None, require_visible: list[str] | None = None):
+def facet_manifest(root: str | Path, csv: str | None = None, require_visible: list[str] | None = None,
+                   exclude_minimal: bool = False):
     """FACET: one item per annotated person (`image_id` = `<filename>#<person_id>`), its box in the
     `crop` column. Images are found by file name anywhere under `root` (the release's imgs_1..3/).
     Attributes: gender (perceived gender presentation), age (perceived age group), skin_tone (the
     Monk Skin Tone most annotators chose; ties unlabelled), person_class (FACET's `class1`).
-    `require_visible`: keep only persons whose visibility flags (face, torso, minimal) are all set."""
+    `require_visible`: keep only persons whose visibility flags (face, torso) are all set;
+    `exclude_minimal`: leave out persons flagged `visible_minimal` (only minimally visible)."""
     root = Path(root)
     if not root.is_dir():
         raise VlmbiasError(f"FACET root not found: {root} (expected annotations.csv and the image folders)")
@@ -208,7 +210,7 @@ def facet_manifest(root: str | Path, csv: str | None = None, require_visible: li
         raise VlmbiasError(f"FACET require_visible {bad}: expected some of {FACET_VISIBLE}")
     need = ["person_id", "filename", "class1", *(f"gender_presentation_{c}" for c in FACET_GENDER),
             *(f"age_presentation_{c}" for c in FACET_AGE), *(f"skin_tone_{c}" for c in FACET_SKIN),
-            *(f"visible_{v}" for v in visible)]
+            *(f"visible_{v}" for v in visible), *(["visible_minimal"] if exclude_minimal else [])]
     df = read_label_csv(csv_path, need)
     if "bounding_box" not in df.columns and not {"x", "y", "width", "height"} <= set(df.columns):
         raise VlmbiasError(f"{csv_path} lacks a bounding_box column (or x, y, width, height)")
@@ -218,6 +220,9 @@ def facet_manifest(root: str | Path, csv: str | None = None, require_visible: li
         line = i + 2  # header is line 1
         image_id = f"{row['filename']}#{row['person_id']}"
         if visible and not all(v > 0 for v in _flags(row, "visible_", visible, csv_path, line)):
+            n_hidden += 1
+            continue
+        if exclude_minimal and _flags(row, "visible_", ["minimal"], csv_path, line)[0] > 0:
             n_hidden += 1
             continue
         crop = _box(row, csv_path, line)
@@ -231,7 +236,8 @@ def facet_manifest(root: str | Path, csv: str | None = None, require_visible: li
                      "skin_tone": _majority(_flags(row, "skin_tone_", FACET_SKIN, csv_path, line), FACET_SKIN),
                      "person_class": row["class1"] or None})
     if n_hidden:
-        log.info("FACET: %d of %d persons left out by require_visible %s", n_hidden, len(df), visible)
+        log.info("FACET: %d of %d persons left out by require_visible %s / exclude_minimal %s", n_hidden, len(df),
+                 visible, exclude_minimal)
     manifest = pd.DataFrame(rows, columns=["image_id", "path", "crop", "gender", "age", "skin_tone", "person_class"])
     classes = {"gender": FACET_GENDER, "age": FACET_AGE, "skin_tone": FACET_SKIN,
                "person_class": sorted(set(manifest["person_class"].dropna()))}
