@@ -76,7 +76,8 @@ def test_worst_group_accuracy_and_gap_by_hand():
     assert w.columns.tolist() == zs.WORST_GROUP_COLUMNS[4:]
     # race: X 4/4, Y 2/4 -> worst Y (0.5), gap 0.5
     r = w.loc[("gender", "race")]
-    assert (r.worst_group, r.worst_n, r.worst_accuracy, r.best_group, r.best_accuracy, r.gap) == ("Y", 4, 0.5, "X", 1.0, 0.5)
+    assert (r.worst_group, r.worst_n, r.worst_accuracy) == ("Y", 4, 0.5)
+    assert (r.best_group, r.best_accuracy, r.gap) == ("X", 1.0, 0.5)
     assert r.worst_low < 0.5 < r.worst_high
     # gender by its own classes: Male 4/4, Female 2/4 (g and h wrong)
     g = w.loc[("gender", "gender")]

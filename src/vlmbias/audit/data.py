@@ -236,7 +236,8 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
         raise VlmbiasError(f"{len(missing)} of {total} listed images are missing (allowed fraction "
                            f"{max_missing_fraction}); first: {missing['path'].iloc[0]}")
     if manifest.empty:
-        raise VlmbiasError(f"dataset {spec.get('root', kind)}: none of its {total} entries is usable (see the skipped list)")
+        raise VlmbiasError(f"dataset {spec.get('root', kind)}: none of its {total} entries is usable "
+                           "(each skip and its reason is in the log)")
     if manifest["image_id"].duplicated().any():
         raise VlmbiasError(f"duplicate image ids, e.g. {manifest.loc[manifest['image_id'].duplicated(), 'image_id'].iloc[0]}")
     manifest = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)

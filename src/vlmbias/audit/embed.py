@@ -64,7 +64,8 @@ def embed_image_files(encoder: Encoder, paths: list[str], batch_size: int = 64, 
     """Encode images; returns (embeddings of the readable ones, their indices into paths, [(index, reason)]).
     `crops`: per path an `x,y,width,height` box (or None) to encode instead of the whole image."""
     check_limit(max_pixels)  # a bad limit is one config error, not every image skipped
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, encoder.preprocess, max_pixels, crops), batch_size=batch_size,
+    files = _ImageFiles(paths, encoder.preprocess, max_pixels, crops)
+    loader = torch.utils.data.DataLoader(files, batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate, shuffle=False)
     chunks, kept, bad = [], [], []
     for idx, pixels, failed in tqdm(loader, desc="embed images", unit="batch", disable=not progress):

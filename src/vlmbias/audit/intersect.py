@@ -28,7 +28,8 @@ def add_intersections(manifest: pd.DataFrame, classes: dict[str, list[str]],
             raise VlmbiasError(f"intersection {name!r} needs two or more different attributes, got {parts}")
         unknown = [p for p in parts if p not in classes]
         if unknown:
-            raise VlmbiasError(f"intersection {name!r}: attribute(s) {unknown} not in the dataset; it has {list(classes)}")
+            raise VlmbiasError(f"intersection {name!r}: attribute(s) {unknown} not in the dataset; "
+                               f"it has {list(classes)}")
         bad = [(p, c) for p in parts for c in classes[p] if SEPARATOR in str(c)]
         if bad:
             raise VlmbiasError(f"intersection {name!r}: class {bad[0][1]!r} of {bad[0][0]!r} contains {SEPARATOR!r}")

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MetricsInputError", "class_counts", "fairness_disparity", "representation_disparity", "skew",
-    "max_skew", "min_skew", "ndkl", "kl_divergence", "uniform_target", "proportion_ci", "bootstrap_ci", "goodness_of_fit",
+    "max_skew", "min_skew", "ndkl", "kl_divergence", "uniform_target", "proportion_ci", "bootstrap_ci",
+    "goodness_of_fit",
     "match_rate", "confusion_matrix", "confusion_table", "audit_tables", "CLASS_COLUMNS", "SUMMARY_COLUMNS",
 ]
 
@@ -58,7 +59,8 @@ SUMMARY_COLUMNS = KEY_COLUMNS + [
     "max_skew_uniform", "max_skew_uniform_low", "max_skew_uniform_high", "min_skew_uniform",
     "max_skew_dataset", "max_skew_dataset_low", "max_skew_dataset_high", "min_skew_dataset",
     "ndkl_uniform", "ndkl_uniform_low", "ndkl_uniform_high", "ndkl_dataset", "ndkl_dataset_low",
-    "ndkl_dataset_high", "kl_dataset", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS
+    "ndkl_dataset_high", "kl_dataset", "chi2", "p_value", "named_class", "match_rate", "match_low",
+    "match_high"] + CONVENTION_COLUMNS
 SKEW_CONVENTION = "published"  # raw share, absent class = 1/n (Geyik 2019; Berg 2022)
 INTERVAL_METHOD = "dirichlet"  # Dirichlet(counts + 1/C) posterior, holds the estimate (measured: benchmarks/COVERAGE.txt)
 N_SIM = 10_000
@@ -632,7 +634,8 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                     "skew_uniform": sk_u if n else nan_c, "skew_dataset": sk_d if n else nan_c, **convention}))
                 row = {**keyd, "k": k, "n": n, "attribute": a, "fd_strict": float(_fd(c, True)) if n else np.nan,
                        "min_skew_uniform": _nanext(np.nanmin, sk_u), "min_skew_dataset": _nanext(np.nanmin, sk_d),
-                       "kl_dataset": _kl(c, q) if n else np.nan, "chi2": chi2, "p_value": pval, "named_class": None, "match_rate": np.nan,
+                       "kl_dataset": _kl(c, q) if n else np.nan,
+                       "chi2": chi2, "p_value": pval, "named_class": None, "match_rate": np.nan,
                        "match_low": np.nan, "match_high": np.nan, **convention}
                 for m, v in est.items():
                     lo, hi = ci.get(m, (np.nan, np.nan))

@@ -231,7 +231,8 @@ def facet_manifest(root: str | Path, csv: str | None = None, require_visible: li
             skipped.append({"image_id": image_id, "path": str((root / row["filename"]).resolve()), "reason": NOT_FOUND})
             continue
         rows.append({"image_id": image_id, "path": str(path.resolve()), "crop": crop,
-                     "gender": _one_hot(_flags(row, "gender_presentation_", FACET_GENDER, csv_path, line), FACET_GENDER),
+                     "gender": _one_hot(_flags(row, "gender_presentation_", FACET_GENDER, csv_path, line),
+                                        FACET_GENDER),
                      "age": _one_hot(_flags(row, "age_presentation_", FACET_AGE, csv_path, line), FACET_AGE),
                      "skin_tone": _majority(_flags(row, "skin_tone_", FACET_SKIN, csv_path, line), FACET_SKIN),
                      "person_class": row["class1"] or None})

@@ -130,7 +130,8 @@ def worst_group_table(accuracy: pd.DataFrame) -> pd.DataFrame:
         worst = by_acc.iloc[0]
         best = g.assign(neg=-g["accuracy"]).sort_values(["neg", "group"], kind="stable").iloc[0]
         rows.append({"attribute": attr, "group_attribute": g_attr, "groups": len(g), "worst_group": worst["group"],
-                     "worst_n": int(worst["n"]), "worst_accuracy": worst["accuracy"], "worst_low": worst["accuracy_low"],
+                     "worst_n": int(worst["n"]), "worst_accuracy": worst["accuracy"],
+                     "worst_low": worst["accuracy_low"],
                      "worst_high": worst["accuracy_high"], "best_group": best["group"], "best_n": int(best["n"]),
                      "best_accuracy": best["accuracy"], "gap": best["accuracy"] - worst["accuracy"]})
     return pd.DataFrame(rows, columns=WORST_GROUP_COLUMNS[2:])
