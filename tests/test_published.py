@@ -111,3 +111,16 @@ def test_facet_bad_box_and_missing_image(tmp_path):
     manifest, _, skipped = build_manifest({"type": "facet", "root": str(root)}, max_missing_fraction=0.5)
     assert manifest.set_index("image_id").loc["sa_2.jpg#3", "crop"] == "1,2,3,4"
     assert skipped["image_id"].tolist() == ["sa_3.jpg#4"]
+
+
+def test_facet_grid_tiles_show_the_person(tmp_path):
+    from vlmbias.plots.grids import _tile, image_grid
+
+    root = make_facet_folder(tmp_path / "facet")
+    manifest, _, _ = build_manifest({"type": "facet", "root": str(root)})
+    photo, (left, right) = manifest["path"].iat[0], manifest["crop"].iloc[:2]
+    # sa_1.jpg: dark left half (person 1), light right half (person 2); the whole photo averages between
+    tiles = [np.asarray(_tile(photo, 32, None, crop=c).convert("L"), dtype=float).mean() for c in (left, right, None)]
+    assert tiles[0] < 60 < tiles[2] < 190 < tiles[1]
+    r = manifest.iloc[:2].assign(query_id="q", query="a person", rank=[1, 2], score=0.5)
+    assert image_grid(r, "q", 2, tmp_path / "g.png", ncols=2, label_columns=("gender",), thumb=32).is_file()

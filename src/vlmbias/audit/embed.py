@@ -17,10 +17,9 @@ import torch
 from tqdm import tqdm
 
 from vlmbias.audit.models import Encoder, load_encoder
-from vlmbias.audit.published import parse_crop
 from vlmbias.audit.queries import expand_query_set, strip_article
 from vlmbias.audit.shards import check_bad_fraction, shard_rows
-from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, crop_to, open_image
 from vlmbias.io import parse_json_arg, read_table, run_cli, write_npy, write_table
 from vlmbias.mitigate.debias import apply_projection, projection_for
 
@@ -39,13 +38,8 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i):
         try:
             img = open_image(self.paths[i], self.max_pixels)
-            box = parse_crop(self.crops[i]) if self.crops is not None else None
-            if box is not None:  # one person of a photo (the manifest's `crop`), clipped to the image
-                w, h = img.size
-                box = (max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3]))
-                if box[2] <= box[0] or box[3] <= box[1]:
-                    raise ValueError(f"crop box {self.crops[i]} lies outside the {w}x{h} image")
-                img = img.crop(box)
+            if self.crops is not None:  # one person of a photo (the manifest's `crop`)
+                img = crop_to(img, self.crops[i])
             return i, self.preprocess(img), ""
         except Exception as e:  # any decode failure is reported per image, never fatal here
             return i, None, f"{type(e).__name__}: {e}"

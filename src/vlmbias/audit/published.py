@@ -244,10 +244,3 @@ def facet_manifest(root: str | Path, csv: str | None = None, require_visible: li
                "person_class": sorted(set(manifest["person_class"].dropna()))}
     return manifest, _skipped(skipped), classes
 
-
-def parse_crop(crop) -> tuple[float, float, float, float] | None:
-    """A manifest `crop` value -> (left, upper, right, lower) for PIL; None/empty: the whole image."""
-    if crop is None or (isinstance(crop, float) and crop != crop) or crop == "":
-        return None
-    x, y, w, h = (float(v) for v in str(crop).split(","))
-    return x, y, x + w, y + h
