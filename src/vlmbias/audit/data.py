@@ -12,7 +12,7 @@ Dataset types (config `datasets.<name>.type`):
   attributes and their classes come from the CSV unless declared in config.
 - `utkface`, `celeba`, `facet`: the published layouts, read by `vlmbias.audit.published`
   (docs/datasets.md). FACET items are persons: the manifest's optional `crop` column holds each
-  person's box (`x,y,width,height` in pixels), applied where images are opened for embedding.
+  person's box (`x,y,width,height` in pixels), applied where images are opened (embedding, grids).
 """
 from __future__ import annotations
 
