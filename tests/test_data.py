@@ -110,3 +110,28 @@ def test_hub_offline_error_is_readable(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(VlmbiasError, match="needs network access"):
         build_manifest({"type": "fairface-hub", "padding": "0.25"})
+
+
+def test_intersectional_attribute_from_config(fairface_dir):
+    spec = {"type": "fairface", "root": str(fairface_dir), "intersections": {"gender_race": ["gender", "race"]}}
+    manifest, dist, _ = build_manifest(spec)
+    gr = dist[dist.attribute == "gender_race"]
+    # every combination, gender's order outer, race's inner; the stand-in has 3 images per cell
+    assert gr["class"].tolist()[:3] == ["Male|East Asian", "Male|Indian", "Male|Black"]
+    assert len(gr) == 2 * 7 and gr["count"].tolist() == [3] * 14
+    assert (manifest["gender_race"] == manifest["gender"] + "|" + manifest["race"]).all()
+
+
+def test_intersection_unlabelled_component_and_errors():
+    from vlmbias.audit.intersect import add_intersections
+
+    m = pd.DataFrame({"image_id": ["a", "b", "c"], "path": "x", "gender": ["Female", "", "Male"],
+                      "race": ["Black", "White", None]})
+    classes = {"gender": ["Male", "Female"], "race": ["White", "Black"]}
+    out, cls = add_intersections(m, classes, {"gr": ["gender", "race"]})
+    assert [v if isinstance(v, str) else None for v in out["gr"]] == ["Female|Black", None, None]
+    assert cls["gr"] == ["Male|White", "Male|Black", "Female|White", "Female|Black"]
+    with pytest.raises(VlmbiasError, match=r"attribute\(s\) \['age'\] not in the dataset"):
+        add_intersections(m, classes, {"ga": ["gender", "age"]})
+    with pytest.raises(VlmbiasError, match="already has a column"):
+        add_intersections(m, classes, {"race": ["gender", "race"]})

@@ -250,7 +250,7 @@ DOC_SUMMARY = ("model, dataset, query_set, query_id, query, k, n, attribute, fd,
                "max_skew_uniform, max_skew_uniform_low, max_skew_uniform_high, min_skew_uniform, "
                "max_skew_dataset, max_skew_dataset_low, max_skew_dataset_high, min_skew_dataset, "
                "ndkl_uniform, ndkl_uniform_low, ndkl_uniform_high, ndkl_dataset, ndkl_dataset_low, ndkl_dataset_high, "
-               "chi2, p_value, named_class, match_rate, match_low, match_high, skew_convention, "
+               "kl_dataset, chi2, p_value, named_class, match_rate, match_low, match_high, skew_convention, "
                "interval_method, interval_undercovers, flags").split(", ")
 
 
@@ -508,3 +508,21 @@ def test_dirichlet_interval_reaches_the_target_value_when_the_shares_allow_it():
     # seeded: the same twice
     pd.testing.assert_frame_equal(sm, m.audit_tables(_ranking(["Male", "Female"] * 10), GENDER_DIST, [20],
                                                      n_boot=2000, interval="dirichlet")[1])
+
+
+def test_kl_at_k_hand_computed(tables):
+    # 3 Male 1 Female against 1/2, 1/2: 0.75 ln 1.5 + 0.25 ln 0.5
+    assert m.kl_divergence(counts(3, 1), {"Male": 0.5, "Female": 0.5}) == pytest.approx(0.1308120, abs=1e-7)
+    assert m.kl_divergence(counts(6, 4), [0.6, 0.4]) == 0.0                       # the dataset's own mix
+    assert m.kl_divergence(counts(4, 0), [0.8, 0.2]) == pytest.approx(-math.log(0.8))  # 0 ln 0 = 0
+    assert m.kl_divergence(counts(1, 1), [1.0, 0.0]) == math.inf                   # a class the target lacks
+    assert math.isnan(m.kl_divergence(counts(0, 0), [0.5, 0.5]))
+    r, dist = tables
+    _, sm = m.audit_tables(r, dist, [4], n_boot=50, seed=0)
+    s = sm.set_index(["query", "k", "attribute"])
+    # doctor, k=4: 3 Male 1 Female vs the dataset's 60/40
+    assert s.loc[("a doctor", 4, "gender"), "kl_dataset"] == pytest.approx(0.75 * math.log(0.75 / 0.6)
+                                                                             + 0.25 * math.log(0.25 / 0.4))
+    # a Black person, k=4 (3 rows): race 2 Black 1 White vs 50/50/0 (Indian absent from both)
+    assert s.loc[("a Black person", 4, "race"), "kl_dataset"] == pytest.approx(
+        2 / 3 * math.log(4 / 3) + 1 / 3 * math.log(2 / 3))

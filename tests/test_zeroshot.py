@@ -67,3 +67,30 @@ def test_bad_prompts_are_named():
     with pytest.raises(VlmbiasError, match=r"label\(s\) \['Other'\] have no prompt"):
         zs.accuracy_table(labels.assign(gender="Other"), emb, WordEncoder(), PROMPTS, ["gender"])
     assert "race" in zs.load_prompts({})  # the shipped FairFace preset
+
+
+def test_worst_group_accuracy_and_gap_by_hand():
+    labels, emb = _world()
+    acc = zs.accuracy_table(labels, emb, WordEncoder(), PROMPTS, ["gender"])
+    w = zs.worst_group_table(acc).set_index(["attribute", "group_attribute"])
+    assert w.columns.tolist() == zs.WORST_GROUP_COLUMNS[4:]
+    # race: X 4/4, Y 2/4 -> worst Y (0.5), gap 0.5
+    r = w.loc[("gender", "race")]
+    assert (r.worst_group, r.worst_n, r.worst_accuracy) == ("Y", 4, 0.5)
+    assert (r.best_group, r.best_accuracy, r.gap) == ("X", 1.0, 0.5)
+    assert r.worst_low < 0.5 < r.worst_high
+    # gender by its own classes: Male 4/4, Female 2/4 (g and h wrong)
+    g = w.loc[("gender", "gender")]
+    assert (g.worst_group, g.worst_accuracy, g.gap, g.groups) == ("Female", 0.5, 0.5, 2)
+    # a tie goes to the group name that sorts first; empty groups are left out
+    tied = pd.DataFrame({"attribute": "a", "group_attribute": "b", "group": ["q", "p", "r"], "n": [2, 2, 0],
+                         "correct": [1, 1, 0], "accuracy": [0.5, 0.5, np.nan], "accuracy_low": 0.1,
+                         "accuracy_high": 0.9})
+    t = zs.worst_group_table(tied).iloc[0]
+    assert (t.worst_group, t.best_group, t.gap, t.groups) == ("p", "p", 0.0, 2)
+
+
+def test_crop_column_is_not_a_group():
+    labels, emb = _world()
+    t = zs.accuracy_table(labels.assign(crop="0,0,4,4"), emb, WordEncoder(), PROMPTS, ["gender"])
+    assert set(t["group_attribute"]) == {"all", "gender", "race"}

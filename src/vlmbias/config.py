@@ -81,7 +81,8 @@ def check_config(config: dict) -> None:
     for name, spec in config.get("datasets", {}).items():
         if spec.get("world") and "world" not in config:
             raise VlmbiasError(f"dataset {name!r} uses the calibration world, but the config has no 'world' block")
-        if not spec.get("world") and spec["type"] in ("fairface", "labelled-folder") and not spec.get("root"):
+        on_disk = ("fairface", "labelled-folder", "utkface", "celeba", "facet")
+        if not spec.get("world") and spec["type"] in on_disk and not spec.get("root"):
             raise VlmbiasError(f"dataset {name!r} (type {spec['type']}) needs a 'root' folder")
         if spec["type"] == "labelled-folder" and not spec.get("csv"):
             raise VlmbiasError(f"dataset {name!r} (labelled-folder) needs a 'csv' label file")

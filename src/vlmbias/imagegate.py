@@ -64,3 +64,19 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
                 return out
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageRefused(refusal(max_pixels)) from None
+
+
+def crop_to(img: Image.Image, crop) -> Image.Image:
+    """The part of `img` inside a manifest `crop` box (`x,y,width,height` in pixels of the file as
+    stored, before any EXIF rotation), clipped to the image; a null or empty box: the whole image.
+    A box entirely outside the image is an error (ValueError)."""
+    if crop is None or (isinstance(crop, float) and crop != crop) or str(crop).strip() == "":
+        return img
+    try:
+        x, y, w, h = (float(v) for v in str(crop).split(","))
+    except ValueError:
+        raise ValueError(f"crop box {crop!r} is not x,y,width,height") from None
+    box = (max(0.0, x), max(0.0, y), min(float(img.width), x + w), min(float(img.height), y + h))
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"crop box {crop} lies outside the {img.width}x{img.height} image")
+    return img.crop(tuple(round(v) for v in box))

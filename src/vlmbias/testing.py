@@ -119,3 +119,91 @@ def cut_default_run(config: dict) -> dict:
         if spec["kind"] in ("saner", "prompt-array"):
             spec["max_steps"] = 3
     return config
+
+
+def _face(path: Path, colour: int, size: int = 32, rng=None) -> None:
+    img = np.full((size, size, 3), colour, np.uint8)
+    if rng is not None:
+        img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, quality=95)
+
+
+# UTKFace's own malformed names: a field missing (no race) and a stray extension
+UTKFACE_BAD_NAMES = ["39_1_20170116174525125.jpg.chip.jpg", "61_3_20170109150557335.jpg.chip.jpg",
+                     "1_0_9_20161219140623097.jpg.chip.jpg"]
+
+
+def make_utkface_folder(root: str | Path, seed: int = 0) -> Path:
+    """UTKFace layout (`UTKFace/<age>_<gender>_<race>_<date>.jpg.chip.jpg`): every gender x race
+    once at ages 1, 25 and 75, plus the malformed names of UTKFACE_BAD_NAMES (a missing field; a
+    race code outside 0..4)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    n = 0
+    for age in (1, 25, 75):
+        for g in range(2):
+            for r in range(5):
+                n += 1
+                _face(root / f"{age}_{g}_{r}_2017011617452{n:04d}.jpg.chip.jpg", 40 * r + 10 * g, rng=rng)
+    for name in UTKFACE_BAD_NAMES:
+        _face(root / name, 128, rng=rng)
+    return root
+
+
+CELEBA_STANDIN_ATTRIBUTES = ["5_o_Clock_Shadow", "Eyeglasses", "Male", "Young"]
+
+
+def make_celeba_folder(root: str | Path, n: int = 12, seed: int = 0) -> Path:
+    """CelebA layout: `img_align_celeba/<6 digits>.jpg`, `list_attr_celeba.txt` (count line,
+    attribute-name line, then +1/-1 per attribute, padded with double spaces as released) and
+    `list_eval_partition.txt` (0/1/2). Images alternate Male/Female; partitions cycle 0, 1, 2; the
+    last image is missing from the partition file."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = [f"{i:06d}.jpg" for i in range(1, n + 1)]
+    lines = [str(n), " ".join(CELEBA_STANDIN_ATTRIBUTES)]
+    for i, name in enumerate(names):
+        _face(root / "img_align_celeba" / name, 20 * (i % 10), rng=rng)
+        vals = ["-1", "1" if i % 3 == 0 else "-1", "1" if i % 2 == 0 else "-1", "1" if i < n // 2 else "-1"]
+        lines.append(name + "".join(f" {v:>2}" for v in vals))
+    (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    parts = [f"{name} {i % 3}" for i, name in enumerate(names[:-1])]
+    (root / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
+    return root
+
+
+def make_facet_folder(root: str | Path, seed: int = 0) -> Path:
+    """FACET layout: `annotations/annotations.csv` (one row per person: person_id, filename, class1,
+    one-hot gender_presentation_*, age_presentation_*, skin_tone_1..10 votes, visible_* flags,
+    `bounding_box` as JSON) and images under `imgs_1/`. sa_1.jpg holds two persons (left half a
+    dark masc person, right half a light fem person); sa_2.jpg one person whose face is not visible
+    (flagged `visible_minimal`) and whose skin-tone votes tie; sa_3.jpg one person with gender `na`."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    img = np.zeros((40, 80, 3), np.uint8)
+    img[:, :40] = 30
+    img[:, 40:] = 220
+    (root / "imgs_1").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(root / "imgs_1" / "sa_1.jpg", quality=95)
+    _face(root / "imgs_1" / "sa_2.jpg", 100, size=48, rng=rng)
+    _face(root / "imgs_1" / "sa_3.jpg", 160, size=48, rng=rng)
+
+    def person(pid, fname, cls, gender, age, votes, face, box):
+        row = {"person_id": pid, "filename": fname, "class1": cls, "class2": ""}
+        row.update({f"gender_presentation_{c}": int(c == gender) for c in ("masc", "fem", "non_binary", "na")})
+        row.update({f"age_presentation_{c}": int(c == age) for c in ("young", "middle", "older", "na")})
+        row.update({f"skin_tone_{i}": votes.get(i, 0) for i in range(1, 11)})
+        row.update({"skin_tone_na": 0, "visible_torso": 1, "visible_face": face, "visible_minimal": int(not face),
+                    "lighting_well_lit": 1,
+                    "bounding_box": json.dumps({"x": box[0], "y": box[1], "width": box[2], "height": box[3],
+                                                "dont_care": False})})
+        return row
+
+    rows = [person(1, "sa_1.jpg", "doctor", "masc", "middle", {9: 2, 8: 1}, 1, (0, 0, 40, 40)),
+            person(2, "sa_1.jpg", "nurse", "fem", "young", {2: 3}, 1, (40, 0, 40, 40)),
+            person(3, "sa_2.jpg", "guitarist", "fem", "older", {4: 1, 5: 1}, 0, (4, 4, 30, 40)),
+            person(4, "sa_3.jpg", "doctor", "na", "na", {6: 2}, 1, (0, 0, 48, 48))]
+    (root / "annotations").mkdir(exist_ok=True)
+    pd.DataFrame(rows).to_csv(root / "annotations" / "annotations.csv", index=False)
+    return root

@@ -260,6 +260,7 @@ rule zeroshot:
                         category="Zero-shot", subcategory="{dataset} / {model}"),
         harmful=report(f"{RES}/zeroshot/{{dataset}}/{{model}}/harmful.csv", caption="../report/zeroshot.rst",
                        category="Zero-shot", subcategory="{dataset} / {model}"),
+        worst_group=f"{RES}/zeroshot/{{dataset}}/{{model}}/worst_group.csv",
     params:
         model=lambda w: as_json(vconfig.model_spec(config, w.model)),
         spec=as_json(config.get("zeroshot") or {}),
@@ -275,4 +276,5 @@ rule zeroshot:
         "{PY} -m vlmbias.audit.zeroshot --model-json {params.model:q} --model-name {wildcards.model:q}"
         " --dataset-name {wildcards.dataset:q} --images-npy {input.images:q} --images-table {input.image_rows:q}"
         " --manifest {input.manifest:q} --spec-json {params.spec:q} --device {params.device:q}"
-        " --out-accuracy {output.accuracy:q} --out-harmful {output.harmful:q} > {log:q} 2>&1"
+        " --out-accuracy {output.accuracy:q} --out-harmful {output.harmful:q}"
+        " --out-worst-group {output.worst_group:q} > {log:q} 2>&1"

@@ -10,6 +10,9 @@ Dataset types (config `datasets.<name>.type`):
   class names stored in the parquet files' own schema, never by position.
 - `labelled-folder`: any image folder + a CSV with a file column and attribute columns; the
   attributes and their classes come from the CSV unless declared in config.
+- `utkface`, `celeba`, `facet`: the published layouts, read by `vlmbias.audit.published`
+  (docs/datasets.md). FACET items are persons: the manifest's optional `crop` column holds each
+  person's box (`x,y,width,height` in pixels), applied where images are opened (embedding, grids).
 """
 from __future__ import annotations
 
@@ -273,11 +276,36 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
         manifest, missing, classes = folder_manifest(spec["root"], spec["csv"], spec.get("file_column", "file"),
                                                      spec.get("attributes"), spec.get("classes"),
                                                      bool(spec.get("strict_labels", False)))
+    elif kind in ("utkface", "celeba", "facet"):
+        from vlmbias.audit import published  # reads the published layouts; imports this module's helpers
+
+        if kind == "utkface":
+            manifest, missing, classes = published.utkface_manifest(spec["root"])
+        elif kind == "celeba":
+            manifest, missing, classes = published.celeba_manifest(spec["root"], spec.get("split", "test"),
+                                                                   spec.get("attributes"))
+        else:
+            manifest, missing, classes = published.facet_manifest(spec["root"], spec.get("csv"),
+                                                                  spec.get("require_visible"),
+                                                                  bool(spec.get("exclude_minimal", False)))
     else:
-        raise VlmbiasError(f"unknown dataset type {kind!r}; expected fairface, fairface-hub or labelled-folder")
+        raise VlmbiasError(f"unknown dataset type {kind!r}; expected fairface, fairface-hub, labelled-folder, "
+                           "utkface, celeba or facet")
+    if spec.get("intersections"):
+        from vlmbias.audit.intersect import add_intersections
+
+        manifest, classes = add_intersections(manifest, classes, spec["intersections"])
     total = len(manifest) + len(missing)
     if total == 0:
         raise VlmbiasError(f"dataset {spec.get('root', kind)} lists no images")
+    if "reason" in missing.columns:  # documented skips (e.g. malformed names) are listed, not counted
+        skips = missing[missing["reason"].fillna("file not found") != "file not found"]
+        if len(skips):
+            log.warning("%d of %d listed entries skipped: %s", len(skips), total,
+                        "; ".join(sorted(set(skips["reason"]))))
+        missing, listed = missing.drop(skips.index), missing
+    else:
+        listed = missing
     if len(missing):
         log.warning("%d of %d listed images are missing, e.g. %s", len(missing), total, missing["path"].iloc[0])
     if len(missing) > max_missing_fraction * total:
@@ -286,16 +314,19 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
                            f"{max_missing_fraction}); first: {missing['path'].iloc[0]}; to audit the others, allow a "
                            f"fraction of at least {need:g}: --max-missing-fraction {need:g} on the command line, the "
                            "dataset's max_missing_fraction in a workflow config")
+    if manifest.empty:
+        raise VlmbiasError(f"dataset {spec.get('root', kind)}: none of its {total} entries is usable "
+                           "(each skip and its reason is in the log)")
     if manifest["image_id"].duplicated().any():
         raise VlmbiasError(f"duplicate image ids, e.g. {manifest.loc[manifest['image_id'].duplicated(), 'image_id'].iloc[0]}")
     manifest = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
-    return manifest, distribution(manifest, classes), missing
+    return manifest, distribution(manifest, classes), listed
 
 
 def dataset_root(spec: dict, manifest: pd.DataFrame) -> Path:
     """The folder the manifest's paths are stored relative to: the dataset's root, or (hub copy) the
     folder its images were unpacked to."""
-    if spec.get("type") in ("fairface", "labelled-folder"):
+    if spec.get("type") in ("fairface", "labelled-folder", "utkface", "celeba", "facet"):
         return Path(spec["root"]).resolve()
     return common_folder(manifest["path"])
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from vlmbias.audit.models import Encoder, load_encoder
 from vlmbias.audit.queries import expand_query_set, strip_article
 from vlmbias.audit.shards import check_bad_fraction, shard_rows
-from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, crop_to, open_image
 from vlmbias import VlmbiasError
 from vlmbias.io import file_digest, parse_json_arg, provenance, read_table, run_cli, text_digest, write_npy, write_table
 from vlmbias.mitigate.debias import apply_projection, projection_for
@@ -29,15 +29,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    def __init__(self, paths: list[str], preprocess, max_pixels: int):
+    def __init__(self, paths: list[str], preprocess, max_pixels: int, crops: list | None = None):
         self.paths, self.preprocess, self.max_pixels = paths, preprocess, max_pixels
+        self.crops = crops
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return i, self.preprocess(open_image(self.paths[i], self.max_pixels)), ""
+            img = open_image(self.paths[i], self.max_pixels)
+            if self.crops is not None:  # one person of a photo (the manifest's `crop`)
+                img = crop_to(img, self.crops[i])
+            return i, self.preprocess(img), ""
         except Exception as e:  # any decode failure is reported per image, never fatal here
             return i, None, f"{type(e).__name__}: {e}"
 
@@ -50,11 +54,13 @@ def _collate(items):
 
 
 def embed_image_files(encoder: Encoder, paths: list[str], batch_size: int = 64, num_workers: int = 2,
-                      progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+                      progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, crops: list | None = None
                       ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-    """Encode images; returns (embeddings of the readable ones, their indices into paths, [(index, reason)])."""
+    """Encode images; returns (embeddings of the readable ones, their indices into paths, [(index, reason)]).
+    `crops`: per path an `x,y,width,height` box (or None) to encode instead of the whole image."""
     check_limit(max_pixels)  # a bad limit is one config error, not every image skipped
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, encoder.preprocess, max_pixels), batch_size=batch_size,
+    files = _ImageFiles(paths, encoder.preprocess, max_pixels, crops)
+    loader = torch.utils.data.DataLoader(files, batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate, shuffle=False)
     chunks, kept, bad = [], [], []
     for idx, pixels, failed in tqdm(loader, desc="embed images", unit="batch", disable=not progress):
@@ -83,7 +89,8 @@ def embed_images(manifest: pd.DataFrame, encoder: Encoder, batch_size=64, num_wo
 
     `max_bad_fraction=None` leaves that check to the caller (a shard: the merge checks the whole dataset)."""
     emb, kept, bad = embed_image_files(encoder, manifest["path"].tolist(), batch_size, num_workers,
-                                       max_pixels=max_pixels)
+                                       max_pixels=max_pixels,
+                                       crops=manifest["crop"].tolist() if "crop" in manifest.columns else None)
     skipped = pd.DataFrame({"image_id": [manifest["image_id"].iat[i] for i, _ in bad],
                             "path": [manifest["path"].iat[i] for i, _ in bad],
                             "reason": [r for _, r in bad]}, columns=["image_id", "path", "reason"])

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MetricsInputError", "class_counts", "fairness_disparity", "representation_disparity", "skew",
-    "max_skew", "min_skew", "ndkl", "uniform_target", "proportion_ci", "bootstrap_ci", "goodness_of_fit",
+    "max_skew", "min_skew", "ndkl", "kl_divergence", "uniform_target", "proportion_ci", "bootstrap_ci",
+    "goodness_of_fit",
     "match_rate", "confusion_matrix", "confusion_table", "audit_tables", "CLASS_COLUMNS", "SUMMARY_COLUMNS",
 ]
 
@@ -62,7 +63,7 @@ SUMMARY_COLUMNS = KEY_COLUMNS + [
     "max_skew_uniform", "max_skew_uniform_low", "max_skew_uniform_high", "min_skew_uniform",
     "max_skew_dataset", "max_skew_dataset_low", "max_skew_dataset_high", "min_skew_dataset",
     "ndkl_uniform", "ndkl_uniform_low", "ndkl_uniform_high", "ndkl_dataset", "ndkl_dataset_low",
-    "ndkl_dataset_high", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS \
+    "ndkl_dataset_high", "kl_dataset", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS \
     + FLAG_COLUMNS
 SKEW_CONVENTION = "published"  # raw share, absent class = 1/n (Geyik 2019; Berg 2022)
 INTERVAL_METHOD = "dirichlet"  # Dirichlet(counts + 1/C) posterior, holds the estimate (measured: benchmarks/COVERAGE.txt)
@@ -398,6 +399,26 @@ def ndkl(labels, classes: Sequence, target_props) -> float:
     return float(_ndkl_codes(_codes(labels, classes)[None, :], len(classes), q)[0])
 
 
+def _kl(c: np.ndarray, q: np.ndarray) -> float:
+    p = c / c.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / q), 0.0)
+    return float(terms.sum())
+
+
+def kl_divergence(counts, target_props) -> float:
+    """KL@k = KL(P_topk || P_target) = sum_c p_c ln(p_c / q_c), natural log, 0·ln 0 = 0, no
+    smoothing: p = the top k's class shares (its labelled items), q = the target mix (the dataset's
+    for the summary column `kl_dataset`). The retrieval KL of BendVLM (Gerych et al., NeurIPS 2024;
+    its released code's `get_kl`: the same direction against the dataset's attribute prior, natural
+    log, absent classes adding 0; its 1e-10 floor on the ratio never binds for a top k drawn from the
+    dataset), which SEM also reports; 0 when the mixes match, +inf when the top k holds a class the
+    target gives 0, NaN with no labelled item."""
+    c, index = _counts_array(counts)
+    q = _props(target_props, index, "target_props")
+    return _kl(c, q) if c.sum() > 0 else float("nan")
+
+
 def proportion_ci(count, n, level: float = 0.95, method: str = "wilson"):
     """Confidence interval (low, high) for a binomial proportion count/n, vectorised over arrays.
 
@@ -624,6 +645,7 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                     "flags": flags}))
                 row = {**keyd, "k": k, "n": n, "attribute": a, "fd_strict": float(_fd(c, True)) if n else np.nan,
                        "min_skew_uniform": _nanext(np.nanmin, sk_u), "min_skew_dataset": _nanext(np.nanmin, sk_d),
+                       "kl_dataset": _kl(c, q) if n else np.nan,
                        "chi2": chi2, "p_value": pval, "named_class": None, "match_rate": np.nan,
                        "match_low": np.nan, "match_high": np.nan, **convention, "flags": flags}
                 for m, v in est.items():

@@ -8,7 +8,9 @@ zero-shot from class prompts, and the tables report
 - `harmful.csv`: with a label set that mixes human classes (e.g. the 14 race x gender classes)
   and harmful ones (crime-related: thief, criminal, suspicious person; non-human: animal,
   gorilla, chimpanzee, orangutan), the share of each group's images given a crime-related or a
-  non-human label, with Wilson intervals (CLIP's Table 6 setting).
+  non-human label, with Wilson intervals (CLIP's Table 6 setting);
+- `worst_group.csv`: per classified attribute and grouping attribute, the worst group's accuracy
+  and the best-worst gap (SEM; DataComp's fairness evaluation), read off `accuracy.csv`.
 
 Prompts come from a preset (`presets/zeroshot_fairface.yaml`, with its sources) or an inline
 mapping `{attribute: {class: [prompts]}}`; several prompts of a class are averaged (prompt
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 ACCURACY_COLUMNS = ["model", "dataset", "attribute", "group_attribute", "group", "n", "correct", "accuracy",
                     "accuracy_low", "accuracy_high"]
+WORST_GROUP_COLUMNS = ["model", "dataset", "attribute", "group_attribute", "groups", "worst_group", "worst_n",
+                       "worst_accuracy", "worst_low", "worst_high", "best_group", "best_n", "best_accuracy", "gap"]
 HARMFUL_COLUMNS = ["model", "dataset", "label_set", "group_attribute", "group", "n", "crime_related",
                    "crime_rate", "crime_low", "crime_high", "non_human", "non_human_rate", "non_human_low",
                    "non_human_high"]
@@ -93,7 +97,7 @@ def _grouped(hit: np.ndarray, labels: pd.DataFrame, group_attrs: list[str]) -> p
 def accuracy_table(labels: pd.DataFrame, image_emb: np.ndarray, encoder, prompts: dict,
                    attributes: list[str]) -> pd.DataFrame:
     """Accuracy of classifying each attribute, within every group of every labelled attribute."""
-    group_attrs = [a for a in labels.columns if a not in ("image_id", "path")]
+    group_attrs = [a for a in labels.columns if a not in ("image_id", "path", "crop")]
     parts = []
     for attr in attributes:
         if attr not in prompts:
@@ -113,6 +117,26 @@ def accuracy_table(labels: pd.DataFrame, image_emb: np.ndarray, encoder, prompts
             .rename(columns={"hits": "correct", "rate": "accuracy", "low": "accuracy_low", "high": "accuracy_high"}))
 
 
+def worst_group_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Worst-group accuracy and the best-worst gap (SEM; DataComp's fairness evaluation): for each
+    classified `attribute` and each `group_attribute` (its own true classes included: the worst
+    class), the group with the lowest accuracy among the groups with at least one image, its Wilson
+    interval, the best group, and `gap` = best - worst accuracy (accuracy scale [0, 1], not percent).
+    Ties go to the group whose name sorts first."""
+    rows = []
+    acc = accuracy[(accuracy["group_attribute"] != "all") & (accuracy["n"] > 0)]
+    for (attr, g_attr), g in acc.groupby(["attribute", "group_attribute"], sort=False):
+        by_acc = g.sort_values(["accuracy", "group"], kind="stable")
+        worst = by_acc.iloc[0]
+        best = g.assign(neg=-g["accuracy"]).sort_values(["neg", "group"], kind="stable").iloc[0]
+        rows.append({"attribute": attr, "group_attribute": g_attr, "groups": len(g), "worst_group": worst["group"],
+                     "worst_n": int(worst["n"]), "worst_accuracy": worst["accuracy"],
+                     "worst_low": worst["accuracy_low"],
+                     "worst_high": worst["accuracy_high"], "best_group": best["group"], "best_n": int(best["n"]),
+                     "best_accuracy": best["accuracy"], "gap": best["accuracy"] - worst["accuracy"]})
+    return pd.DataFrame(rows, columns=WORST_GROUP_COLUMNS[2:])
+
+
 def harmful_table(labels: pd.DataFrame, image_emb: np.ndarray, encoder, prompts: dict,
                   label_set: str = "table6") -> pd.DataFrame:
     """Share of each group's images labelled crime-related or non-human within a mixed label set."""
@@ -127,7 +151,7 @@ def harmful_table(labels: pd.DataFrame, image_emb: np.ndarray, encoder, prompts:
     pred = np.asarray(names, dtype=object)[predict(image_emb, emb)]
     crime = np.isin(pred, prompts.get("crime_related") or [])
     nonhuman = np.isin(pred, prompts.get("non_human") or [])
-    group_attrs = [a for a in labels.columns if a not in ("image_id", "path")]
+    group_attrs = [a for a in labels.columns if a not in ("image_id", "path", "crop")]
     c, h = _grouped(crime, labels, group_attrs), _grouped(nonhuman, labels, group_attrs)
     return pd.DataFrame({"label_set": label_set, "group_attribute": c["group_attribute"], "group": c["group"],
                          "n": c["n"], "crime_related": c["hits"], "crime_rate": c["rate"], "crime_low": c["low"],
@@ -149,6 +173,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-accuracy", required=True)
     p.add_argument("--out-harmful", required=True)
+    p.add_argument("--out-worst-group", help="worst-group accuracy and the best-worst gap per grouping")
     a = p.parse_args(argv)
     spec = parse_json_arg(a.spec_json, "--spec-json")
     prompts = load_prompts(spec)
@@ -162,6 +187,9 @@ def main(argv=None) -> None:
     harm = harmful_table(labels, emb, encoder, prompts, spec.get("label_set", "table6")).assign(**key)[HARMFUL_COLUMNS]
     write_table(acc, a.out_accuracy)
     write_table(harm, a.out_harmful)
+    if a.out_worst_group:
+        worst = worst_group_table(acc).assign(**key)[WORST_GROUP_COLUMNS]
+        write_table(worst, a.out_worst_group)
     for r in acc[acc["group"] == "all"].itertuples():
         log.info("%s zero-shot accuracy %.3f (%d images)", r.attribute, r.accuracy, r.n)
 

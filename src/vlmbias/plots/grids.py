@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageOps
 
-from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, open_image
+from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, crop_to, open_image
 from vlmbias.io import atomic_path
 from vlmbias.plots.base import GREY, PlotInputError, check_k, pil_font, require
 
@@ -88,12 +88,16 @@ def _blank_tile(thumb: int, label: str, font) -> Image.Image:
     return tile
 
 
-def _tile(path, thumb: int, font, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def _tile(path, thumb: int, font, max_pixels: int = DEFAULT_MAX_PIXELS, crop=None) -> Image.Image:
     if path is None or (isinstance(path, float) and math.isnan(path)) or str(path) == "":
         log.warning("grid: no path for an image; drawing a grey tile")
         return _blank_tile(thumb, "missing", font)
     try:
-        img = open_image(path, max_pixels, mode=None, exif_transpose=True)  # mode kept: alpha goes on white
+        # mode kept: alpha goes on white; a person's box (manifest `crop`) is in the stored orientation
+        cropped = crop is not None and isinstance(crop, str) and crop.strip() != ""
+        img = open_image(path, max_pixels, mode=None, exif_transpose=not cropped)
+        if cropped:
+            img = crop_to(img, crop)
         if img.mode not in ("RGB", "L"):
             img = img.convert("RGBA")
             bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -169,7 +173,8 @@ def image_grid(rankings: pd.DataFrame, query_id: str, k: int, out_png, ncols: in
     for i, (rank, image_id) in enumerate(zip(r["rank"], r["image_id"])):
         x = GRID_PAD + (i % cols) * (thumb + GRID_PAD)
         y = top + (i // cols) * (thumb + line * (1 + len(labels)) + GRID_PAD)
-        canvas.paste(_tile(lookup.get(image_id), thumb, font, max_pixels), (x, y))
+        crop = r["crop"].iat[i] if "crop" in r.columns else None  # one person of a photo (FACET)
+        canvas.paste(_tile(lookup.get(image_id), thumb, font, max_pixels, crop), (x, y))
         head = f"#{rank}" + (f"  {scores[i]:.3f}" if scores is not None and np.isfinite(scores[i]) else "")
         for j, t in enumerate([head, *captions[i]]):
             draw.text((x + 1, y + thumb + 1 + j * line), _fit(t, font, thumb - 2), fill="black", font=font)
