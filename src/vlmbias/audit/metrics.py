@@ -60,7 +60,7 @@ SUMMARY_COLUMNS = KEY_COLUMNS + [
     "ndkl_uniform", "ndkl_uniform_low", "ndkl_uniform_high", "ndkl_dataset", "ndkl_dataset_low",
     "ndkl_dataset_high", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS
 SKEW_CONVENTION = "published"  # raw share, absent class = 1/n (Geyik 2019; Berg 2022)
-INTERVAL_METHOD = "dirichlet"  # Dirichlet(counts + 1/C) posterior, holds the estimate (measured: benchmarks/COVERAGE.txt)
+INTERVAL_METHOD = "dirichlet-test"  # bias-corrected posterior + test inversion at the target (measured: benchmarks/COVERAGE.txt)
 N_SIM = 10_000
 
 
@@ -174,10 +174,14 @@ def _ndkl_codes(codes: np.ndarray, n_classes: int, q: np.ndarray) -> np.ndarray:
     return kl @ w / w.sum()
 
 
-INTERVAL_METHODS = ("bootstrap-normal", "bootstrap-percentile", "dirichlet")
+INTERVAL_METHODS = ("bootstrap-normal", "bootstrap-percentile", "dirichlet", "dirichlet-test")
 INTERVAL_WORDS = {"bootstrap-normal": "bootstrap (estimate +- 1.96 SE, clipped)",
                   "bootstrap-percentile": "bootstrap percentile",
-                  "dirichlet": "Dirichlet posterior of the shares (prior 1/C per class), holding the estimate"}
+                  "dirichlet": "Dirichlet posterior of the shares (prior 1/C per class), holding the estimate",
+                  "dirichlet-test": "Dirichlet posterior of the shares, bias-corrected, reaching the value at the "
+                                    "target wherever the goodness-of-fit test does not reject it; NDKL by a "
+                                    "rank-keeping bootstrap; FD from simultaneous share intervals (inf when a "
+                                    "share may be 0)"}
 PRIOR_MASS = 1.0  # Dirichlet prior: 1/C per class (Perks), total one item; Jeffreys' 1/2 for two classes
 
 
@@ -583,6 +587,14 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                     ci, (rd_lo, rd_hi) = _posterior_intervals(c, est, rd, q, u, n_boot, seed, level, skew_eps)
                     chi2, pval = _gof(c, q, n_sim, seed, gof_null)
                     p_lo, p_hi = proportion_ci(c, np.full(C, n), level, ci_method)
+                elif n and interval == "dirichlet-test":
+                    chi2, pval = _gof(c, q, n_sim, seed, gof_null)
+                    p_u = pval if np.allclose(u, q) else _gof(c, u, n_sim, seed, gof_null)[1]
+                    if n not in boot_idx:
+                        boot_idx[n] = _boot_index(n, n_boot, seed)
+                    ci, (rd_lo, rd_hi) = _test_intervals(codes, c, est, rd, q, u, n_boot, seed, level, skew_eps,
+                                                         {"dataset": pval, "uniform": p_u}, boot_idx[n])
+                    p_lo, p_hi = proportion_ci(c, np.full(C, n), level, ci_method)
                 elif n:
                     if n not in boot_idx:
                         boot_idx[n] = _boot_index(n, n_boot, seed)
@@ -659,11 +671,92 @@ def _posterior_intervals(c, est, rd, q, u, n_draws, seed, level, skew_eps):
             # sits below the observed minimum (itself biased low), so FD's posterior lies above the truth
             # (measured coverage 0.1-0.3 with 7 classes); estimate +- z posterior SD instead
             ci[m] = _boot_interval(values, est[m], level, "bootstrap-normal", bounds)
+            if (c[q > 0] == 0).any():  # the SD is then ruled by draws near 0: say unbounded, not a random 1e25
+                ci[m] = (ci[m][0], np.inf)
             continue
         lo, hi = _interval(values, level)
         if floor is not None and shares_hold_target(c, floor[0], level):
             lo = min(lo, floor[1])
         ci[m] = _hold(lo, hi, est[m], bounds)
+    rd_lo, rd_hi = _interval(_rd(dc, q), level)
+    return ci, _hold(rd_lo, rd_hi, rd, (-100.0, np.inf))
+
+
+def fd_simultaneous(c, active, level: float) -> tuple[float, float]:
+    """FD interval from simultaneous share intervals: each active class's Clopper-Pearson interval
+    at level 1 - (1 - level) / C (Bonferroni), so all C hold together with probability >= level;
+    FD = largest / smallest share then lies in [max(1, max low / min high), max high / min low].
+    The upper end is inf (unbounded) where a class may have share 0 (a zero count)."""
+    x = np.asarray(c, dtype=float)[np.asarray(active, dtype=bool)]
+    n, C = x.sum(), len(x)
+    a = (1.0 - level) / C
+    lo = np.where(x > 0, stats.beta.ppf(a / 2, x, n - x + 1), 0.0)
+    hi = np.where(x < n, stats.beta.ppf(1 - a / 2, x + 1, n - x), 1.0)
+    with np.errstate(divide="ignore"):
+        return max(1.0, float(lo.max() / hi.min())), float(hi.max() / lo.min()) if lo.min() > 0 else np.inf
+
+
+@functools.lru_cache(maxsize=256)
+def _ndkl_at_target(n: int, q_bytes: bytes, draws: int = 400) -> float:
+    """NDKL's estimand where the model retrieves at the target q: its mean over `draws` rankings
+    of n items drawn from q (fixed seed: a property of (n, q), not of the data)."""
+    q = np.frombuffer(q_bytes)
+    codes = np.random.default_rng(12345).choice(len(q), size=(draws, n), p=q)
+    return float(_ndkl_codes(codes, len(q), q).mean())
+
+
+def _test_intervals(codes, c, est, rd, q, u, n_draws, seed, level, skew_eps, p_target, boot_idx):
+    """Interval method ``dirichlet-test`` for one (query, k, attribute).
+
+    - TVD, MaxSkew (and FD with two classes): the Dirichlet(counts + 1/C) posterior of the shares
+      as in ``dirichlet``, its equal-tailed interval shifted down by twice the posterior's bias
+      (posterior mean minus the estimate), which centres it on the bias-corrected estimate: a
+      distance estimated from noisy shares sits above the truth, and the posterior above it again.
+      Its lower end reaches the metric's value at the target (0; FD 1) wherever the goodness-of-fit
+      test against that target does not reject at 1 - `level` (`p_target`: {"uniform": p,
+      "dataset": p}): test inversion, so that a model at parity has its interval hold 0 as often as
+      the test keeps it.
+    - NDKL: a bootstrap that keeps rank order (sorted resampled positions, `boot_idx`), its
+      percentile interval shifted down by the bootstrap's bias (resampling adds ties, raising
+      NDKL); the estimate is itself unbiased for NDKL's expectation. Lower end: NDKL's expected
+      value at the target where the test does not reject it.
+    - FD with more than two classes: `fd_simultaneous` (inf where a share may be 0).
+    Every interval is clipped to the metric's range and widened to hold its estimate.
+    Returns ({metric: (low, high)}, (rd_low, rd_high))."""
+    n, C = int(c.sum()), len(c)
+    alpha = 1.0 - level
+    shares = posterior_shares(c, q > 0, n_draws, seed)
+    dc = shares * n
+    smooth = skew_eps is not None  # a smoothed MaxSkew is not 0 at its target: no floor for it
+    # metric: (posterior values, range, value at the target or None, which target's test)
+    post = {"tvd": (_tvd(dc, q), (0.0, 1.0), 0.0, "dataset"),
+            "max_skew_uniform": (_rowmax(_skew(dc, u, skew_eps)), (-np.inf, np.inf), None if smooth else 0.0, "uniform"),
+            "max_skew_dataset": (_rowmax(_skew(dc, q, skew_eps)), (-np.inf, np.inf), None if smooth else 0.0, "dataset")}
+    if (q > 0).sum() <= 2:
+        post["fd"] = (_fd(dc, False), (1.0, np.inf), 1.0, "uniform")
+    ci = {}
+    for m, (values, bounds, floor, target) in post.items():
+        lo, hi = _interval(values, level)
+        shift = 2.0 * (np.nanmean(values) - est[m]) if np.isfinite(est[m]) else 0.0
+        lo, hi = lo - shift, hi - shift
+        if floor is not None and p_target[target] > alpha:
+            lo = min(lo, floor)
+        ci[m] = _hold(lo, hi, est[m], bounds)
+    if "fd" not in ci:
+        ci["fd"] = _hold(*fd_simultaneous(c, q > 0, level), est["fd"], (1.0, np.inf))
+    bc, _ = _resample(codes, C, boot_idx)
+    for m, t, target in (("ndkl_uniform", u, "uniform"), ("ndkl_dataset", q, "dataset")):
+        values = _ndkl_codes(bc, C, t)
+        finite = values[np.isfinite(values)]
+        if not np.isfinite(est[m]) or not len(finite):
+            ci[m] = (est[m], est[m])
+            continue
+        lo, hi = _interval(finite, level)
+        shift = finite.mean() - est[m]
+        lo, hi = lo - shift, hi - shift
+        if p_target[target] > alpha:
+            lo = min(lo, _ndkl_at_target(n, np.ascontiguousarray(t, dtype=float).tobytes()))
+        ci[m] = _hold(lo, hi, est[m], (0.0, np.inf))
     rd_lo, rd_hi = _interval(_rd(dc, q), level)
     return ci, _hold(rd_lo, rd_hi, rd, (-100.0, np.inf))
 
