@@ -590,10 +590,8 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                 elif n and interval == "dirichlet-test":
                     chi2, pval = _gof(c, q, n_sim, seed, gof_null)
                     p_u = pval if np.allclose(u, q) else _gof(c, u, n_sim, seed, gof_null)[1]
-                    if n not in boot_idx:
-                        boot_idx[n] = _boot_index(n, n_boot, seed)
                     ci, (rd_lo, rd_hi) = _test_intervals(codes, c, est, rd, q, u, n_boot, seed, level, skew_eps,
-                                                         {"dataset": pval, "uniform": p_u}, boot_idx[n])
+                                                         {"dataset": pval, "uniform": p_u})
                     p_lo, p_hi = proportion_ci(c, np.full(C, n), level, ci_method)
                 elif n:
                     if n not in boot_idx:
@@ -696,65 +694,111 @@ def fd_simultaneous(c, active, level: float) -> tuple[float, float]:
         return max(1.0, float(lo.max() / hi.min())), float(hi.max() / lo.min()) if lo.min() > 0 else np.inf
 
 
+RAY_POINTS, RAY_SIMS = 41, 200  # test inversion along the ray: grid points, simulated rankings per point
+# NDKL interval of `dirichlet-test`: up to NDKL_BLOCKS blocks of ranks of at least NDKL_BLOCK_ITEMS and 10 x C
+# items each (the shares may change down the ranking; smaller blocks' diffuse posteriors inflate NDKL), NDKL_INNER_TEST predictive rankings per share draw
+NDKL_BLOCKS, NDKL_BLOCK_ITEMS, NDKL_INNER_TEST = 8, 25, 4
+
+
 @functools.lru_cache(maxsize=256)
-def _ndkl_at_target(n: int, q_bytes: bytes, draws: int = 400) -> float:
-    """NDKL's estimand where the model retrieves at the target q: its mean over `draws` rankings
-    of n items drawn from q (fixed seed: a property of (n, q), not of the data)."""
+def _ndkl_at_target(n: int, q_bytes: bytes, draws: int = 2000) -> float:
+    """NDKL's estimand where the model retrieves at the target q: its mean over `draws` rankings of
+    n items drawn from q (a fixed seed: a property of (n, q), not of the data)."""
     q = np.frombuffer(q_bytes)
     codes = np.random.default_rng(12345).choice(len(q), size=(draws, n), p=q)
     return float(_ndkl_codes(codes, len(q), q).mean())
 
 
-def _test_intervals(codes, c, est, rd, q, u, n_draws, seed, level, skew_eps, p_target, boot_idx):
+def ray_interval(c, t, metric: Callable, p_target: float, level: float, seed, points: int = RAY_POINTS,
+                 sims: int = RAY_SIMS) -> tuple[float, float]:
+    """Test inversion of a count metric along the ray from the target shares t through the observed
+    shares: the shares p(l) = t + l (counts / n - t) for l from 0 (the target) to where a share
+    reaches 0. Each p(l) is kept unless the observed metric lies in either 1 - level / 2 tail of the
+    metric of `sims` multinomial(n, p(l)) draws; p(0), the target, is kept unless the goodness-of-fit
+    test rejects it (`p_target` <= 1 - level), so the lower end reaches the metric's value at the
+    target exactly when the test does not reject. Returns (min, max) of the metric over the kept
+    points, (nan, nan) if none is kept. `metric` maps a [B, C] counts array to [B] values."""
+    n = int(round(c.sum()))
+    d = c / n - t
+    neg = d < 0
+    lmax = float(np.min(t[neg] / -d[neg])) if neg.any() else 1.0
+    lam = np.linspace(0.0, lmax, points)
+    p = np.clip(t[None, :] + lam[:, None] * d[None, :], 0.0, None)
+    p /= p.sum(axis=1, keepdims=True)
+    draws = np.random.default_rng(seed).multinomial(n, p, size=(sims, points)).astype(float)
+    sim = metric(draws.reshape(-1, len(c))).reshape(sims, points)
+    est = float(metric(c[None, :].astype(float))[0])
+    tol = 1e-9 * max(1.0, abs(est))
+    alpha = 1.0 - level
+    kept = ((sim >= est - tol).mean(axis=0) > alpha / 2) & ((sim <= est + tol).mean(axis=0) > alpha / 2)
+    kept[0] = p_target > alpha
+    if not kept.any():
+        return np.nan, np.nan
+    values = metric(p * n)
+    return float(values[kept].min()), float(values[kept].max())
+
+
+def _test_intervals(codes, c, est, rd, q, u, n_draws, seed, level, skew_eps, p_target):
     """Interval method ``dirichlet-test`` for one (query, k, attribute).
 
-    - TVD, MaxSkew (and FD with two classes): the Dirichlet(counts + 1/C) posterior of the shares
-      as in ``dirichlet``, its equal-tailed interval shifted down by twice the posterior's bias
-      (posterior mean minus the estimate), which centres it on the bias-corrected estimate: a
-      distance estimated from noisy shares sits above the truth, and the posterior above it again.
-      Its lower end reaches the metric's value at the target (0; FD 1) wherever the goodness-of-fit
-      test against that target does not reject at 1 - `level` (`p_target`: {"uniform": p,
-      "dataset": p}): test inversion, so that a model at parity has its interval hold 0 as often as
-      the test keeps it.
-    - NDKL: a bootstrap that keeps rank order (sorted resampled positions, `boot_idx`), its
-      percentile interval shifted down by the bootstrap's bias (resampling adds ties, raising
-      NDKL); the estimate is itself unbiased for NDKL's expectation. Lower end: NDKL's expected
-      value at the target where the test does not reject it.
-    - FD with more than two classes: `fd_simultaneous` (inf where a share may be 0).
+    - TVD and MaxSkew: the lower end by test inversion along the ray from the target through the
+      observed shares (`ray_interval`): at the target's value (0) exactly when the goodness-of-fit
+      test against that target (`p_target`: {"uniform": p, "dataset": p}) does not reject, so a
+      model at parity has its interval hold 0 as often as the test keeps parity. The upper end:
+      the larger of the ray's and the Dirichlet(counts + 1/C) posterior's (as ``dirichlet``),
+      since the truth need not lie on the ray.
+    - NDKL: its estimand is its expectation over rankings of length n. The ranking is cut into
+      blocks of ranks (one per max(NDKL_BLOCK_ITEMS, 10 C) items, at most NDKL_BLOCKS), each block's shares
+      drawn from its own Dirichlet posterior, so shares that change down the ranking are kept
+      (a single posterior treats ranks as exchangeable, while NDKL weights the top ranks); each
+      draw's NDKL is the mean over NDKL_INNER_TEST predictive rankings; equal-tailed interval.
+      Lower end: NDKL's expectation at the target where the test does not reject it.
+    - FD: two classes, the posterior interval with the target's value 1 kept where the test does
+      not reject; more classes, `fd_simultaneous` (inf where a share may be 0).
+    - RD: the posterior interval, as ``dirichlet``.
     Every interval is clipped to the metric's range and widened to hold its estimate.
     Returns ({metric: (low, high)}, (rd_low, rd_high))."""
     n, C = int(c.sum()), len(c)
     alpha = 1.0 - level
-    shares = posterior_shares(c, q > 0, n_draws, seed)
+    active = q > 0
+    shares = posterior_shares(c, active, n_draws, seed)
     dc = shares * n
-    smooth = skew_eps is not None  # a smoothed MaxSkew is not 0 at its target: no floor for it
-    # metric: (posterior values, range, value at the target or None, which target's test)
-    post = {"tvd": (_tvd(dc, q), (0.0, 1.0), 0.0, "dataset"),
-            "max_skew_uniform": (_rowmax(_skew(dc, u, skew_eps)), (-np.inf, np.inf), None if smooth else 0.0, "uniform"),
-            "max_skew_dataset": (_rowmax(_skew(dc, q, skew_eps)), (-np.inf, np.inf), None if smooth else 0.0, "dataset")}
-    if (q > 0).sum() <= 2:
-        post["fd"] = (_fd(dc, False), (1.0, np.inf), 1.0, "uniform")
+    ray_seed = None if seed is None else int(seed) + 2
     ci = {}
-    for m, (values, bounds, floor, target) in post.items():
-        lo, hi = _interval(values, level)
-        shift = 2.0 * (np.nanmean(values) - est[m]) if np.isfinite(est[m]) else 0.0
-        lo, hi = lo - shift, hi - shift
-        if floor is not None and p_target[target] > alpha:
-            lo = min(lo, floor)
-        ci[m] = _hold(lo, hi, est[m], bounds)
-    if "fd" not in ci:
-        ci["fd"] = _hold(*fd_simultaneous(c, q > 0, level), est["fd"], (1.0, np.inf))
-    bc, _ = _resample(codes, C, boot_idx)
-    for m, t, target in (("ndkl_uniform", u, "uniform"), ("ndkl_dataset", q, "dataset")):
-        values = _ndkl_codes(bc, C, t)
-        finite = values[np.isfinite(values)]
-        if not np.isfinite(est[m]) or not len(finite):
-            ci[m] = (est[m], est[m])
+    for m, t, fn, bounds in (
+            ("tvd", q, lambda x: _tvd(x, q), (0.0, 1.0)),
+            ("max_skew_uniform", u, lambda x: _rowmax(_skew(x, u, skew_eps)), (-np.inf, np.inf)),
+            ("max_skew_dataset", q, lambda x: _rowmax(_skew(x, q, skew_eps)), (-np.inf, np.inf))):
+        target = "uniform" if t is u else "dataset"
+        post_lo, post_hi = _interval(fn(dc), level)
+        if (c[~active] > 0).any():  # a retrieved class the target lacks: the ray is undefined
+            ci[m] = _hold(post_lo, post_hi, est[m], bounds)
             continue
-        lo, hi = _interval(finite, level)
-        shift = finite.mean() - est[m]
-        lo, hi = lo - shift, hi - shift
-        if p_target[target] > alpha:
+        lo, hi = ray_interval(c, t, fn, p_target[target], level, ray_seed)
+        if not np.isfinite(lo):
+            lo, hi = post_lo, post_hi
+        ci[m] = _hold(lo, max(hi, post_hi), est[m], bounds)
+    if active.sum() <= 2:
+        lo, hi = _interval(_fd(dc, False), level)
+        if p_target["uniform"] > alpha:
+            lo = min(lo, 1.0)
+        ci["fd"] = _hold(lo, hi, est["fd"], (1.0, np.inf))
+    else:
+        ci["fd"] = _hold(*fd_simultaneous(c, active, level), est["fd"], (1.0, np.inf))
+    # NDKL: share draws block by block (each block of ranks from its own counts), each draw's NDKL
+    # the mean over NDKL_INNER_TEST predictive rankings
+    blocks = int(np.clip(n // max(NDKL_BLOCK_ITEMS, 10 * int(active.sum())), 1, NDKL_BLOCKS))
+    edges = np.linspace(0, n, blocks + 1).round().astype(int)
+    outer = max(n_draws // NDKL_INNER_TEST, 1)
+    rng = np.random.default_rng(None if seed is None else int(seed) + 3)
+    pred = np.concatenate([
+        posterior_codes(np.repeat(posterior_shares(np.bincount(codes[a:b], minlength=C), active, outer, rng),
+                                  NDKL_INNER_TEST, axis=0), b - a, rng)
+        for a, b in zip(edges[:-1], edges[1:])], axis=1)
+    for m, t in (("ndkl_uniform", u), ("ndkl_dataset", q)):
+        target = "uniform" if m == "ndkl_uniform" else "dataset"
+        lo, hi = _interval(_ndkl_codes(pred, C, t).reshape(outer, NDKL_INNER_TEST).mean(axis=1), level)
+        if p_target[target] > alpha and np.isfinite(lo):
             lo = min(lo, _ndkl_at_target(n, np.ascontiguousarray(t, dtype=float).tobytes()))
         ci[m] = _hold(lo, hi, est[m], (0.0, np.inf))
     rd_lo, rd_hi = _interval(_rd(dc, q), level)
