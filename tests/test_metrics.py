@@ -250,7 +250,7 @@ DOC_SUMMARY = ("model, dataset, query_set, query_id, query, k, n, attribute, fd,
                "max_skew_uniform, max_skew_uniform_low, max_skew_uniform_high, min_skew_uniform, "
                "max_skew_dataset, max_skew_dataset_low, max_skew_dataset_high, min_skew_dataset, "
                "ndkl_uniform, ndkl_uniform_low, ndkl_uniform_high, ndkl_dataset, ndkl_dataset_low, ndkl_dataset_high, "
-               "chi2, p_value, named_class, match_rate, match_low, match_high, skew_convention, "
+               "chi2, p_value, p_adjusted, skew_test, named_class, match_rate, match_low, match_high, skew_convention, "
                "interval_method, interval_undercovers").split(", ")
 
 

@@ -60,8 +60,10 @@ def mean_interval(values, low, high) -> tuple[float, float, float, int]:
     if not n:
         return np.nan, np.nan, np.nan, 0
     v, lo, hi = v[keep], lo[keep], hi[keep]
-    se = np.maximum(v - lo, hi - v) / Z
     mean = float(v.mean())
+    if np.isinf(hi).any():  # an unbounded member: the mean is unbounded above, bounded below by the lower sides
+        return mean, mean - Z * float(np.sqrt((((v - lo) / Z) ** 2).sum())) / n, np.inf, n
+    se = np.maximum(v - lo, hi - v) / Z
     half = Z * float(np.sqrt((se ** 2).sum())) / n
     return mean, mean - half, mean + half, n
 

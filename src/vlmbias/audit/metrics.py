@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MetricsInputError", "class_counts", "fairness_disparity", "representation_disparity", "skew",
     "max_skew", "min_skew", "ndkl", "uniform_target", "proportion_ci", "bootstrap_ci", "goodness_of_fit",
+    "adjust_p", "skew_verdicts",
     "match_rate", "confusion_matrix", "confusion_table", "audit_tables", "CLASS_COLUMNS", "SUMMARY_COLUMNS",
 ]
 
@@ -58,10 +59,12 @@ SUMMARY_COLUMNS = KEY_COLUMNS + [
     "max_skew_uniform", "max_skew_uniform_low", "max_skew_uniform_high", "min_skew_uniform",
     "max_skew_dataset", "max_skew_dataset_low", "max_skew_dataset_high", "min_skew_dataset",
     "ndkl_uniform", "ndkl_uniform_low", "ndkl_uniform_high", "ndkl_dataset", "ndkl_dataset_low",
-    "ndkl_dataset_high", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS
+    "ndkl_dataset_high", "chi2", "p_value", "p_adjusted", "skew_test", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS
 SKEW_CONVENTION = "published"  # raw share, absent class = 1/n (Geyik 2019; Berg 2022)
 INTERVAL_METHOD = "dirichlet-test"  # bias-corrected posterior + test inversion at the target (measured: benchmarks/COVERAGE.txt)
 N_SIM = 10_000
+SKEW_TEST = "benjamini-hochberg"  # multiplicity adjustment of `p_value` across a query set's queries
+SKEW_ALPHA = 0.05  # a query is `skewed` where its adjusted p-value is at most this
 
 
 class MetricsInputError(VlmbiasError, ValueError):
@@ -315,6 +318,48 @@ def _gof(c: np.ndarray, p: np.ndarray, n_sim: int, seed, cache: dict | None = No
     return chi2, monte_carlo_p(chi2, null)
 
 
+def adjust_p(p_values, method: str = SKEW_TEST) -> np.ndarray:
+    """Multiplicity-adjusted p-values over a family of tests; NaN stays NaN and is not counted.
+    ``benjamini-hochberg`` (false discovery rate; under the global null, as for a fair model, it
+    also bounds the chance of any false "skewed" by alpha): p_(i) m / i, made monotone from the
+    largest down; ``holm`` (family-wise error): max over j <= i of p_(j) (m - j + 1); ``none``."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    m = int(ok.sum())
+    if not m:
+        return out
+    order = np.argsort(p[ok], kind="stable")
+    ps = p[ok][order]
+    i = np.arange(1, m + 1)
+    if method == "benjamini-hochberg":
+        adj = np.minimum.accumulate((ps * m / i)[::-1])[::-1]
+    elif method == "holm":
+        adj = np.maximum.accumulate(ps * (m - i + 1))
+    elif method == "none":
+        adj = ps
+    else:
+        raise MetricsInputError(f"unknown p-value adjustment {method!r}; expected benjamini-hochberg, holm or none")
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out
+
+
+def skew_verdicts(summary: pd.DataFrame, method: str = SKEW_TEST, alpha: float = SKEW_ALPHA) -> pd.DataFrame:
+    """`summary` with `p_adjusted` (its `p_value` adjusted by `method` across the queries of each
+    (model, dataset, query set, k, attribute)) and `skew_test`: `skewed` where p_adjusted <= alpha,
+    `no skew shown` where not, null where untested (no labelled item)."""
+    out = summary.copy()
+    keys = ["model", "dataset", "query_set", "k", "attribute"]
+    adj = pd.Series(np.nan, index=out.index)
+    for _, g in out.groupby(keys, sort=False, dropna=False):
+        adj.loc[g.index] = adjust_p(g["p_value"].to_numpy(dtype=float), method)
+    out["p_adjusted"] = adj
+    out["skew_test"] = np.where(adj.isna(), None, np.where(adj <= alpha, "skewed", "no skew shown"))
+    return out
+
+
 def _check_level(level: float) -> None:
     if not 0 < level < 1:
         raise MetricsInputError(f"level must be in (0, 1), got {level}")
@@ -535,7 +580,8 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
     ``rd_*``, ``fd_*``, ``max_skew_*`` and ``ndkl_*`` by the bootstrap (``n_boot`` resamples of the
     top k, rank order kept for NDKL, ``seed`` reused for every (query, k, attribute)) with method
     ``interval`` (column ``interval_method``). ``p_value`` is the Monte-Carlo goodness-of-fit
-    p-value. For queries that name a group (columns ``names_attribute``/``names_class``), the
+    p-value against the dataset distribution; ``p_adjusted`` and ``skew_test`` the parity verdict
+    across the query set (`skew_verdicts`: Benjamini-Hochberg, skewed at adjusted p <= 0.05). For queries that name a group (columns ``names_attribute``/``names_class``), the
     summary row of the named attribute carries ``named_class`` and ``match_rate`` with its
     interval; other rows have them null. ``attributes`` empty or None means every attribute.
     """
@@ -632,7 +678,7 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                     row.update(named_class=named_cls, match_rate=rate, match_low=lo, match_high=hi)
                 summary_rows.append(row)
     classes_df = pd.concat(class_parts, ignore_index=True)[CLASS_COLUMNS]
-    summary_df = pd.DataFrame(summary_rows, columns=SUMMARY_COLUMNS)
+    summary_df = skew_verdicts(pd.DataFrame(summary_rows, columns=SUMMARY_COLUMNS))
     return classes_df, summary_df
 
 
