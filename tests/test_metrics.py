@@ -282,7 +282,7 @@ def test_audit_tables_cells_and_columns(tables):
     cl, sm = m.audit_tables(r, dist, [2, 4], n_boot=200, seed=0)
     assert cl.columns.tolist() == DOC_CLASSES
     assert sm.columns.tolist() == DOC_SUMMARY
-    assert set(sm["skew_convention"]) == {"published"} and set(sm["interval_method"]) == {"dirichlet"}
+    assert set(sm["skew_convention"]) == {"published"} and set(sm["interval_method"]) == {m.INTERVAL_METHOD}
     assert len(sm) == 2 * 2 * 2 and len(cl) == 2 * 2 * (2 + 3)
 
     c = cl.set_index(["query", "k", "attribute", "class"])

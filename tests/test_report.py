@@ -35,7 +35,9 @@ def test_summary_page_and_headline_table():
                 rows.append({"model": model, "query_set": "s", "query": "a doctor", "attribute": attr, "k": k,
                              "max_skew_uniform": skew if k == 200 else 9.9, "max_skew_uniform_low": skew - 0.1,
                              "max_skew_uniform_high": skew + 0.1, "interval_undercovers": "",
-                             "skew_convention": "published", "interval_method": "bootstrap-normal"})
+                             "skew_convention": "published", "interval_method": "bootstrap-normal",
+                             "p_value": 1e-4 if skew else 0.6, "p_adjusted": 1e-3 if skew else 0.6,
+                             "skew_test": "skewed" if skew else "no skew shown"})
     head = headline_table(pd.DataFrame(rows))
     assert set(head["k"]) == {200} and set(head["attribute"]) == {"gender", "race"}  # largest k, gender & race
     assert head.set_index(["model", "attribute"]).loc[("a", "gender"), "max_skew_uniform"] == 0.4055
@@ -43,7 +45,9 @@ def test_summary_page_and_headline_table():
     config = {"run_name": "r", "datasets": {"d": {}}, "models": {"a": {}, "b": {}}, "calibration": {"x": 1},
               "retrieval": {"k": [20, 200]}}
     rst = summary_rst(config, head, checks, None)
-    assert "1 of 2 checks passed; failed: y" in rst and "0.406 [0.305, 0.506]" in rst
+    assert "1 of 2 checks passed; failed: y" in rst and "0.406 [0.305, 0.506] skewed" in rst
+    assert "0.000 [-0.100, 0.100] no skew shown" in rst and "2 of 4 (query, model) rows show a skew" in rst
+    assert list(head.columns[6:10]) == ["low", "high", "p_adjusted", "skew_test"]
     assert "MaxSkew as published (raw share" in rst and "the rest bootstrap-normal" in rst
     # links only to the categories this run has (two models: their leaderboard)
     assert "Calibration_" in rst and "Leaderboard_" in rst and "Mitigation_" not in rst
