@@ -40,14 +40,23 @@ def main() -> None:
     p.add_argument("--interval", nargs="+", default=["dirichlet", "dirichlet-test"], choices=metrics.INTERVAL_METHODS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the table as CSV")
-    p.add_argument("--write-lookup", action="store_true", help=f"write {metrics.COVERAGE_TABLE}")
+    p.add_argument("--write-lookup", action="store_true",
+                   help=f"write {metrics.COVERAGE_TABLE} (rows of interval methods not simulated here are kept)")
+    p.add_argument("--from-csv", nargs="+", help="print (and --write-lookup) the union of earlier --out tables "
+                   "instead of simulating (a grid run in parts)")
     a = p.parse_args()
     t0 = time.perf_counter()
-    table = simulate_coverage(a.ks, a.shares, a.replicates, a.n_boot, a.seed, a.interval, a.attributes)
-    mc = np.sqrt(0.95 * 0.05 / a.replicates)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {a.replicates} replicates "
-          f"(Monte-Carlo SE of a coverage near 0.95: {mc:.3f}), {a.n_boot} bootstrap resamples / posterior "
-          f"draws, seed {a.seed}, {time.perf_counter() - t0:.0f} s")
+    if a.from_csv:
+        table = pd.concat([pd.read_csv(f) for f in a.from_csv], ignore_index=True)
+        reps = int(table["replicates"].min())
+        print(f"# the union of {len(a.from_csv)} tables, {reps}+ replicates per cell (Monte-Carlo SE of a coverage "
+              f"near 0.95: {np.sqrt(0.95 * 0.05 / reps):.3f})")
+    else:
+        table = simulate_coverage(a.ks, a.shares, a.replicates, a.n_boot, a.seed, a.interval, a.attributes)
+        mc = np.sqrt(0.95 * 0.05 / a.replicates)
+        print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {a.replicates} replicates "
+              f"(Monte-Carlo SE of a coverage near 0.95: {mc:.3f}), {a.n_boot} bootstrap resamples / posterior "
+              f"draws, seed {a.seed}, {time.perf_counter() - t0:.0f} s")
     table["cell"] = np.where(table["scenario"] == "decay", "decay",
                              np.where(np.isclose(table["share"], 1.0 / table["classes"], atol=1e-3), "parity",
                                       table["share"].map("{:g}".format)))
@@ -66,7 +75,10 @@ def main() -> None:
     if a.out:
         table.drop(columns="cell").to_csv(a.out, index=False)
     if a.write_lookup:
-        lookup_table(table).to_csv(metrics.COVERAGE_TABLE, index=False)
+        new = lookup_table(table)
+        old = pd.read_csv(metrics.COVERAGE_TABLE) if metrics.COVERAGE_TABLE.exists() else new.iloc[:0]
+        kept = old[~old["interval_method"].isin(set(new["interval_method"]))]
+        pd.concat([kept, new], ignore_index=True).to_csv(metrics.COVERAGE_TABLE, index=False)
 
 
 if __name__ == "__main__":
