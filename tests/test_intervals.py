@@ -76,3 +76,11 @@ def test_a_planted_skew_is_found():
     _, sm = _tables(codes, RACE, n_boot=100)
     assert (sm["skew_test"] == "skewed").all()
     assert (sm["max_skew_uniform_low"] > 0).all() and (sm["tvd_low"] > 0.2).all()
+
+
+def test_leaderboard_mean_of_an_unbounded_member_is_unbounded_above():
+    from vlmbias.audit.leaderboard import mean_interval
+
+    mean, lo, hi, n = mean_interval([1.0, 2.0], [0.5, 1.0], [1.5, np.inf])
+    # lower sides 0.5 and 1.0 are 1.96 SE each: half = sqrt(0.5^2 + 1^2) / 2
+    assert (mean, hi, n) == (1.5, np.inf, 2) and lo == pytest.approx(1.5 - np.sqrt(1.25) / 2)
