@@ -760,8 +760,8 @@ def ray_interval(c, t, metric: Callable, p_target: float, level: float, seed, po
                  sims: int = RAY_SIMS) -> tuple[float, float]:
     """Test inversion of a count metric along the ray from the target shares t through the observed
     shares: the shares p(l) = t + l (counts / n - t) for l from 0 (the target) to where a share
-    reaches 0. Each p(l) is kept unless the observed metric lies in either 1 - level / 2 tail of the
-    metric of `sims` multinomial(n, p(l)) draws; p(0), the target, is kept unless the goodness-of-fit
+    reaches 0, on a coarse grid and then a fine one across the kept stretch. Each p(l) is kept unless
+    the observed metric lies in either (1 - level) / 2 tail of the metric of `sims` multinomial(n, p(l)) draws; p(0), the target, is kept unless the goodness-of-fit
     test rejects it (`p_target` <= 1 - level), so the lower end reaches the metric's value at the
     target exactly when the test does not reject. Returns (min, max) of the metric over the kept
     points, (nan, nan) if none is kept. `metric` maps a [B, C] counts array to [B] values."""
@@ -769,20 +769,37 @@ def ray_interval(c, t, metric: Callable, p_target: float, level: float, seed, po
     d = c / n - t
     neg = d < 0
     lmax = float(np.min(t[neg] / -d[neg])) if neg.any() else 1.0
-    lam = np.linspace(0.0, lmax, points)
-    p = np.clip(t[None, :] + lam[:, None] * d[None, :], 0.0, None)
-    p /= p.sum(axis=1, keepdims=True)
-    draws = np.random.default_rng(seed).multinomial(n, p, size=(sims, points)).astype(float)
-    sim = metric(draws.reshape(-1, len(c))).reshape(sims, points)
     est = float(metric(c[None, :].astype(float))[0])
     tol = 1e-9 * max(1.0, abs(est))
     alpha = 1.0 - level
-    kept = ((sim >= est - tol).mean(axis=0) > alpha / 2) & ((sim <= est + tol).mean(axis=0) > alpha / 2)
+    rng = np.random.default_rng(seed)
+
+    def test(lam):
+        p = np.clip(t[None, :] + lam[:, None] * d[None, :], 0.0, None)
+        p /= p.sum(axis=1, keepdims=True)
+        sim = metric(rng.multinomial(n, p, size=(sims, len(lam))).astype(float).reshape(-1, len(c))).reshape(sims, -1)
+        kept = ((sim >= est - tol).mean(axis=0) > alpha / 2) & ((sim <= est + tol).mean(axis=0) > alpha / 2)
+        return kept, metric(p * n)
+
+    # a coarse grid over the whole ray, then a fine one across the kept stretch and one step beyond
+    # it (with k = 1000 the interval is narrower than a coarse step)
+    lam = np.linspace(0.0, lmax, points)
+    kept, values = test(lam)
     kept[0] = p_target > alpha
-    if not kept.any():
+    inner = np.flatnonzero(kept[1:]) + 1
+    lo_v, hi_v = ([values[0]] if kept[0] else []), ([values[0]] if kept[0] else [])
+    if len(inner):
+        step = lmax / (points - 1)
+        fine = np.linspace(max(lam[inner[0]] - step, step / points), min(lam[inner[-1]] + step, lmax), points)
+        kept_f, values_f = test(fine)
+        if kept_f.any():
+            lo_v.append(values_f[kept_f].min())
+            hi_v.append(values_f[kept_f].max())
+        lo_v.append(values[inner].min())
+        hi_v.append(values[inner].max())
+    if not lo_v:
         return np.nan, np.nan
-    values = metric(p * n)
-    return float(values[kept].min()), float(values[kept].max())
+    return float(min(lo_v)), float(max(hi_v))
 
 
 def _test_intervals(codes, c, est, rd, q, u, n_draws, seed, level, skew_eps, p_target):
