@@ -61,7 +61,7 @@ SUMMARY_COLUMNS = KEY_COLUMNS + [
     "ndkl_uniform", "ndkl_uniform_low", "ndkl_uniform_high", "ndkl_dataset", "ndkl_dataset_low",
     "ndkl_dataset_high", "chi2", "p_value", "p_adjusted", "skew_test", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS
 SKEW_CONVENTION = "published"  # raw share, absent class = 1/n (Geyik 2019; Berg 2022)
-INTERVAL_METHOD = "dirichlet-test"  # bias-corrected posterior + test inversion at the target (measured: benchmarks/COVERAGE.txt)
+INTERVAL_METHOD = "dirichlet-test"  # test inversion at the target; fewest measured shortfalls (benchmarks/COVERAGE.txt)
 N_SIM = 10_000
 SKEW_TEST = "benjamini-hochberg"  # multiplicity adjustment of `p_value` across a query set's queries
 SKEW_ALPHA = 0.05  # a query is `skewed` where its adjusted p-value is at most this
@@ -181,10 +181,9 @@ INTERVAL_METHODS = ("bootstrap-normal", "bootstrap-percentile", "dirichlet", "di
 INTERVAL_WORDS = {"bootstrap-normal": "bootstrap (estimate +- 1.96 SE, clipped)",
                   "bootstrap-percentile": "bootstrap percentile",
                   "dirichlet": "Dirichlet posterior of the shares (prior 1/C per class), holding the estimate",
-                  "dirichlet-test": "Dirichlet posterior of the shares, bias-corrected, reaching the value at the "
-                                    "target wherever the goodness-of-fit test does not reject it; NDKL by a "
-                                    "rank-keeping bootstrap; FD from simultaneous share intervals (inf when a "
-                                    "share may be 0)"}
+                  "dirichlet-test": "test inversion for TVD and MaxSkew (reaching 0 where the goodness-of-fit "
+                                    "test keeps parity), posteriors of blocks of ranks for NDKL, simultaneous "
+                                    "share intervals for FD (inf where a share may be 0)"}
 PRIOR_MASS = 1.0  # Dirichlet prior: 1/C per class (Perks), total one item; Jeffreys' 1/2 for two classes
 
 
