@@ -1,4 +1,5 @@
 """Before/after comparison: verdicts on TVD, MaxSkew and NDKL intervals, never on FD."""
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,8 +29,8 @@ def test_all_male_to_mixed_improves_on_tvd_and_fd_is_not_judged():
     s = summary.set_index(["method", "metric"])
     assert s.loc[("mixed", "tvd"), "improved"] == 1 and bool(s.loc[("mixed", "tvd"), "judged"])
     assert s.loc[("partly", "fd"), "improved"] == 0 and not s.loc[("partly", "fd"), "judged"]
-    # FD's mean gets no interval (its per-query ones are unbounded near an absent class); TVD's does
-    assert s.loc[("partly", "fd"), ["mean_before_low", "mean_after_high"]].isna().all()
+    # two classes: FD's per-query intervals are bounded, and so is its mean's
+    assert np.isfinite(s.loc[("partly", "fd"), ["mean_before_low", "mean_after_high"]].astype(float)).all()
     assert s.loc[("mixed", "tvd"), ["mean_before_low", "mean_after_high"]].notna().all()
 
 
@@ -43,3 +44,21 @@ def test_summary_without_interval_columns_is_refused():
     base = _audit(["Male"] * 20)
     with pytest.raises(VlmbiasError, match="lacks column"):
         compare(base, {"old": (base[0].drop(columns=["tvd_low"]), base[1])})
+
+
+def test_an_unbounded_member_makes_the_mean_unbounded_above():
+    from vlmbias.mitigate.compare import _mean_interval
+
+    g = pd.DataFrame({"value_before": [2.0, 4.0], "low_before": [1.0, 2.0], "high_before": [3.0, np.inf]})
+    r = _mean_interval(g, "before")
+    # lower side: SEs (2 - 1) / 1.96 and (4 - 2) / 1.96 -> half = sqrt(1 + 4) / 2
+    assert r["mean_before_high"] == np.inf and r["mean_before_low"] == pytest.approx(3.0 - np.sqrt(5) / 2)
+
+
+def test_the_parity_verdict_is_carried_before_and_after():
+    base = _audit(["Male"] * 20)                      # all male: skewed (p ~ 1e-6 < 0.05)
+    after = _audit(["Male", "Female"] * 10)           # 10/10: no skew shown
+    table, summary = compare(base, {"mixed": after})
+    assert set(table["skew_before"]) == {"skewed"} and set(table["skew_after"]) == {"no skew shown"}
+    row = summary.set_index("metric").loc["tvd"]
+    assert (row["skewed_before"], row["skewed_after"]) == (1, 0)

@@ -250,8 +250,8 @@ DOC_SUMMARY = ("model, dataset, query_set, query_id, query, k, n, attribute, fd,
                "max_skew_uniform, max_skew_uniform_low, max_skew_uniform_high, min_skew_uniform, "
                "max_skew_dataset, max_skew_dataset_low, max_skew_dataset_high, min_skew_dataset, "
                "ndkl_uniform, ndkl_uniform_low, ndkl_uniform_high, ndkl_dataset, ndkl_dataset_low, ndkl_dataset_high, "
-               "kl_dataset, chi2, p_value, named_class, match_rate, match_low, match_high, skew_convention, "
-               "interval_method, interval_undercovers, flags").split(", ")
+               "kl_dataset, chi2, p_value, p_adjusted, skew_test, named_class, match_rate, match_low, match_high, "
+               "skew_convention, interval_method, interval_undercovers, flags").split(", ")
 
 
 def test_documented_columns_match_docs():
@@ -282,7 +282,7 @@ def test_audit_tables_cells_and_columns(tables):
     cl, sm = m.audit_tables(r, dist, [2, 4], n_boot=200, seed=0)
     assert cl.columns.tolist() == DOC_CLASSES
     assert sm.columns.tolist() == DOC_SUMMARY
-    assert set(sm["skew_convention"]) == {"published"} and set(sm["interval_method"]) == {"dirichlet"}
+    assert set(sm["skew_convention"]) == {"published"} and set(sm["interval_method"]) == {m.INTERVAL_METHOD}
     assert len(sm) == 2 * 2 * 2 and len(cl) == 2 * 2 * (2 + 3)
 
     c = cl.set_index(["query", "k", "attribute", "class"])
@@ -420,18 +420,20 @@ def test_confusion_table_of_group_naming_queries():
 
 def test_rows_mark_the_intervals_whose_measured_coverage_falls_short():
     # from the shipped simulation (benchmarks/coverage.py): 2 classes, k = 20, 95% one class -> the
-    # bootstrap intervals under-cover, the Dirichlet ones (the default) do not; k = 1000 at parity ->
-    # FD, RD, MaxSkew hold 93%+
+    # bootstrap intervals under-cover; 7 classes at parity, k = 200 -> the plain Dirichlet TVD and
+    # MaxSkew intervals miss 0 (about 0.7), the default's hold it
     short = m.undercovering(2, 20, 0.95, "bootstrap-normal").split(";")
     assert {"ndkl_dataset", "max_skew_uniform", "tvd", "fd"} <= set(short)
-    assert m.undercovering(2, 20, 0.95) == ""
-    assert "max_skew_uniform" not in m.undercovering(2, 1000, 0.6, "bootstrap-normal").split(";")
+    assert {"tvd", "max_skew_uniform"} <= set(m.undercovering(7, 200, 0.15, "dirichlet").split(";"))
+    assert not {"tvd", "max_skew_uniform"} & set(m.undercovering(7, 200, 0.15).split(";"))
     assert m.undercovering(2, 20, 0.95, "bootstrap-percentile") == "not measured"
     cov = pd.read_csv(m.COVERAGE_TABLE)
-    for method in ("bootstrap-normal", "dirichlet"):
-        cell = cov[(cov.interval_method == method) & (cov.classes == 7) & (cov.k == 20)
-                   & (cov.share == 0.5)].set_index("metric")["coverage"]
-        assert set(filter(None, m.undercovering(7, 20, 0.52, method).split(";"))) == set(cell[cell < 0.93].index)
+    for method, classes, k, share, top in (("bootstrap-normal", 7, 20, 0.5, 0.52), ("dirichlet", 7, 20, 0.5, 0.52),
+                                           (m.INTERVAL_METHOD, 7, 100, 0.3, 0.31), (m.INTERVAL_METHOD, 9, 1000, 0.8, 0.75)):
+        cell = cov[(cov.interval_method == method) & (cov.classes == classes) & (cov.k == k)
+                   & np.isclose(cov.share, share)].set_index("metric")["coverage"]
+        assert len(cell) and set(filter(None, m.undercovering(classes, k, top, method).split(";"))) == set(
+            cell[cell < 0.93].index)
     _, sm = m.audit_tables(_ranking(["Male"] * 19 + ["Female"]), GENDER_DIST, [20], n_boot=200)
     assert sm["interval_undercovers"].iloc[0] == m.undercovering(2, 20, 0.95)
 

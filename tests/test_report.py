@@ -35,7 +35,9 @@ def test_summary_page_and_headline_table():
                 rows.append({"model": model, "query_set": "s", "query": "a doctor", "attribute": attr, "k": k,
                              "max_skew_uniform": skew if k == 200 else 9.9, "max_skew_uniform_low": skew - 0.1,
                              "max_skew_uniform_high": skew + 0.1, "interval_undercovers": "",
-                             "skew_convention": "published", "interval_method": "bootstrap-normal"})
+                             "skew_convention": "published", "interval_method": "bootstrap-normal",
+                             "p_value": 1e-4 if skew else 0.6, "p_adjusted": 1e-3 if skew else 0.6,
+                             "skew_test": "skewed" if skew else "no skew shown"})
     head = headline_table(pd.DataFrame(rows))
     assert set(head["k"]) == {200} and set(head["attribute"]) == {"gender", "race"}  # largest k, gender & race
     assert head.set_index(["model", "attribute"]).loc[("a", "gender"), "max_skew_uniform"] == 0.4055
@@ -44,7 +46,9 @@ def test_summary_page_and_headline_table():
     config = {"run_name": "r", "datasets": {"d": {}}, "models": {"a": {}, "b": {}}, "calibration": {"x": 1},
               "retrieval": {"k": [20, 200]}}
     rst = summary_rst(config, head, checks, None)
-    assert "1 of 3 checks passed; failed: y; at a known metric limit: z." in rst and "0.406 [0.305, 0.506]" in rst
+    assert "1 of 3 checks passed; failed: y; at a known metric limit: z." in rst and "0.406 [0.305, 0.506] skewed" in rst
+    assert "0.000 [-0.100, 0.100] no skew shown" in rst and "2 of 4 (query, model) rows show a skew" in rst
+    assert list(head.columns[6:10]) == ["low", "high", "p_adjusted", "skew_test"]
     assert "MaxSkew as published (raw share" in rst and "the rest bootstrap-normal" in rst
     # links only to the categories this run has (two models: their leaderboard)
     assert "Calibration_" in rst and "Leaderboard_" in rst and "Mitigation_" not in rst
@@ -61,12 +65,13 @@ def test_summary_page_leads_with_a_query_by_attribute_matrix():
     from vlmbias.report import headline_table, summary_rst
 
     rows = []
-    for query, g_skew, r_low in (("a doctor", 0.4055, 0.2), ("一位首席执行官", 0.0, 0.0)):
+    for query, g_skew, r_test in (("a doctor", 0.4055, "skewed"), ("一位首席执行官", 0.0, "no skew shown")):
         for attr, skew in (("gender", g_skew), ("race", 1.25)):
             rows.append({"model": "m", "query_set": "s", "query": query, "attribute": attr, "k": 50,
-                         "max_skew_uniform": skew, "max_skew_uniform_low": r_low if attr == "race" else skew - 0.1,
+                         "max_skew_uniform": skew, "max_skew_uniform_low": max(skew - 0.1, 0),
                          "max_skew_uniform_high": skew + 0.1, "interval_undercovers": "",
-                         "skew_convention": "published", "interval_method": "dirichlet"})
+                         "skew_test": r_test if attr == "race" else ("skewed" if g_skew else "no skew shown"),
+                         "skew_convention": "published", "interval_method": "dirichlet-test"})
     head = headline_table(pd.DataFrame(rows))
     config = {"run_name": "r", "datasets": {"d": {}}, "models": {"m": {}}, "retrieval": {"k": [50]}}
     rst = summary_rst(config, head, {"m": pd.DataFrame({"check": ["x"], "passed": [True]})}, None)
@@ -74,8 +79,8 @@ def test_summary_page_leads_with_a_query_by_attribute_matrix():
     assert rst.index("At a glance") < rst.index("Calibration verdict") < rst.index("Headline: MaxSkew@k")
     glance = rst[rst.index("At a glance"):rst.index("Calibration verdict")]
     assert "s (k = 50)" in glance and "     - gender\n     - race" in glance
-    # doctor: gender 0.41 with an interval above 0 (bold), race 1.25 bold; the Chinese query: gender 0.00
-    # whose interval reaches 0 (plain), race low 0.0 (plain)
+    # bold follows the parity test, not the size: doctor skewed on both (bold); the Chinese query's race
+    # 1.25 is as large, but its test shows no skew (plain)
     assert "   * - a doctor\n     - **0.41**\n     - **1.25**" in glance
     assert "   * - 一位首席执行官\n     - 0.00\n     - 1.25" in glance
     html = publish_parts(rst + "\n" + "\n".join(f".. _{c}: javascript:void(0)" for c in ("Audit", "Calibration", "Run")),

@@ -8,7 +8,9 @@
   verdict, zero-shot accuracy, and the full headline table, MaxSkew@k
   against a uniform target (published convention, x1) per query and model with its interval,
   also written as `headline.csv` (`query_set, query, attribute, k, model, max_skew_uniform, low,
-  high, interval_undercovers`).
+  high, p_adjusted, skew_test, interval_undercovers`). Whether a skew is present is said by the
+  parity test (`skew_test`: the goodness-of-fit test against the dataset, Benjamini-Hochberg
+  across the query set's queries), not by the size of MaxSkew or whether its interval holds 0.
 """
 from __future__ import annotations
 
@@ -52,9 +54,15 @@ def headline_table(summaries: pd.DataFrame) -> pd.DataFrame:
     s = summaries[summaries["attribute"].isin(HEADLINE_ATTRIBUTES)]
     s = s[s["k"] == s.groupby("query_set")["k"].transform("max")]
     cols = {"max_skew_uniform_low": "low", "max_skew_uniform_high": "high"}
-    keep = ["query_set", "query", "attribute", "k", "model", "max_skew_uniform", *cols, "skew_convention",
-            "interval_method", "interval_undercovers"]
+    keep = ["query_set", "query", "attribute", "k", "model", "max_skew_uniform", *cols, "p_adjusted", "skew_test",
+            "skew_convention", "interval_method", "interval_undercovers"]
     return s[[c for c in keep if c in s.columns]].rename(columns=cols).reset_index(drop=True)
+
+
+def _verdict(r) -> str:
+    """The parity verdict after a headline cell: `skewed` or `no skew shown` (nothing for old tables)."""
+    v = getattr(r, "skew_test", None)
+    return f" {v}" if isinstance(v, str) and v else ""
 
 
 def _rst_table(header: list[str], rows: list[list[str]]) -> str:
@@ -83,13 +91,15 @@ def _conventions(config: dict, headline: pd.DataFrame) -> str:
                  if skew == "published" else f"with {skew}")
     ci = (config.get("metrics") or {}).get("ci_method", "wilson")
     return (f"Conventions: MaxSkew {skew_text}, uniform target; 95% intervals: shares {ci}, the rest "
-            f"{named('interval_method', 'bootstrap')} (their measured coverage: the documentation's Intervals page).")
+            f"{named('interval_method', 'bootstrap')} (docs/intervals.md gives their measured coverage). A skew is "
+            "reported where the goodness-of-fit test against the dataset rejects parity at a Benjamini-Hochberg "
+            "adjusted p <= 0.05 across the query set's queries.")
 
 
 def glance_rst(headline: pd.DataFrame) -> list[str]:
     """The headline at a glance: per query set one compact matrix, a row per query and a column per
-    attribute (and model, when several), the cell MaxSkew@k alone, in bold where its 95% interval
-    excludes parity (low > 0: the audit can tell this top k from an even one)."""
+    attribute (and model, when several), the cell MaxSkew@k alone, in bold where the parity test
+    finds a skew (`skew_test`), the same verdict as the full table's."""
     if headline.empty:
         return []
     models = list(dict.fromkeys(headline["model"]))
@@ -97,18 +107,20 @@ def glance_rst(headline: pd.DataFrame) -> list[str]:
     cols = [(a, m) for a in attrs for m in models]
     out = ["At a glance", "-----------", "",
            "MaxSkew@k against a uniform target per query (0: every class equally often in the top k; "
-           "ln 2 = 0.693: one of two classes only). **Bold**: the 95% interval excludes 0. "
+           "ln 2 = 0.693: one of two classes only). **Bold**: the parity test finds a skew (Benjamini-Hochberg "
+           "adjusted p <= 0.05 across the query set). "
            "Intervals, conventions and undercovering notes follow in the full table below.", ""]
     for qset, g in headline.groupby("query_set", sort=False):
         k = int(g["k"].max())
-        cells = {(r.query, r.attribute, r.model): (r.max_skew_uniform, r.low) for r in g.itertuples()}
+        cells = {(r.query, r.attribute, r.model): (r.max_skew_uniform, _verdict(r).strip() == "skewed")
+                 for r in g.itertuples()}
         rows = []
         for query in dict.fromkeys(g["query"]):
             row = [str(query)]
             for a, m in cols:
-                v, low = cells.get((query, a, m), (None, None))
+                v, skewed = cells.get((query, a, m), (None, False))
                 text = "" if v is None or pd.isna(v) else f"{v:.2f}"
-                row.append(f"**{text}**" if text and pd.notna(low) and low > 0 else text)
+                row.append(f"**{text}**" if text and skewed else text)
             rows.append(row)
         header = [f"{qset} (k = {k})", *[a if len(models) == 1 else f"{a}, {m}" for a, m in cols]]
         out.append(_rst_table(header, rows))
@@ -150,8 +162,14 @@ def summary_rst(config: dict, headline: pd.DataFrame, checks: dict[str, pd.DataF
         models_ = list(dict.fromkeys(headline["model"]))
         rows = []
         for (qset, query, attr, k), g in headline.groupby(["query_set", "query", "attribute", "k"], sort=False):
-            cells = {r.model: f"{r.max_skew_uniform:.3f} [{r.low:.3f}, {r.high:.3f}]" for r in g.itertuples()}
+            cells = {r.model: f"{r.max_skew_uniform:.3f} [{r.low:.3f}, {r.high:.3f}]{_verdict(r)}"
+                     for r in g.itertuples()}
             rows.append([qset, query, attr, str(k), *[cells.get(m, "") for m in models_]])
+        if "skew_test" in headline:
+            tested = headline[headline["skew_test"].notna()]
+            lines.append(f"{int((tested['skew_test'] == 'skewed').sum())} of {len(tested)} (query, model) rows "
+                         "show a skew (parity test, Benjamini-Hochberg adjusted p <= 0.05).")
+            lines.append("")
         lines.append(_rst_table(["query set", "query", "attribute", "k", *models_], rows))
     return "\n".join(lines) + "\n"
 

@@ -14,8 +14,10 @@ metric summaries (`metrics/<dataset>/<model>/<qset>_summary.csv`, vlmbias.audit.
 Lower is fairer for all three. Each mean has a 95% interval: mean +- 1.96 x sqrt(sum of the
 per-query standard errors squared) / n, clipped to the metric's range, each standard error read
 off the query's interval as max(value - low, high - value) / 1.96: exact for bootstrap-normal
-intervals (clipping at a bound leaves the other side intact); for the default `dirichlet` and the
-percentile intervals, which are asymmetric, the wider side, so a conservative approximation. It treats the set's queries as fixed and independent: it says
+intervals (clipping at a bound leaves the other side intact); for the default `dirichlet-test`, the
+`dirichlet` and the percentile intervals, which are asymmetric, the wider side, so a conservative
+approximation (a query whose interval is unbounded above, `inf`, makes the mean's upper end `inf`; its
+lower end then uses the lower sides). It treats the set's queries as fixed and independent: it says
 how precisely each model's mean is measured on these queries, not how it would vary over other
 query lists. `<attribute>_queries` counts the queries whose top k had a labelled item for that
 attribute (the mean's n); queries without one are left out of the mean.
@@ -60,8 +62,10 @@ def mean_interval(values, low, high) -> tuple[float, float, float, int]:
     if not n:
         return np.nan, np.nan, np.nan, 0
     v, lo, hi = v[keep], lo[keep], hi[keep]
-    se = np.maximum(v - lo, hi - v) / Z
     mean = float(v.mean())
+    if np.isinf(hi).any():  # an unbounded member: the mean is unbounded above, bounded below by the lower sides
+        return mean, mean - Z * float(np.sqrt((((v - lo) / Z) ** 2).sum())) / n, np.inf, n
+    se = np.maximum(v - lo, hi - v) / Z
     half = Z * float(np.sqrt((se ** 2).sum())) / n
     return mean, mean - half, mean + half, n
 

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MetricsInputError", "class_counts", "fairness_disparity", "representation_disparity", "skew",
     "max_skew", "min_skew", "ndkl", "kl_divergence", "uniform_target", "proportion_ci", "bootstrap_ci",
-    "goodness_of_fit",
+    "goodness_of_fit", "adjust_p", "skew_verdicts",
     "match_rate", "confusion_matrix", "confusion_table", "audit_tables", "CLASS_COLUMNS", "SUMMARY_COLUMNS",
 ]
 
@@ -63,11 +63,13 @@ SUMMARY_COLUMNS = KEY_COLUMNS + [
     "max_skew_uniform", "max_skew_uniform_low", "max_skew_uniform_high", "min_skew_uniform",
     "max_skew_dataset", "max_skew_dataset_low", "max_skew_dataset_high", "min_skew_dataset",
     "ndkl_uniform", "ndkl_uniform_low", "ndkl_uniform_high", "ndkl_dataset", "ndkl_dataset_low",
-    "ndkl_dataset_high", "kl_dataset", "chi2", "p_value", "named_class", "match_rate", "match_low", "match_high"] + CONVENTION_COLUMNS \
-    + FLAG_COLUMNS
+    "ndkl_dataset_high", "kl_dataset", "chi2", "p_value", "p_adjusted", "skew_test", "named_class", "match_rate",
+    "match_low", "match_high"] + CONVENTION_COLUMNS + FLAG_COLUMNS
 SKEW_CONVENTION = "published"  # raw share, absent class = 1/n (Geyik 2019; Berg 2022)
-INTERVAL_METHOD = "dirichlet"  # Dirichlet(counts + 1/C) posterior, holds the estimate (measured: benchmarks/COVERAGE.txt)
+INTERVAL_METHOD = "dirichlet-test"  # test inversion at the target; fewest measured shortfalls (benchmarks/COVERAGE.txt)
 N_SIM = 10_000
+SKEW_TEST = "benjamini-hochberg"  # multiplicity adjustment of `p_value` across a query set's queries
+SKEW_ALPHA = 0.05  # a query is `skewed` where its adjusted p-value is at most this
 
 
 class MetricsInputError(VlmbiasError, ValueError):
@@ -180,10 +182,13 @@ def _ndkl_codes(codes: np.ndarray, n_classes: int, q: np.ndarray) -> np.ndarray:
     return kl @ w / w.sum()
 
 
-INTERVAL_METHODS = ("bootstrap-normal", "bootstrap-percentile", "dirichlet")
+INTERVAL_METHODS = ("bootstrap-normal", "bootstrap-percentile", "dirichlet", "dirichlet-test")
 INTERVAL_WORDS = {"bootstrap-normal": "bootstrap (estimate +- 1.96 SE, clipped)",
                   "bootstrap-percentile": "bootstrap percentile",
-                  "dirichlet": "Dirichlet posterior of the shares (prior 1/C per class), holding the estimate"}
+                  "dirichlet": "Dirichlet posterior of the shares (prior 1/C per class), holding the estimate",
+                  "dirichlet-test": "test inversion for TVD and MaxSkew (reaching 0 where the goodness-of-fit "
+                                    "test keeps parity), posteriors of blocks of ranks for NDKL, simultaneous "
+                                    "share intervals for FD (inf where a share may be 0)"}
 PRIOR_MASS = 1.0  # Dirichlet prior: 1/C per class (Perks), total one item; Jeffreys' 1/2 for two classes
 
 
@@ -315,6 +320,48 @@ def _gof(c: np.ndarray, p: np.ndarray, n_sim: int, seed, cache: dict | None = No
         if cache is not None:
             cache[key] = null
     return chi2, monte_carlo_p(chi2, null)
+
+
+def adjust_p(p_values, method: str = SKEW_TEST) -> np.ndarray:
+    """Multiplicity-adjusted p-values over a family of tests; NaN stays NaN and is not counted.
+    ``benjamini-hochberg`` (false discovery rate; under the global null, as for a fair model, it
+    also bounds the chance of any false "skewed" by alpha): p_(i) m / i, made monotone from the
+    largest down; ``holm`` (family-wise error): max over j <= i of p_(j) (m - j + 1); ``none``."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    m = int(ok.sum())
+    if not m:
+        return out
+    order = np.argsort(p[ok], kind="stable")
+    ps = p[ok][order]
+    i = np.arange(1, m + 1)
+    if method == "benjamini-hochberg":
+        adj = np.minimum.accumulate((ps * m / i)[::-1])[::-1]
+    elif method == "holm":
+        adj = np.maximum.accumulate(ps * (m - i + 1))
+    elif method == "none":
+        adj = ps
+    else:
+        raise MetricsInputError(f"unknown p-value adjustment {method!r}; expected benjamini-hochberg, holm or none")
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out
+
+
+def skew_verdicts(summary: pd.DataFrame, method: str = SKEW_TEST, alpha: float = SKEW_ALPHA) -> pd.DataFrame:
+    """`summary` with `p_adjusted` (its `p_value` adjusted by `method` across the queries of each
+    (model, dataset, query set, k, attribute)) and `skew_test`: `skewed` where p_adjusted <= alpha,
+    `no skew shown` where not, null where untested (no labelled item)."""
+    out = summary.copy()
+    keys = ["model", "dataset", "query_set", "k", "attribute"]
+    adj = pd.Series(np.nan, index=out.index)
+    for _, g in out.groupby(keys, sort=False, dropna=False):
+        adj.loc[g.index] = adjust_p(g["p_value"].to_numpy(dtype=float), method)
+    out["p_adjusted"] = adj
+    out["skew_test"] = np.where(adj.isna(), None, np.where(adj <= alpha, "skewed", "no skew shown"))
+    return out
 
 
 def _check_level(level: float) -> None:
@@ -558,7 +605,8 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
     ``rd_*``, ``fd_*``, ``max_skew_*`` and ``ndkl_*`` by the bootstrap (``n_boot`` resamples of the
     top k, rank order kept for NDKL, ``seed`` reused for every (query, k, attribute)) with method
     ``interval`` (column ``interval_method``). ``p_value`` is the Monte-Carlo goodness-of-fit
-    p-value. For queries that name a group (columns ``names_attribute``/``names_class``), the
+    p-value against the dataset distribution; ``p_adjusted`` and ``skew_test`` the parity verdict
+    across the query set (`skew_verdicts`: Benjamini-Hochberg, skewed at adjusted p <= 0.05). For queries that name a group (columns ``names_attribute``/``names_class``), the
     summary row of the named attribute carries ``named_class`` and ``match_rate`` with its
     interval; other rows have them null. ``attributes`` empty or None means every attribute.
     A k above the images ranked per query or above the images the dataset labels is flagged
@@ -615,6 +663,12 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                     ci, (rd_lo, rd_hi) = _posterior_intervals(c, est, rd, q, u, n_boot, seed, level, skew_eps)
                     chi2, pval = _gof(c, q, n_sim, seed, gof_null)
                     p_lo, p_hi = proportion_ci(c, np.full(C, n), level, ci_method)
+                elif n and interval == "dirichlet-test":
+                    chi2, pval = _gof(c, q, n_sim, seed, gof_null)
+                    p_u = pval if np.allclose(u, q) else _gof(c, u, n_sim, seed, gof_null)[1]
+                    ci, (rd_lo, rd_hi) = _test_intervals(codes, c, est, rd, q, u, n_boot, seed, level, skew_eps,
+                                                         {"dataset": pval, "uniform": p_u})
+                    p_lo, p_hi = proportion_ci(c, np.full(C, n), level, ci_method)
                 elif n:
                     if n not in boot_idx:
                         boot_idx[n] = _boot_index(n, n_boot, seed)
@@ -656,7 +710,7 @@ def audit_tables(rankings: pd.DataFrame, distribution: pd.DataFrame, ks: list[in
                     row.update(named_class=named_cls, match_rate=rate, match_low=lo, match_high=hi)
                 summary_rows.append(row)
     classes_df = pd.concat(class_parts, ignore_index=True)[CLASS_COLUMNS]
-    summary_df = pd.DataFrame(summary_rows, columns=SUMMARY_COLUMNS)
+    summary_df = skew_verdicts(pd.DataFrame(summary_rows, columns=SUMMARY_COLUMNS))
     return classes_df, summary_df
 
 
@@ -718,11 +772,156 @@ def _posterior_intervals(c, est, rd, q, u, n_draws, seed, level, skew_eps):
             # sits below the observed minimum (itself biased low), so FD's posterior lies above the truth
             # (measured coverage 0.1-0.3 with 7 classes); estimate +- z posterior SD instead
             ci[m] = _boot_interval(values, est[m], level, "bootstrap-normal", bounds)
+            if (c[q > 0] == 0).any():  # the SD is then ruled by draws near 0: say unbounded, not a random 1e25
+                ci[m] = (ci[m][0], np.inf)
             continue
         lo, hi = _interval(values, level)
         if floor is not None and shares_hold_target(c, floor[0], level):
             lo = min(lo, floor[1])
         ci[m] = _hold(lo, hi, est[m], bounds)
+    rd_lo, rd_hi = _interval(_rd(dc, q), level)
+    return ci, _hold(rd_lo, rd_hi, rd, (-100.0, np.inf))
+
+
+def fd_simultaneous(c, active, level: float) -> tuple[float, float]:
+    """FD interval from simultaneous share intervals: each active class's Clopper-Pearson interval
+    at level 1 - (1 - level) / C (Bonferroni), so all C hold together with probability >= level;
+    FD = largest / smallest share then lies in [max(1, max low / min high), max high / min low].
+    The upper end is inf (unbounded) where a class may have share 0 (a zero count)."""
+    x = np.asarray(c, dtype=float)[np.asarray(active, dtype=bool)]
+    n, C = x.sum(), len(x)
+    a = (1.0 - level) / C
+    lo = np.where(x > 0, stats.beta.ppf(a / 2, x, n - x + 1), 0.0)
+    hi = np.where(x < n, stats.beta.ppf(1 - a / 2, x + 1, n - x), 1.0)
+    with np.errstate(divide="ignore"):
+        return max(1.0, float(lo.max() / hi.min())), float(hi.max() / lo.min()) if lo.min() > 0 else np.inf
+
+
+RAY_POINTS, RAY_SIMS = 41, 200  # test inversion along the ray: grid points, simulated rankings per point
+# NDKL interval of `dirichlet-test`: up to NDKL_BLOCKS blocks of ranks of at least NDKL_BLOCK_ITEMS and 10 x C
+# items each (the shares may change down the ranking; smaller blocks' diffuse posteriors inflate NDKL), NDKL_INNER_TEST predictive rankings per share draw
+NDKL_BLOCKS, NDKL_BLOCK_ITEMS, NDKL_INNER_TEST = 8, 25, 4
+
+
+@functools.lru_cache(maxsize=256)
+def _ndkl_at_target(n: int, q_bytes: bytes, draws: int = 4000) -> float:
+    """NDKL's estimand where the model retrieves at the target q: its mean over `draws` rankings of
+    n items drawn from q (a fixed seed: a property of (n, q), not of the data), less 3 Monte-Carlo
+    standard errors so that simulation noise cannot lift a lower end that reaches it above it."""
+    q = np.frombuffer(q_bytes)
+    values = _ndkl_codes(np.random.default_rng(12345).choice(len(q), size=(draws, n), p=q), len(q), q)
+    return float(values.mean() - 3.0 * values.std(ddof=1) / np.sqrt(draws))
+
+
+def ray_interval(c, t, metric: Callable, p_target: float, level: float, seed, points: int = RAY_POINTS,
+                 sims: int = RAY_SIMS) -> tuple[float, float]:
+    """Test inversion of a count metric along the ray from the target shares t through the observed
+    shares: the shares p(l) = t + l (counts / n - t) for l from 0 (the target) to where a share
+    reaches 0, on a coarse grid and then a fine one across the kept stretch. Each p(l) is kept unless
+    the observed metric lies in either (1 - level) / 2 tail of the metric of `sims` multinomial(n, p(l)) draws; p(0), the target, is kept unless the goodness-of-fit
+    test rejects it (`p_target` <= 1 - level), so the lower end reaches the metric's value at the
+    target exactly when the test does not reject. Returns (min, max) of the metric over the kept
+    points, (nan, nan) if none is kept. `metric` maps a [B, C] counts array to [B] values."""
+    n = int(round(c.sum()))
+    d = c / n - t
+    neg = d < 0
+    lmax = float(np.min(t[neg] / -d[neg])) if neg.any() else 1.0
+    est = float(metric(c[None, :].astype(float))[0])
+    tol = 1e-9 * max(1.0, abs(est))
+    alpha = 1.0 - level
+    rng = np.random.default_rng(seed)
+
+    def test(lam):
+        p = np.clip(t[None, :] + lam[:, None] * d[None, :], 0.0, None)
+        p /= p.sum(axis=1, keepdims=True)
+        sim = metric(rng.multinomial(n, p, size=(sims, len(lam))).astype(float).reshape(-1, len(c))).reshape(sims, -1)
+        kept = ((sim >= est - tol).mean(axis=0) > alpha / 2) & ((sim <= est + tol).mean(axis=0) > alpha / 2)
+        return kept, metric(p * n)
+
+    # a coarse grid over the whole ray, then a fine one across the kept stretch and one step beyond
+    # it (with k = 1000 the interval is narrower than a coarse step)
+    lam = np.linspace(0.0, lmax, points)
+    kept, values = test(lam)
+    kept[0] = p_target > alpha
+    inner = np.flatnonzero(kept[1:]) + 1
+    lo_v, hi_v = ([values[0]] if kept[0] else []), ([values[0]] if kept[0] else [])
+    if len(inner):
+        step = lmax / (points - 1)
+        fine = np.linspace(max(lam[inner[0]] - step, step / points), min(lam[inner[-1]] + step, lmax), points)
+        kept_f, values_f = test(fine)
+        if kept_f.any():
+            lo_v.append(values_f[kept_f].min())
+            hi_v.append(values_f[kept_f].max())
+        lo_v.append(values[inner].min())
+        hi_v.append(values[inner].max())
+    if not lo_v:
+        return np.nan, np.nan
+    return float(min(lo_v)), float(max(hi_v))
+
+
+def _test_intervals(codes, c, est, rd, q, u, n_draws, seed, level, skew_eps, p_target):
+    """Interval method ``dirichlet-test`` for one (query, k, attribute).
+
+    - TVD and MaxSkew: the lower end by test inversion along the ray from the target through the
+      observed shares (`ray_interval`): at the target's value (0) exactly when the goodness-of-fit
+      test against that target (`p_target`: {"uniform": p, "dataset": p}) does not reject, so a
+      model at parity has its interval hold 0 as often as the test keeps parity. The upper end:
+      the larger of the ray's and the Dirichlet(counts + 1/C) posterior's (as ``dirichlet``),
+      since the truth need not lie on the ray.
+    - NDKL: its estimand is its expectation over rankings of length n. The ranking is cut into
+      blocks of ranks (one per max(NDKL_BLOCK_ITEMS, 10 C) items, at most NDKL_BLOCKS), each block's shares
+      drawn from its own Dirichlet posterior, so shares that change down the ranking are kept
+      (a single posterior treats ranks as exchangeable, while NDKL weights the top ranks); each
+      draw's NDKL is the mean over NDKL_INNER_TEST predictive rankings; equal-tailed interval.
+      Lower end: NDKL's expectation at the target where the test does not reject it.
+    - FD: two classes, the posterior interval with the target's value 1 kept where the test does
+      not reject; more classes, `fd_simultaneous` (inf where a share may be 0).
+    - RD: the posterior interval, as ``dirichlet``.
+    Every interval is clipped to the metric's range and widened to hold its estimate.
+    Returns ({metric: (low, high)}, (rd_low, rd_high))."""
+    n, C = int(c.sum()), len(c)
+    alpha = 1.0 - level
+    active = q > 0
+    shares = posterior_shares(c, active, n_draws, seed)
+    dc = shares * n
+    ray_seed = None if seed is None else int(seed) + 2
+    ci = {}
+    for m, t, fn, bounds in (
+            ("tvd", q, lambda x: _tvd(x, q), (0.0, 1.0)),
+            ("max_skew_uniform", u, lambda x: _rowmax(_skew(x, u, skew_eps)), (-np.inf, np.inf)),
+            ("max_skew_dataset", q, lambda x: _rowmax(_skew(x, q, skew_eps)), (-np.inf, np.inf))):
+        target = "uniform" if t is u else "dataset"
+        post_lo, post_hi = _interval(fn(dc), level)
+        if (c[~active] > 0).any():  # a retrieved class the target lacks: the ray is undefined
+            ci[m] = _hold(post_lo, post_hi, est[m], bounds)
+            continue
+        lo, hi = ray_interval(c, t, fn, p_target[target], level, ray_seed)
+        if not np.isfinite(lo):
+            lo, hi = post_lo, post_hi
+        ci[m] = _hold(lo, max(hi, post_hi), est[m], bounds)
+    if active.sum() <= 2:
+        lo, hi = _interval(_fd(dc, False), level)
+        if p_target["uniform"] > alpha:
+            lo = min(lo, 1.0)
+        ci["fd"] = _hold(lo, hi, est["fd"], (1.0, np.inf))
+    else:
+        ci["fd"] = _hold(*fd_simultaneous(c, active, level), est["fd"], (1.0, np.inf))
+    # NDKL: share draws block by block (each block of ranks from its own counts), each draw's NDKL
+    # the mean over NDKL_INNER_TEST predictive rankings
+    blocks = int(np.clip(n // max(NDKL_BLOCK_ITEMS, 10 * int(active.sum())), 1, NDKL_BLOCKS))
+    edges = np.linspace(0, n, blocks + 1).round().astype(int)
+    outer = max(n_draws // NDKL_INNER_TEST, 1)
+    rng = np.random.default_rng(None if seed is None else int(seed) + 3)
+    pred = np.concatenate([
+        posterior_codes(np.repeat(posterior_shares(np.bincount(codes[a:b], minlength=C), active, outer, rng),
+                                  NDKL_INNER_TEST, axis=0), b - a, rng)
+        for a, b in zip(edges[:-1], edges[1:])], axis=1)
+    for m, t in (("ndkl_uniform", u), ("ndkl_dataset", q)):
+        target = "uniform" if m == "ndkl_uniform" else "dataset"
+        lo, hi = _interval(_ndkl_codes(pred, C, t).reshape(outer, NDKL_INNER_TEST).mean(axis=1), level)
+        if p_target[target] > alpha and np.isfinite(lo):
+            lo = min(lo, _ndkl_at_target(n, np.ascontiguousarray(t, dtype=float).tobytes()))
+        ci[m] = _hold(lo, hi, est[m], (0.0, np.inf))
     rd_lo, rd_hi = _interval(_rd(dc, q), level)
     return ci, _hold(rd_lo, rd_hi, rd, (-100.0, np.inf))
 

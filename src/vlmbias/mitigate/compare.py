@@ -5,7 +5,10 @@ beside the base model's for the same dataset, queries and k: per (method, query,
 metrics before and after, with the intervals the metrics stage computed, and a verdict. A
 verdict is given only on metrics that are defined for every ranking and where lower is better:
 total variation distance from the dataset (TVD), MaxSkew@k (uniform and dataset targets) and NDKL;
-`improved` / `worse` when the two 95% intervals do not overlap, `no clear change` otherwise. FD is
+`improved` / `worse` when the two 95% intervals do not overlap, `no clear change` otherwise. Whether
+a skew is present before and after is the parity test's (`skew_before`, `skew_after`: the metrics
+stage's `skew_test`, Benjamini-Hochberg across the query set; the summary counts the `skewed`
+queries as `skewed_before` / `skewed_after`), not the size of a metric. FD is
 reported but never judged (`not judged`): with zero counts it is ambiguous (an all-male top 20 has
 FD 1 under the thesis' zero handling, 15/5 has 3). Quality tables (vlmbias.mitigate.quality) are
 joined the same way.
@@ -16,7 +19,9 @@ calibrated on) or `held_out` (never seen), and the summary is given per split, s
 in-sample (fitting) number can be set against its held-out one. The summary's mean over queries
 has a 95% interval (`mean_*_low/high`): the mean +- 1.96 x sqrt(sum of the per-query standard
 errors squared) / n, each standard error read off its interval as (high - low) / 3.92 (a normal
-approximation that treats the queries as independent).
+approximation that treats the queries as independent); where a query's interval is unbounded above
+(FD where a class may be absent: `inf`), the mean's upper end is `inf` and its lower end uses the
+lower sides, (value - low) / 1.96.
 """
 from __future__ import annotations
 
@@ -45,6 +50,13 @@ def _long(summary: pd.DataFrame) -> pd.DataFrame:
                      ignore_index=True)
 
 
+def _skew(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each (query, k, attribute)'s parity verdict (`skew_test` of the metrics stage; null for
+    summaries written before it existed)."""
+    v = summary["skew_test"] if "skew_test" in summary.columns else pd.Series(None, index=summary.index, dtype=object)
+    return summary[KEYS].assign(skew_test=v.to_numpy())
+
+
 def _verdict(t: pd.DataFrame) -> pd.Series:
     better, worse = t["high_after"] < t["low_before"], t["low_after"] > t["high_before"]
     v = np.where(better, "improved", np.where(worse, "worse", "no clear change"))
@@ -52,8 +64,13 @@ def _verdict(t: pd.DataFrame) -> pd.Series:
 
 
 def _mean_interval(g: pd.DataFrame, side: str) -> pd.Series:
-    se = (g[f"high_{side}"] - g[f"low_{side}"]) / 3.92
-    mean, half = g[f"value_{side}"].mean(), 1.96 * np.sqrt((se ** 2).sum()) / len(g)
+    value, low, high = g[f"value_{side}"], g[f"low_{side}"], g[f"high_{side}"]
+    mean = value.mean()
+    if np.isinf(high).any():  # an unbounded member (FD near an absent class): the mean is unbounded above,
+        half = 1.96 * np.sqrt((((value - low) / 1.96) ** 2).sum()) / len(g)  # bounded below by the lower sides
+        return pd.Series({f"mean_{side}_low": mean - half, f"mean_{side}_high": np.inf})
+    se = (high - low) / 3.92
+    half = 1.96 * np.sqrt((se ** 2).sum()) / len(g)
     return pd.Series({f"mean_{side}_low": mean - half, f"mean_{side}_high": mean + half})
 
 
@@ -71,6 +88,8 @@ def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd
         m = before.merge(after, on=KEYS + ["metric"], suffixes=("_before", "_after"), how="inner")
         if m.empty:
             raise VlmbiasError(f"method {name!r}: its audit shares no query with the base audit")
+        m = (m.merge(_skew(base[0]).rename(columns={"skew_test": "skew_before"}), on=KEYS, how="left")
+             .merge(_skew(tables[0]).rename(columns={"skew_test": "skew_after"}), on=KEYS, how="left"))
         rows.append(m.assign(method=name))
     table = pd.concat(rows, ignore_index=True)
     table["change"] = table["value_after"] - table["value_before"]
@@ -87,26 +106,26 @@ def compare(base: tuple[pd.DataFrame, pd.DataFrame], methods: dict[str, tuple[pd
         if unsplit:
             raise VlmbiasError(f"queries {unsplit[:5]} are in no split of the split table; rerun the split stage")
     table = table[["method", "split", *KEYS, "metric", "value_before", "low_before", "high_before",
-                   "value_after", "low_after", "high_after", "change", "verdict"]]
+                   "value_after", "low_after", "high_after", "change", "verdict", "skew_before", "skew_after"]]
     finite = table[np.isfinite(table["value_before"]) & np.isfinite(table["value_after"])]
     judged = finite["metric"].isin(JUDGED)
     group = ["method", "split", "k", "attribute", "metric"]
     grouped = finite.assign(improved=(finite["verdict"] == "improved") & judged,
-                            worse=(finite["verdict"] == "worse") & judged).groupby(group)
+                            worse=(finite["verdict"] == "worse") & judged,
+                            skewed_before=finite["skew_before"] == "skewed",
+                            skewed_after=finite["skew_after"] == "skewed").groupby(group)
     summary = (grouped.agg(queries=("query", "size"), mean_before=("value_before", "mean"),
-                           mean_after=("value_after", "mean"), improved=("improved", "sum"), worse=("worse", "sum"))
+                           mean_after=("value_after", "mean"), improved=("improved", "sum"), worse=("worse", "sum"),
+                           skewed_before=("skewed_before", "sum"), skewed_after=("skewed_after", "sum"))
                .reset_index())
     bounds = pd.concat([grouped[["value_before", "low_before", "high_before"]].apply(_mean_interval, "before"),
                         grouped[["value_after", "low_after", "high_after"]].apply(_mean_interval, "after")],
                        axis=1).reset_index()
     summary = summary.merge(bounds, on=group, how="left")
     summary = summary[[*group, "queries", "mean_before", "mean_before_low", "mean_before_high", "mean_after",
-                       "mean_after_low", "mean_after_high", "improved", "worse"]]
+                       "mean_after_low", "mean_after_high", "improved", "worse", "skewed_before", "skewed_after"]]
     summary["judged"] = summary["metric"].isin(JUDGED)
-    # FD's per-query intervals are unbounded when a class is (nearly) absent (e.g. +-2e35 seen): a
-    # mean interval built from them says nothing, and FD is never judged, so it gets none
-    summary.loc[summary["metric"] == "fd", ["mean_before_low", "mean_before_high", "mean_after_low",
-                                           "mean_after_high"]] = np.nan
+    # FD's per-query intervals are unbounded (inf) where a class may be absent: so is then its mean's
     summary["relative_change"] = (summary["mean_after"] - summary["mean_before"]) / summary["mean_before"]
     return table, summary
 
