@@ -136,7 +136,7 @@ def check_config(config: dict) -> None:
         elif not spec.get("name"):
             raise VlmbiasError(f"model {name!r} needs a 'name' (a model name, hub id or local path)")
         if spec.get("tags"):
-            from vlmbias.audit.models import local_tags
+            from vlmbias.encoders.models import local_tags
 
             local_tags(spec, f"models.{name}")
     leaderboard_k(config)

@@ -165,7 +165,7 @@ def run_audit(a: argparse.Namespace) -> dict:
 
     from vlmbias.audit.embed import embed_images, embed_queries
     from vlmbias.audit.metrics import audit_tables
-    from vlmbias.audit.models import load_encoder, model_id
+    from vlmbias.encoders.models import load_encoder, model_id
     from vlmbias.audit.retrieve import rankings_table, top_k
 
     key = cache_key(model, manifest, a.precision)

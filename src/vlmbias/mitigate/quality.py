@@ -10,7 +10,7 @@ A method that "removes bias" by breaking the model must show it here:
   the usual R@k, "any of the relevant images", since many images share a concept), and
   image-to-text concept accuracy (each image's nearest concept caption);
 - explicitly attributed queries ("a photo of a female nurse", one per class of each attribute and
-  concept of the mitigation split; words `debias.PAIR_WORDS`): `attributed_query_share@k` is the
+  concept of the mitigation split; words `encoders.projection.PAIR_WORDS`): `attributed_query_share@k` is the
   share of the labelled images among each query's first k ranks on the audited dataset that belong
   to the named class, pooled over the queries (Wilson interval over the pooled items; chance is the
   dataset's share of the class). A method must keep these correct while it debiases neutral queries.
@@ -38,12 +38,15 @@ import pandas as pd
 from vlmbias import VlmbiasError
 from vlmbias.audit.embed import embed_image_files
 from vlmbias.audit.metrics import labelled, proportion_ci
-from vlmbias.audit.models import load_encoder
+from vlmbias.audit.queries import strip_article
 from vlmbias.audit.retrieve import top_k
 from vlmbias.audit.zeroshot import class_embeddings, predict
+from vlmbias.encoders.bendvlm import apply_transform, load_reference
+from vlmbias.encoders.models import load_encoder
+from vlmbias.encoders.projection import DEFAULT_GROUP_WORDS, PAIR_WORDS, apply_projection, projection_for
+from vlmbias.encoders.saner import load_saner
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import parse_json_arg, read_npy, read_table, run_cli, write_table
-from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS, PAIR_WORDS
 
 log = logging.getLogger(__name__)
 COLUMNS = ["model", "metric", "attribute", "split", "value", "low", "high", "n"]
@@ -65,18 +68,12 @@ class TransformedText:
         self.encoder, self.fn, self.bend, self.about = encoder, None, None, {}
         transform = transform or {}
         if transform.get("bendvlm"):
-            from vlmbias.mitigate.bendvlm import load_reference
-
             self.bend = (transform["bendvlm"], load_reference(transform["bendvlm"]["reference"]))
         elif transform.get("projection"):
-            from vlmbias.mitigate.debias import apply_projection, projection_for
-
             spec = transform["projection"]
             p = projection_for(encoder, spec, spec.get("concepts") or fitting or [])
             self.fn = lambda x: apply_projection(x, p)
         elif transform.get("saner"):
-            from vlmbias.mitigate.saner import load_saner
-
             self.fn = load_saner(transform["saner"]["layer"])
 
     def describe(self, texts, concepts, names_attribute: str | None = None) -> None:
@@ -87,10 +84,9 @@ class TransformedText:
         texts = list(texts)
         out = self.encoder.encode_texts(texts)
         if self.bend is not None:
-            from vlmbias.mitigate.bendvlm import apply_transform
-
             info = [self.about.get(t, (None, None)) for t in texts]
-            table = pd.DataFrame({"query": texts, "concept": [i[0] for i in info],
+            table = pd.DataFrame({"concept": [c if isinstance(c, str) and c.strip() else strip_article(t)
+                                              for t, (c, _) in zip(texts, info)],
                                   "names_attribute": [i[1] for i in info]})
             out = apply_transform(self.encoder, out, table, self.bend[0], reference=self.bend[1])
         return out if self.fn is None else self.fn(out)

@@ -30,12 +30,11 @@ choices, not the paper's, and should be tuned on held-out data.
 
 Output of `train_saner` in `out_dir`: `saner.safetensors` (the layer's weights),
 `saner.json` (dim, hidden, groups, spec, steps, losses summary) written last, and `losses.csv`.
-`load_saner(out_dir)` returns a callable [Q, d] -> [Q, d] (unit rows), the text-side transform.
+`vlmbias.encoders.saner.load_saner(out_dir)` returns a callable [Q, d] -> [Q, d] (unit rows), the text-side transform.
 Training is seeded and deterministic on CPU: same inputs, spec and thread count, same bytes.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -47,12 +46,12 @@ import torch
 import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
+from vlmbias.encoders.saner import META, WEIGHTS, SanerLayer, check_embeddings
 from vlmbias.io import write_table
 from vlmbias.training import contrastive_loss, deterministic, is_number, save_trained, shuffled_batches, train_steps
 
 log = logging.getLogger(__name__)
 
-WEIGHTS, META = "saner.safetensors", "saner.json"
 DEFAULTS: dict = {
     "hidden": None,        # width of the hidden layer; None = the embedding size (ours)
     "alpha": 1.0,          # weight of L_deb (ours)
@@ -151,36 +150,6 @@ def saner_corpus(captions: Sequence[str], lexicon=GENDER_LEXICON) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- the layer
-
-class SanerLayer(torch.nn.Module):
-    """x + W2 gelu(W1 x + b1) + b2, the identity at initialisation."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = torch.nn.Linear(dim, hidden)
-        self.fc2 = torch.nn.Linear(hidden, dim)
-        torch.nn.init.zeros_(self.fc2.weight)
-        torch.nn.init.zeros_(self.fc2.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(F.gelu(self.fc1(x)))
-
-
-class SanerTransform:
-    """The trained layer as a text-embedding transform: [Q, d] array -> [Q, d] float32 unit rows."""
-
-    def __init__(self, layer: SanerLayer, meta: dict):
-        self.layer, self.meta = layer.eval(), meta
-        self.dim = int(meta["dim"])
-
-    def __call__(self, queries) -> np.ndarray:
-        q = _array(queries, "queries", 2, self.dim)
-        with torch.inference_mode():
-            out = F.normalize(self.layer(torch.from_numpy(q)), dim=-1)
-        return out.numpy().astype(np.float32)
-
-
 # --------------------------------------------------------------------------- spec & inputs
 
 
@@ -209,22 +178,6 @@ def resolve_spec(spec: dict | None) -> dict:
     return s
 
 
-def _array(x, what: str, ndim: int, dim: int | None = None) -> np.ndarray:
-    try:
-        a = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise VlmbiasError(f"{what} must be a numeric array") from None
-    if a.ndim != ndim:
-        raise VlmbiasError(f"{what} must have {ndim} dimensions, got shape {a.shape}")
-    if dim is not None and a.shape[-1] != dim:
-        raise VlmbiasError(f"{what} has embedding size {a.shape[-1]}, expected {dim}")
-    if not np.isfinite(a).all():
-        raise VlmbiasError(f"{what} contains NaN or infinite values")
-    if a.size and (np.linalg.norm(a, axis=-1) < 1e-8).any():
-        raise VlmbiasError(f"{what} contains an all-zero embedding")
-    return np.ascontiguousarray(a)
-
-
 # --------------------------------------------------------------------------- training
 
 def train_saner(neutral, variants, out_dir, *, images=None, keep=None, groups: Sequence[str] | None = None,
@@ -240,11 +193,11 @@ def train_saner(neutral, variants, out_dir, *, images=None, keep=None, groups: S
     training (one is fastest for a layer this small; more threads only spin on a busy machine).
     """
     s = resolve_spec(spec)
-    n = _array(neutral, "neutral caption embeddings", 2)
+    n = check_embeddings(neutral, "neutral caption embeddings", 2)
     if len(n) == 0:
         raise VlmbiasError("SANER: no neutral caption embeddings to train on")
     d = n.shape[1]
-    v = _array(variants, "attribute-specific caption embeddings", 3, d)
+    v = check_embeddings(variants, "attribute-specific caption embeddings", 3, d)
     if v.shape[0] != len(n):
         raise VlmbiasError(f"attribute-specific embeddings are given for {v.shape[0]} captions, there are {len(n)}")
     if v.shape[1] < 2:
@@ -257,10 +210,10 @@ def train_saner(neutral, variants, out_dir, *, images=None, keep=None, groups: S
         if images is None:
             raise VlmbiasError("SANER: the contrastive term (gamma > 0) needs the image embedding of each caption; "
                                "pass images=[N, d] or set gamma to 0")
-        img = _array(images, "image embeddings", 2, d)
+        img = check_embeddings(images, "image embeddings", 2, d)
         if len(img) != len(n):
             raise VlmbiasError(f"{len(img)} image embeddings for {len(n)} captions; give one per caption")
-    k = None if keep is None else _array(keep, "keep embeddings", 2, d)
+    k = None if keep is None else check_embeddings(keep, "keep embeddings", 2, d)
     if k is not None and len(k) == 0:
         k = None
 
@@ -316,31 +269,10 @@ def _save(layer: SanerLayer, losses: pd.DataFrame, meta: dict, out_dir: Path) ->
     save_trained(out_dir, lambda folder: save_file(weights, str(folder / WEIGHTS)), losses, META, meta)
 
 
-def load_saner(out_dir) -> SanerTransform:
-    """The saved layer as a callable text-embedding transform (see `SanerTransform`)."""
-    from safetensors.torch import load_file
-
-    out_dir = Path(out_dir)
-    if not (out_dir / META).is_file() or not (out_dir / WEIGHTS).is_file():
-        raise VlmbiasError(f"{out_dir} is not a trained SANER layer directory (needs {META} and {WEIGHTS})")
-    meta = json.loads((out_dir / META).read_text())
-    layer = SanerLayer(int(meta["dim"]), int(meta["hidden"]))
-    try:
-        layer.load_state_dict(load_file(str(out_dir / WEIGHTS)))
-    except (RuntimeError, KeyError) as e:
-        raise VlmbiasError(f"SANER weights in {out_dir} do not match its {META}: {str(e).splitlines()[0][:200]}") from None
-    return SanerTransform(layer, meta)
-
-
-def apply_saner(queries, out_dir) -> np.ndarray:
-    """Debias query embeddings [Q, d] with the layer saved in `out_dir`."""
-    return load_saner(out_dir)(queries)
-
-
 def train_saner_from_captions(encoder, captions: Sequence[str], image_embeddings, out_dir, *,
                               lexicon=GENDER_LEXICON, keep_captions: Sequence[str] | None = None,
                               spec: dict | None = None, threads: int | None = 1, progress: bool = False) -> dict:
-    """Neutralise `captions`, encode every text with `encoder` (an `audit.models.Encoder`), and
+    """Neutralise `captions`, encode every text with `encoder` (an `encoders.models.Encoder`), and
     train. image_embeddings: [len(captions), d], the image of each caption (rows of captions that
     name no attribute are skipped). keep_captions: texts to leave unchanged (e.g. captions with
     no person, or explicit queries). Returns `train_saner`'s result plus `corpus` (the texts)."""
@@ -394,7 +326,7 @@ def main(argv=None) -> None:
     import argparse
 
     from vlmbias.audit.embed import embed_image_files
-    from vlmbias.audit.models import load_encoder
+    from vlmbias.encoders.models import load_encoder
     from vlmbias.imagegate import DEFAULT_MAX_PIXELS
     from vlmbias.io import parse_json_arg, read_table, run_cli  # noqa: F401
 
