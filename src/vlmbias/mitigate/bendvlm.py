@@ -4,9 +4,11 @@ The transform itself (Gerych et al., NeurIPS 2024; both steps, defaults and sour
 `vlmbias.encoders.bendvlm`, where the audit loads it from the folder this module writes:
 `reference.npy` (the images' embeddings) and `reference.parquet` (their ids and attribute labels).
 
-Rule `bendvlm_reference` (mitigate.smk): the labelled reference images are the calibration world's
-corpus images of the FITTING concepts only (train split), so that no held-out concept and no
-audited test image is ever seen.
+Rule `bendvlm_reference` (mitigate.smk): the labelled reference images are a labelled dataset that
+is not the audited one (the method's `reference`, e.g. FairFace's train split when FairFace's
+validation split is audited: every image of it with the attributes labelled), or by default the
+calibration world's corpus images of the FITTING concepts only (train split), so that no held-out
+concept and no audited test image is ever seen.
 """
 from __future__ import annotations
 
@@ -30,6 +32,18 @@ def reference_rows(corpus: pd.DataFrame, concepts: Sequence[str], attributes: Se
     return rows.reset_index(drop=True)
 
 
+def dataset_rows(manifest: pd.DataFrame, attributes: Sequence[str], name: str = "the reference set") -> pd.DataFrame:
+    """A labelled dataset's images usable as references: every attribute labelled (unlabelled rows dropped)."""
+    missing = [a for a in attributes if a not in manifest.columns]
+    if missing:
+        raise VlmbiasError(f"BendVLM references: {name} has no {missing} labels (it has {list(manifest.columns)})")
+    labelled = manifest[list(attributes)].notna() & manifest[list(attributes)].astype(str).ne("")
+    rows = manifest[labelled.all(axis=1)]
+    if rows.empty:
+        raise VlmbiasError(f"BendVLM references: {name} has no image with every attribute {list(attributes)} labelled")
+    return rows.reset_index(drop=True)
+
+
 def main(argv=None) -> None:
     import argparse
     from pathlib import Path
@@ -42,26 +56,35 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.bendvlm",
                                 description="Embed BendVLM's reference images (fitting concepts only).")
     p.add_argument("--model-json", required=True, help="the base model's config block as JSON")
-    p.add_argument("--world", required=True, help="the calibration world's data folder (corpus.parquet)")
-    p.add_argument("--spec-json", required=True, help='{"concepts": [fitting concepts], "attributes": [...]}')
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--reference-json", help="the reference dataset's config block as JSON (a labelled dataset)")
+    source.add_argument("--world", help="the calibration world's data folder (corpus.parquet)")
+    p.add_argument("--spec-json", required=True, help='{"concepts": [fitting concepts; world only], "attributes": [...]}')
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
     spec = parse_json_arg(a.spec_json, "--spec-json")
-    world = Path(a.world)
     attributes = list(spec.get("attributes") or ["gender"])
-    rows = reference_rows(read_table(str(world / "corpus.parquet")), spec["concepts"], attributes)
+    if a.world:
+        world = Path(a.world)
+        rows = reference_rows(read_table(str(world / "corpus.parquet")), spec["concepts"], attributes)
+        paths, columns = [str(world / x) for x in rows["path"]], ["image_id", "concept", "lang", *attributes]
+    else:
+        from vlmbias.audit.data import build_manifest
+
+        ref = parse_json_arg(a.reference_json, "--reference-json")
+        rows = dataset_rows(build_manifest(ref, ref.get("max_missing_fraction", 0.0))[0], attributes,
+                            f"reference dataset {ref.get('root', ref.get('type'))}")
+        paths, columns = rows["path"].tolist(), ["image_id", *attributes]
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
-    emb, kept, bad = embed_image_files(encoder, [str(world / x) for x in rows["path"]], progress=False,
-                                       num_workers=0, max_pixels=a.max_pixels)
+    emb, kept, bad = embed_image_files(encoder, paths, progress=False, num_workers=0, max_pixels=a.max_pixels)
     if bad:
         raise VlmbiasError(f"BendVLM references: {len(bad)} image(s) could not be read; first: {bad[0][1]}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     write_npy(emb, str(out / REFERENCE_NPY))
-    write_table(rows.loc[kept, ["image_id", "concept", "lang", *attributes]].reset_index(drop=True),
-                str(out / REFERENCE_TABLE))
+    write_table(rows.loc[kept, columns].reset_index(drop=True), str(out / REFERENCE_TABLE))
 
 
 if __name__ == "__main__":

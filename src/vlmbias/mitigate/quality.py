@@ -4,6 +4,8 @@ A method that "removes bias" by breaking the model must show it here:
 - zero-shot attribute classification on the audited dataset: each image is assigned the class
   whose prompt ("a photo of a man" / "a photo of a woman") is most similar; accuracy with a
   Wilson 95% interval;
+- caption retrieval on a caption set (`mitigation.captions`, dataset type captions): recall@k as
+  CLIP_benchmark reports it, both directions (`caption_retrieval`);
 - caption retrieval on a held-out image-caption set (the calibration world's held-out corpus):
   precision@k of text-to-image retrieval (share of the top-k images whose concept matches the
   caption's), recall@k (share of captions with at least one image of their concept in the top k:
@@ -191,6 +193,38 @@ def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFra
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+RECALL_KS = (1, 5, 10)  # CLIP_benchmark's default recall_k_list
+
+
+def caption_retrieval(encoder, model_name: str, images: pd.DataFrame, captions: pd.DataFrame,
+                      image_emb: np.ndarray | None = None, ks=RECALL_KS,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> list[dict]:
+    """Recall@k of caption <-> image retrieval on a caption set, as CLIP_benchmark reports it:
+    `image_retrieval_recall@k` (text to image: a caption hits when its own image is among the k
+    images most similar to it) and `text_retrieval_recall@k` (image to text: an image hits when any
+    of its captions is among the k captions most similar to it); Wilson intervals over captions /
+    images. images: image_id, path (one row per image); captions: image_id, caption."""
+    if image_emb is None:
+        image_emb, kept, bad = embed_image_files(encoder, images["path"].tolist(), progress=False,
+                                                 max_pixels=max_pixels)
+        if bad:
+            raise VlmbiasError(f"quality: {len(bad)} caption-set images could not be read; first: "
+                               f"{images['path'].iat[bad[0][0]]}: {bad[0][1]}")
+    row_of = {im: r for r, im in enumerate(images["image_id"])}
+    if not set(captions["image_id"]) <= set(row_of):
+        raise VlmbiasError("quality: the caption set has captions of images it does not list")
+    owner = captions["image_id"].map(row_of).to_numpy()
+    text_emb = encoder.encode_texts(captions["caption"].tolist())
+    rows = []
+    for k in ks:
+        _, t2i = top_k(image_emb, text_emb, k)
+        rows.append(_row(model_name, f"image_retrieval_recall@{k}", "", (t2i == owner[:, None]).any(axis=1)))
+        _, i2t = top_k(text_emb, image_emb, k)
+        rows.append(_row(model_name, f"text_retrieval_recall@{k}", "",
+                         (owner[i2t] == np.arange(len(image_emb))[:, None]).any(axis=1)))
+    return rows
+
+
 def heldout_corpus(world_dir: str) -> pd.DataFrame:
     """Held-out, evidence-bearing, English concept captions of the calibration world."""
     from vlmbias.world.generate import load_corpus
@@ -210,6 +244,7 @@ def main(argv=None) -> None:
     p.add_argument("--attributes", nargs="+", default=["gender", "race"])
     p.add_argument("--template", default="a photo of a {}")
     p.add_argument("--world", help="calibration world directory: adds caption retrieval on its held-out corpus")
+    p.add_argument("--captions-json", help="a caption set's config block as JSON: adds recall@k of caption retrieval")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
@@ -226,6 +261,13 @@ def main(argv=None) -> None:
     corpus = heldout_corpus(a.world) if a.world else None
     table = evaluate(encoder, a.model_name, read_npy(a.images_npy), labels, a.attributes, a.template, corpus, a.k,
                      max_pixels=a.max_pixels, splits=splits)
+    if a.captions_json:
+        from vlmbias.audit.data import caption_set
+
+        images, captions, _, _ = caption_set(parse_json_arg(a.captions_json, "--captions-json"))
+        table = pd.concat([table, pd.DataFrame(caption_retrieval(encoder, a.model_name, images, captions,
+                                                                 max_pixels=a.max_pixels), columns=COLUMNS)],
+                          ignore_index=True)
     write_table(table, a.out)
     for r in table.itertuples():
         log.info("%s %s %s [%s]: %.3f (%.3f-%.3f, n=%d)", r.model, r.metric, r.attribute, r.split, r.value, r.low,

@@ -300,7 +300,9 @@ def train_saner_from_captions(encoder, captions: Sequence[str], image_embeddings
 # COCO captions that say "a man cooking" of a picture of a man, each English train-split image of a
 # FITTING concept gets its caption with its own (known) gender word ("portrait of a female
 # doctor"), plus the world's concept-free group captions that name a gender ("a male person").
-# No held-out concept and no audited test image is used.
+# No held-out concept and no audited test image is used. A caption set (dataset type captions)
+# is used as it is: its captions that name an attribute word train the layer, captions that name a
+# held-out concept are left out (`caption_set_rows`).
 
 def world_captions(corpus: pd.DataFrame, names: pd.DataFrame, concepts: Sequence[str],
                    words: dict | None = None) -> pd.DataFrame:
@@ -322,6 +324,25 @@ def world_captions(corpus: pd.DataFrame, names: pd.DataFrame, concepts: Sequence
     return out.drop(columns=["Index"], errors="ignore")
 
 
+def mentions(caption: str, concepts: Sequence[str]) -> bool:
+    """Whether a caption names any of `concepts` as whole words ("a nurse at work" names nurse), case-insensitively."""
+    text = f" {' '.join(_WORD.findall(caption.lower()))} "
+    return any(f" {' '.join(_WORD.findall(c.lower()))} " in text for c in concepts if _WORD.search(c))
+
+
+def caption_set_rows(images: pd.DataFrame, captions: pd.DataFrame, held_out: Sequence[str]) -> pd.DataFrame:
+    """A caption set's training rows (image_id, path, caption, and its labels): every caption but those
+    that name a held-out concept, so nothing the method is judged on is learnt from."""
+    drop = captions["caption"].map(lambda c: mentions(c, held_out))
+    if drop.any():
+        log.info("SANER: %d of %d captions name a held-out concept and are left out", int(drop.sum()), len(captions))
+    rows = captions[~drop].merge(images, on="image_id", how="inner", validate="many_to_one")
+    if rows.empty:
+        raise VlmbiasError("SANER: the caption set has no caption left once captions naming a held-out concept "
+                           f"({list(held_out)}) are left out")
+    return rows.reset_index(drop=True)
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -331,29 +352,43 @@ def main(argv=None) -> None:
     from vlmbias.io import parse_json_arg, read_table, run_cli  # noqa: F401
 
     p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.saner",
-                                description="Train a SANER layer on the fitting concepts' world captions.")
+                                description="Train a SANER layer on a caption set or the world's fitting-concept captions.")
     p.add_argument("--model-json", required=True, help="the base model's config block as JSON")
-    p.add_argument("--world", required=True, help="the calibration world's data folder")
-    p.add_argument("--concepts-json", required=True, help='{"concepts": [fitting concepts]}')
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--captions-json", help="a caption set's config block as JSON (dataset type captions)")
+    source.add_argument("--world", help="the calibration world's data folder")
+    p.add_argument("--concepts-json", required=True,
+                   help='{"concepts": [fitting concepts; world], "held_out": [held-out concepts; caption set]}')
     p.add_argument("--spec-json", required=True, help="SANER spec (DEFAULTS keys)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    world = Path(a.world)
     spec = parse_json_arg(a.spec_json, "--spec-json")
     resolve_spec(spec)  # a bad spec fails before anything is embedded
-    rows = world_captions(read_table(str(world / "corpus.parquet")), read_table(str(world / "concepts.csv")),
-                          parse_json_arg(a.concepts_json, "--concepts-json")["concepts"])
+    concepts = parse_json_arg(a.concepts_json, "--concepts-json")
+    if a.world:
+        world = Path(a.world)
+        rows = world_captions(read_table(str(world / "corpus.parquet")), read_table(str(world / "concepts.csv")),
+                              concepts["concepts"])
+        rows["path"] = [str(world / x) for x in rows["path"]]
+        columns = ["image_id", "concept", "gender", "caption"]
+    else:
+        from vlmbias.audit.data import caption_set
+
+        images, captions, _, _ = caption_set(parse_json_arg(a.captions_json, "--captions-json"))
+        rows = caption_set_rows(images, captions, concepts.get("held_out") or [])
+        columns = [c for c in rows.columns if c != "path"]
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
-    emb, kept, bad = embed_image_files(encoder, [str(world / x) for x in rows["path"]], progress=False,
-                                       num_workers=0, max_pixels=a.max_pixels)
+    unique = rows.drop_duplicates("path")["path"].tolist()  # each image once, however many captions it has
+    emb, kept, bad = embed_image_files(encoder, unique, progress=False, num_workers=0, max_pixels=a.max_pixels)
     if bad:
         raise VlmbiasError(f"SANER: {len(bad)} training image(s) could not be read; first: {bad[0][1]}")
-    rows = rows.iloc[kept].reset_index(drop=True)
-    out = train_saner_from_captions(encoder, rows["caption"].tolist(), emb, a.out, spec=spec, threads=a.threads)
-    write_table(rows[["image_id", "concept", "gender", "caption"]], Path(a.out) / "captions.csv")
+    at = {unique[i]: r for r, i in enumerate(kept)}
+    out = train_saner_from_captions(encoder, rows["caption"].tolist(), emb[[at[p] for p in rows["path"]]], a.out,
+                                    spec=spec, threads=a.threads)
+    write_table(rows[columns], Path(a.out) / "captions.csv")
     log.info("SANER trained on %d captions (%d naming a gender)", len(rows), out["n_train"])
 
 
