@@ -221,7 +221,7 @@ def bendvlm_for(encoder, queries, concepts: Sequence[str], ref_embeddings, ref_l
 
 
 # ---------------------------------------------------------------- a fitted reference set
-# `vlmbias.mitigate.bendvlm` embeds a method's labelled reference images once with the base model
+# The mitigation stage (`mitigate/bendvlm.py`) embeds a method's labelled reference images once with the base model
 # and writes them to a folder; the audit applies BendVLM to the query embeddings with them
 # (transform `bendvlm`, `apply_transform`); the images are the base model's.
 REFERENCE_NPY, REFERENCE_TABLE = "reference.npy", "reference.parquet"

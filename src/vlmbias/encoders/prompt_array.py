@@ -1,7 +1,7 @@
 """A learned prompt array (Berg et al. 2022) as an encoder: prompt vectors prepended inside a
 transformers `CLIPModel`'s text tower; images are encoded by the unchanged base model.
 
-`vlmbias.mitigate.prompt_array` learns the vectors and writes them to a folder (`WEIGHTS`:
+The mitigation stage (`mitigate/prompt_array.py`) learns the vectors and writes them to a folder (`WEIGHTS`:
 tensor `prompts`, [n_tokens, text hidden size]; `META` written last); `PromptedText` encodes
 texts with them prepended, and `vlmbias.encoders.models.load_encoder` (a model spec with
 `prompts: <folder>`) returns an `Encoder` built on it, so every stage that embeds queries works

@@ -1,6 +1,6 @@
 """A trained SANER layer (Hirota et al., ICLR 2025) as a text-embedding transform.
 
-`vlmbias.mitigate.saner` trains a residual MLP on the frozen text embedding,
+The mitigation stage (`mitigate/saner.py`) trains a residual MLP on the frozen text embedding,
 f(x) = x + W2 gelu(W1 x + b1) + b2 (the identity at initialisation), and writes it to a folder:
 `WEIGHTS` (the layer's weights) and `META` (dim, hidden, groups, spec; written last).
 `load_saner(folder)` returns it as a callable [Q, d] -> [Q, d] float32 unit rows.

@@ -259,7 +259,11 @@ def main(argv=None) -> None:
     rows = read_table(a.images_table)
     labels = read_table(a.manifest).set_index("image_id").loc[rows["image_id"]].reset_index()
     corpus = heldout_corpus(a.world) if a.world else None
-    table = evaluate(encoder, a.model_name, read_npy(a.images_npy), labels, a.attributes, a.template, corpus, a.k,
+    attributes = [x for x in a.attributes if x in labels.columns]  # a dataset labels what it labels
+    if len(attributes) < len(a.attributes):
+        log.info("quality: the dataset has no %s labels; measured on %s only",
+                 sorted(set(a.attributes) - set(attributes)), attributes)
+    table = evaluate(encoder, a.model_name, read_npy(a.images_npy), labels, attributes, a.template, corpus, a.k,
                      max_pixels=a.max_pixels, splits=splits)
     if a.captions_json:
         from vlmbias.audit.data import caption_set
