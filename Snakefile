@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The default run's config, unless config files are named on the command line: each of those (e.g.
+# config/thesis.yaml) is a whole experiment, so the default run's world must not be merged into it.
+# An overlay is named after the config it extends: --configfile config.yaml config/world_non_human.yaml
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"

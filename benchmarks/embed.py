@@ -45,7 +45,7 @@ from _world import build_world, world_queries  # noqa: E402
 
 from vlmbias.audit.data import build_manifest  # noqa: E402
 from vlmbias.audit.embed import embed_image_files  # noqa: E402
-from vlmbias.audit.models import Encoder, features, load_encoder  # noqa: E402
+from vlmbias.encoders.models import Encoder, features, load_encoder  # noqa: E402
 from vlmbias.audit.retrieve import top_k  # noqa: E402
 from vlmbias.imagegate import open_image  # noqa: E402
 from vlmbias.testing import make_fairface_folder  # noqa: E402

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import footer, header  # noqa: E402
 from _world import build_world  # noqa: E402
 
-from vlmbias.audit.models import load_hf_parts  # noqa: E402
+from vlmbias.encoders.models import load_hf_parts  # noqa: E402
 from vlmbias.imagegate import open_image  # noqa: E402
 from vlmbias.mitigate.finetune import DEFAULTS, finetune, target_regex  # noqa: E402
 

@@ -4,8 +4,15 @@ import pytest
 
 from vlmbias import VlmbiasError
 from vlmbias import config as vconfig
-from vlmbias.audit.approximate import approximate_with_recall, check_spec, recall_table
+from vlmbias.audit import approximate
+from vlmbias.audit.approximate import check_spec, recall_table
 from vlmbias.audit.retrieve import top_k
+
+
+def approximate_with_recall(images, queries, k, spec, seed, recall_ks, query_ids, chunk_rows):
+    """The approximate search with retrieve's exact top-k as the recall baseline, as rule retrieve runs it."""
+    return approximate.approximate_with_recall(images, queries, k, spec, seed, recall_ks, query_ids, chunk_rows,
+                                               lambda im, q, kk: top_k(im, q, kk, "auto", chunk_rows))
 
 
 def _unit(n, d, seed):

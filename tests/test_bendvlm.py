@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from vlmbias import VlmbiasError
-from vlmbias.mitigate.bendvlm import (
+from vlmbias.encoders.bendvlm import (
     augment_queries,
     bendvlm,
     bendvlm_for,
@@ -138,7 +138,7 @@ def test_augment_queries_rejects_empty_input():
 
 
 def test_bendvlm_for_with_an_encoder(tiny_hf):
-    from vlmbias.audit.models import load_encoder
+    from vlmbias.encoders.models import load_encoder
 
     enc = load_encoder({"backend": "hf", "name": str(tiny_hf)})
     queries = enc.encode_texts(["a photo of a doctor", "a photo of a nurse"])
@@ -241,9 +241,9 @@ def test_quality_without_the_named_attribute_would_bend_attributed_queries(tmp_p
 def test_quality_with_bendvlm_on_a_real_encoder_over_gender_and_race(tiny_hf, tmp_path):
     """The workflow's case: a CLIPModel, BendVLM over gender then race (race words for augmentation),
     multi-word concepts; a method bending gender only leaves the gender prompts' accuracy as the base's."""
-    from vlmbias.audit.models import load_encoder
+    from vlmbias.encoders.models import load_encoder
     from vlmbias.io import write_npy, write_table
-    from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS
+    from vlmbias.encoders.projection import DEFAULT_GROUP_WORDS
     from vlmbias.mitigate.quality import TransformedText, evaluate
 
     enc = load_encoder({"backend": "hf", "name": str(tiny_hf)})

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from vlmbias import VlmbiasError
-from vlmbias.mitigate.debias import apply_projection, calibrated_projection, orthogonal_projection
+from vlmbias.encoders.projection import apply_projection, calibrated_projection, orthogonal_projection
 
 
 def test_orthogonal_projection_removes_the_spurious_direction():
@@ -45,7 +45,7 @@ def test_projection_cannot_erase_a_query():
 
 def test_projection_transform_in_query_sets(tiny_hf):
     from vlmbias.audit.embed import embed_queries
-    from vlmbias.audit.models import load_encoder
+    from vlmbias.encoders.models import load_encoder
 
     enc = load_encoder({"backend": "hf", "name": str(tiny_hf)})
     qs = {"queries": ["a doctor", "a nurse"]}

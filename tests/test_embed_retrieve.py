@@ -4,7 +4,7 @@ import pytest
 from vlmbias import VlmbiasError
 from vlmbias.audit.data import build_manifest
 from vlmbias.audit.embed import embed_images, embed_queries
-from vlmbias.audit.models import load_encoder
+from vlmbias.encoders.models import load_encoder
 from vlmbias.audit.queries import expand_query_set
 from vlmbias.audit.retrieve import rankings_table, top_k
 

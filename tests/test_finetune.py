@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vlmbias import VlmbiasError
-from vlmbias.audit.models import load_encoder
+from vlmbias.encoders.models import load_encoder
 from vlmbias.io import run_cli, write_table
 from vlmbias.mitigate.finetune import (
     age_midpoint,

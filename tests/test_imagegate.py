@@ -112,7 +112,7 @@ def test_result_is_detached_from_the_file(tmp_path, plain):
 
 def test_embed_refuses(bomb_png, plain, tiny_hf):
     from vlmbias.audit.embed import embed_image_files
-    from vlmbias.audit.models import load_encoder
+    from vlmbias.encoders.models import load_encoder
 
     enc = load_encoder({"backend": "hf", "name": str(tiny_hf)})
     ok = plain.with_name("ok.png")
@@ -127,7 +127,7 @@ def test_embed_refuses(bomb_png, plain, tiny_hf):
 def test_embed_stage_lists_refused_image_in_skipped(bomb_png, fairface_dir, tiny_hf):
     from vlmbias.audit.data import build_manifest
     from vlmbias.audit.embed import embed_images
-    from vlmbias.audit.models import load_encoder
+    from vlmbias.encoders.models import load_encoder
 
     manifest = build_manifest({"type": "fairface", "root": str(fairface_dir)})[0]
     manifest = pd.concat([manifest, pd.DataFrame({"image_id": ["bomb"], "path": [str(bomb_png)]})], ignore_index=True)

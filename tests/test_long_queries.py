@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from vlmbias.audit.models import load_encoder
+from vlmbias.encoders.models import load_encoder
 from vlmbias.cli import main
 
 LONG = "a photo of a doctor " + " ".join(["who works in a large hospital"] * 15)  # ~100 words

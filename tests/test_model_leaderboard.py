@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from vlmbias import VlmbiasError
 from vlmbias.audit.expand import expand_models
 from vlmbias.audit.leaderboard import mean_interval, model_leaderboard
-from vlmbias.audit.models import load_encoder
+from vlmbias.encoders.models import load_encoder
 from vlmbias.config import leaderboard_models, validate
 from vlmbias.testing import make_tiny_open_clip_tags
 

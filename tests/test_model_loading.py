@@ -6,8 +6,8 @@ import time
 import pytest
 
 from vlmbias import VlmbiasError
-from vlmbias.audit import models
-from vlmbias.audit.models import load_encoder, local_model_folder
+from vlmbias.encoders import models
+from vlmbias.encoders.models import load_encoder, local_model_folder
 from vlmbias.cli import main
 from vlmbias.cli.audit import format_model_spec, parse_model_spec
 from vlmbias.testing import make_tiny_open_clip_tags

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from vlmbias import VlmbiasError
-from vlmbias.audit.models import load_encoder
+from vlmbias.encoders.models import load_encoder
 from vlmbias.mitigate.finetune import load_base
 
 

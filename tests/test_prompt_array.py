@@ -10,14 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from vlmbias import VlmbiasError
 from vlmbias.audit.embed import embed_image_files
-from vlmbias.audit.models import features, load_encoder
-from vlmbias.mitigate.prompt_array import (
-    encode_with_prompts,
-    load_prompt_encoder,
-    load_prompts,
-    resolve_spec,
-    train_prompt_array,
-)
+from vlmbias.encoders.models import features, load_encoder, load_prompt_encoder
+from vlmbias.encoders.prompt_array import load_prompts
+from vlmbias.mitigate.prompt_array import resolve_spec, train_prompt_array
 from vlmbias.training import load_pixels
 
 FAST = {"epochs": 40, "lr": 1e-2, "head_lr": 1e-2}
@@ -133,7 +128,7 @@ def test_prompted_encoding_pools_the_right_token(planted, measured):
     np.testing.assert_allclose(alone[0], batched[0], atol=1e-5)  # padding and prompts do not move the pooled token
     plain = load_encoder({"backend": "hf", "name": planted}).encode_texts(["a"])
     assert np.abs(alone - plain).max() > 1e-3  # the prompts are used
-    np.testing.assert_array_equal(encode_with_prompts(planted, out, ["a"]), alone)
+    np.testing.assert_array_equal(load_prompt_encoder(planted, out).encode_texts(["a"]), alone)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1, rtol=1e-5)
     # images are encoded by the unchanged base model
     px = torch.zeros(1, 3, 32, 32)

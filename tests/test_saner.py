@@ -6,9 +6,8 @@ import pandas as pd
 import pytest
 
 from vlmbias import VlmbiasError
+from vlmbias.encoders.saner import apply_saner, load_saner
 from vlmbias.mitigate.saner import (
-    apply_saner,
-    load_saner,
     neutralize,
     resolve_spec,
     saner_corpus,
@@ -182,7 +181,7 @@ def test_load_errors(tmp_path, trained):
 
 
 def test_from_captions_with_an_encoder(tiny_hf, tmp_path):
-    from vlmbias.audit.models import load_encoder
+    from vlmbias.encoders.models import load_encoder
 
     enc = load_encoder({"backend": "hf", "name": str(tiny_hf)})
     captions = ["a photo of a man cooking", "a photo of a woman reading", "a bowl of fruit", "a male nurse"]

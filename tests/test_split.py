@@ -10,10 +10,10 @@ import yaml
 from vlmbias import VlmbiasError
 from vlmbias import config as vconfig
 from vlmbias.audit import metrics as m
+from vlmbias.encoders.projection import projection_for
 from vlmbias.mitigate.acquire import resolve_spec
 from vlmbias.mitigate.bendvlm import reference_rows
 from vlmbias.mitigate.compare import compare
-from vlmbias.mitigate.debias import projection_for
 from vlmbias.mitigate.split import concept_split, main
 
 REPO = Path(__file__).resolve().parents[1]

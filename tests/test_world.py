@@ -126,7 +126,7 @@ def test_tokenizer_round_trips_every_script(tmp_path):
 def test_trained_world_model_loads_as_a_hub_model(world, tmp_path):
     from transformers import CLIPModel
 
-    from vlmbias.audit.models import load_encoder
+    from vlmbias.encoders.models import load_encoder
     from vlmbias.world.model import train_world_model
 
     small = {"max_steps": 3, "batch_size": 32, "bpe_merges": 30, "projection_dim": 16,

@@ -109,7 +109,7 @@ def audit_model(model: str, dataset, queries=None, *, csv=None, k: int = 20, att
             raise VlmbiasError(f"audit_model() has no option {name!r}; options: {', '.join(known)}")
         setattr(a, name, value)
     run = compute_audit(a)
-    from vlmbias.audit.models import model_id
+    from vlmbias.encoders.models import model_id
 
     info = {"model": run["model"], "model_id": model_id(run["model"]), "dataset": run["dataset"],
             "k": k, "k_used": run["k_used"], "attributes": run["attributes"],

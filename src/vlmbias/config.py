@@ -81,11 +81,13 @@ def check_config(config: dict) -> None:
     for name, spec in config.get("datasets", {}).items():
         if spec.get("world") and "world" not in config:
             raise VlmbiasError(f"dataset {name!r} uses the calibration world, but the config has no 'world' block")
-        on_disk = ("fairface", "labelled-folder", "utkface", "celeba", "facet")
+        on_disk = ("fairface", "labelled-folder", "captions", "utkface", "celeba", "facet")
         if not spec.get("world") and spec["type"] in on_disk and not spec.get("root"):
             raise VlmbiasError(f"dataset {name!r} (type {spec['type']}) needs a 'root' folder")
         if spec["type"] == "labelled-folder" and not spec.get("csv"):
             raise VlmbiasError(f"dataset {name!r} (labelled-folder) needs a 'csv' label file")
+        if spec["type"] == "captions" and spec.get("layout", "csv") == "csv" and not spec.get("csv"):
+            raise VlmbiasError(f"dataset {name!r} (captions, layout csv) needs a 'csv' file of image paths and captions")
     cal = config.get("calibration")
     if cal:
         ds = config.get("datasets", {}).get(cal["dataset"])
@@ -109,10 +111,7 @@ def check_config(config: dict) -> None:
             raise VlmbiasError(f"LoRA / prompt-array methods {lora} need an 'hf' base model; {mit['base_model']!r} is not")
         if lora and not (mit.get("acquire") and mit.get("label")):
             raise VlmbiasError(f"LoRA / prompt-array methods {lora} need mitigation.acquire and mitigation.label blocks")
-        worldly = [m for m, v in mit["methods"].items() if v["kind"] in ("bendvlm", "saner")]
-        if worldly and "world" not in config:
-            raise VlmbiasError(f"methods {worldly} (bendvlm, saner) take their reference images / captions from the "
-                               "calibration world's corpus; this config has no 'world' block")
+        check_data_roles(config)
     for exp, spec in (config.get("experiments") or {}).items():
         models = spec.get("models") or [spec.get("model")]
         known = [*config.get("models", {}), *variant_names(config)]
@@ -137,7 +136,7 @@ def check_config(config: dict) -> None:
         elif not spec.get("name"):
             raise VlmbiasError(f"model {name!r} needs a 'name' (a model name, hub id or local path)")
         if spec.get("tags"):
-            from vlmbias.audit.models import local_tags
+            from vlmbias.encoders.models import local_tags
 
             local_tags(spec, f"models.{name}")
     leaderboard_k(config)
@@ -186,7 +185,7 @@ def check_paths(config: dict) -> None:
         if spec.get("world"):
             continue
         if spec.get("backend", "hf") == "hf":
-            from vlmbias.audit.models import local_model_folder
+            from vlmbias.encoders.models import local_model_folder
 
             local_model_folder(str(spec["name"]), f"models.{name}.name")
             continue
@@ -256,6 +255,46 @@ def method_inputs(config: dict, method: str) -> list[str]:
     kind = method_spec(config, method)["kind"]
     return {"lora": [adapter_dir(config, method)], "bendvlm": [reference_dir(config, method)],
             "saner": [saner_dir(config, method)], "prompt-array": [prompts_dir(config, method)]}.get(kind, [])
+
+
+def reference_dataset(config: dict, method: str) -> str | None:
+    """The labelled dataset a `bendvlm` method takes its reference images from (None: the world's corpus)."""
+    return method_spec(config, method).get("reference")
+
+
+def caption_dataset(config: dict, method: str | None = None) -> str | None:
+    """The caption set a `saner` method trains on (its `captions`, else `mitigation.captions`), or,
+    with no method, the one quality measures caption retrieval on. None: the world's corpus."""
+    mit = config.get("mitigation") or {}
+    own = method_spec(config, method).get("captions") if method else None
+    return own or mit.get("captions")
+
+
+def check_data_roles(config: dict) -> None:
+    """A method's fitting data: a named dataset of the right type, never the audited one, else the world."""
+    mit, datasets = config["mitigation"], config.get("datasets", {})
+    named = [("mitigation.captions", mit.get("captions"), "captions")]
+    for m, v in mit["methods"].items():
+        if v["kind"] == "bendvlm":
+            named.append((f"mitigation.methods.{m}.reference", reference_dataset(config, m), None))
+        elif v["kind"] == "saner":
+            named.append((f"mitigation.methods.{m}.captions", caption_dataset(config, m), "captions"))
+    for key, ds, kind in named:
+        if ds is None:
+            if key != "mitigation.captions" and "world" not in config:
+                raise VlmbiasError(f"{key} is not set: name a dataset to fit on (a labelled set for BendVLM's "
+                                   "references, a caption set for SANER), or add a 'world' block to use its corpus")
+            continue
+        if ds not in datasets:
+            raise VlmbiasError(f"{key} {ds!r} is not a configured dataset (known: {list(datasets)})")
+        if kind and datasets[ds]["type"] != kind:
+            raise VlmbiasError(f"{key} {ds!r} must be a dataset of type {kind}, not {datasets[ds]['type']}")
+        if datasets[ds].get("world"):
+            raise VlmbiasError(f"{key} {ds!r} is the world's audited test split; name another dataset")
+        if ds == mit["dataset"]:
+            raise VlmbiasError(f"{key} {ds!r} is the audited dataset (mitigation.dataset): a method must not fit on "
+                               "the images it is judged on; name another split (e.g. FairFace's train split: "
+                               "type fairface, split train)")
 
 
 def split_variant(name: str) -> tuple[str, str | None]:

@@ -12,14 +12,14 @@ from PIL import Image
 from vlmbias.audit.data import FAIRFACE_CLASSES
 
 
-def make_fairface_folder(root: str | Path, per_cell: int = 2, size: int = 32, seed: int = 0) -> Path:
-    """FairFace layout (val/<n>.jpg + fairface_label_val.csv), balanced over gender x race.
+def make_fairface_folder(root: str | Path, per_cell: int = 2, size: int = 32, seed: int = 0, split: str = "val") -> Path:
+    """FairFace layout (<split>/<n>.jpg + fairface_label_<split>.csv), balanced over gender x race.
 
     Each image is a flat colour keyed to its race plus a gender-keyed bar and noise, so a model
     can tell groups apart; labels are exact by construction.
     """
     root = Path(root)
-    (root / "val").mkdir(parents=True, exist_ok=True)
+    (root / split).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows, n = [], 0
     for g_i, gender in enumerate(FAIRFACE_CLASSES["gender"]):
@@ -29,11 +29,11 @@ def make_fairface_folder(root: str | Path, per_cell: int = 2, size: int = 32, se
                 img = np.full((size, size, 3), 30 * r_i + 20, np.uint8)
                 img[:, : size // 4 * (1 + g_i)] = 200
                 img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(root / "val" / f"{n}.jpg", quality=95)
+                Image.fromarray(img).save(root / split / f"{n}.jpg", quality=95)
                 age = FAIRFACE_CLASSES["age"][int(rng.integers(0, 9))]
-                rows.append({"file": f"val/{n}.jpg", "age": age, "gender": gender, "race": race,
+                rows.append({"file": f"{split}/{n}.jpg", "age": age, "gender": gender, "race": race,
                              "service_test": str(bool(n % 2))})
-    pd.DataFrame(rows).to_csv(root / "fairface_label_val.csv", index=False)
+    pd.DataFrame(rows).to_csv(root / f"fairface_label_{split}.csv", index=False)
     return root
 
 

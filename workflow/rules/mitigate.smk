@@ -120,7 +120,26 @@ rule finetune:
 
 
 def reference_inputs(wildcards):
-    return {"model": finetune_inputs(wildcards)["model"], "world": vconfig.world_data_dir(config)}
+    # a named dataset is read where it lies (its spec goes in as JSON); the world's corpus is a rule output
+    named = (vconfig.reference_dataset(config, wildcards.method) if method_kind(wildcards) == "bendvlm"
+             else vconfig.caption_dataset(config, wildcards.method))
+    inputs = {"model": finetune_inputs(wildcards)["model"]}
+    if named is None:
+        inputs["world"] = vconfig.world_data_dir(config)
+    return inputs
+
+
+def method_kind(wildcards):
+    return vconfig.method_spec(config, wildcards.method)["kind"]
+
+
+def fitting_source(wildcards, input):
+    """--world <folder>, or the named dataset's spec: --reference-json (bendvlm) / --captions-json (saner)."""
+    if "world" in input.keys():
+        return ["--world", input.world]
+    if method_kind(wildcards) == "bendvlm":
+        return ["--reference-json", as_json(vconfig.dataset_spec(config, vconfig.reference_dataset(config, wildcards.method)))]
+    return ["--captions-json", as_json(vconfig.dataset_spec(config, vconfig.caption_dataset(config, wildcards.method)))]
 
 
 rule bendvlm_reference:
@@ -132,6 +151,7 @@ rule bendvlm_reference:
         base=lambda w: as_json(vconfig.model_spec(config, config["mitigation"]["base_model"])),
         spec=lambda w: as_json({"concepts": vconfig.fitting_concepts(config),
                                 "attributes": vconfig.method_spec(config, w.method).get("attributes", ["gender"])}),
+        source=fitting_source,
         device=config["device"],
         max_pixels=MAX_PIXELS,
     log:
@@ -139,7 +159,7 @@ rule bendvlm_reference:
     conda:
         "../../envs/mitigate.yaml"
     shell:
-        "{PY} -m vlmbias.mitigate.bendvlm --model-json {params.base:q} --world {input.world:q} --spec-json {params.spec:q}"
+        "{PY} -m vlmbias.mitigate.bendvlm --model-json {params.base:q} {params.source:q} --spec-json {params.spec:q}"
         " --device {params.device:q} --max-pixels {params.max_pixels:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -150,8 +170,11 @@ rule saner_train:
         directory(f"{MIT}/saner/{{method}}"),
     params:
         base=lambda w: as_json(vconfig.model_spec(config, config["mitigation"]["base_model"])),
-        concepts=lambda w: as_json({"concepts": vconfig.fitting_concepts(config)}),
-        spec=lambda w: as_json({k: v for k, v in vconfig.method_spec(config, w.method).items() if k != "kind"}),
+        concepts=lambda w: as_json({"concepts": vconfig.fitting_concepts(config),
+                                    "held_out": vconfig.held_out_concepts(config)}),
+        spec=lambda w: as_json({k: v for k, v in vconfig.method_spec(config, w.method).items()
+                                if k not in ("kind", "captions")}),
+        source=fitting_source,
         device=config["device"],
         max_pixels=MAX_PIXELS,
     threads: 1  # a layer this small trains fastest on one thread
@@ -160,7 +183,7 @@ rule saner_train:
     conda:
         "../../envs/mitigate.yaml"
     shell:
-        "{PY} -m vlmbias.mitigate.saner --model-json {params.base:q} --world {input.world:q}"
+        "{PY} -m vlmbias.mitigate.saner --model-json {params.base:q} {params.source:q}"
         " --concepts-json {params.concepts:q} --spec-json {params.spec:q} --threads {threads:q}"
         " --device {params.device:q} --max-pixels {params.max_pixels:q} --out {output:q} > {log:q} 2>&1"
 
@@ -205,6 +228,8 @@ rule quality:
     params:
         model=lambda w: as_json(vconfig.model_spec(config, w.model)),
         world=lambda w, input: ["--world", input.world] if "world" in input.keys() else [],
+        captions=lambda w: (["--captions-json", as_json(vconfig.dataset_spec(config, vconfig.caption_dataset(config)))]
+                            if vconfig.caption_dataset(config) else []),
         transform=lambda w: as_json(vconfig.quality_transform(config, w.model)),
         device=config["device"],
         max_pixels=MAX_PIXELS,
@@ -218,7 +243,7 @@ rule quality:
     shell:
         "{PY} -m vlmbias.mitigate.quality --model-json {params.model:q} --model-name {wildcards.model:q}"
         " --images-npy {input.images:q} --images-table {input.image_rows:q} --manifest {input.manifest:q}"
-        " {params.world:q} --device {params.device:q} --max-pixels {params.max_pixels:q}"
+        " {params.world:q} {params.captions:q} --device {params.device:q} --max-pixels {params.max_pixels:q}"
         " --split {input.split:q} --transform-json {params.transform:q} --out {output:q} > {log:q} 2>&1"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -130,17 +131,18 @@ def recall_table(approx_idx: np.ndarray, exact_idx: np.ndarray, query_ids, ks: l
 
 
 def approximate_with_recall(images: np.ndarray, queries: np.ndarray, k: int, spec: dict, seed: int,
-                            recall_ks: list[int], query_ids, chunk_rows: int):
-    """(scores, indices) from the approximate index, and its recall table against the exact top-k."""
-    from vlmbias.audit.retrieve import check_shapes, top_k
-
-    kk = check_shapes(images, queries, k)
+                            recall_ks: list[int], query_ids, chunk_rows: int,
+                            exact_top_k: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]):
+    """(scores, indices) from the approximate index, and its recall table against the exact top-k
+    that `exact_top_k(images, queries, k)` returns (the caller's exact search, which also checks
+    the shapes: `vlmbias.audit.retrieve.top_k`)."""
+    _, exact = exact_top_k(images, queries, k)
+    kk = exact.shape[1]
     bad = [r for r in recall_ks if r > k]
     if bad:
         raise VlmbiasError(f"recall asked at k {bad}, beyond the retrieved {k}")
     index, description = build_index(images, spec, seed, chunk_rows)
     scores, idx = search(index, queries, kk, description)
-    _, exact = top_k(images, queries, k, "auto", chunk_rows)
     recall = recall_table(idx, exact, query_ids, recall_ks, description)
     for r in sorted(set(recall_ks)):
         sel = recall[recall["k"] == r]["recall"]

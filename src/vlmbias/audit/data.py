@@ -13,6 +13,11 @@ Dataset types (config `datasets.<name>.type`):
 - `utkface`, `celeba`, `facet`: the published layouts, read by `vlmbias.audit.published`
   (docs/datasets.md). FACET items are persons: the manifest's optional `crop` column holds each
   person's box (`x,y,width,height` in pixels), applied where images are opened (embedding, grids).
+- `captions`: images with captions (`caption_set`): a CSV of image path + caption (+ optional
+  labels), or the COCO captions layout. Used for caption retrieval and caption-trained methods.
+
+FairFace's train split reads the same way: `split: train` (`train/` + `fairface_label_train.csv`;
+the hub copy's `train` split).
 """
 from __future__ import annotations
 
@@ -249,6 +254,70 @@ def fairface_hub_manifest(config_name: str = "0.25", split: str = "validation", 
     return manifest, manifest.iloc[0:0][["image_id", "path"]].assign(reason=""), FAIRFACE_CLASSES
 
 
+CAPTION_LAYOUTS = ("csv", "coco")
+
+
+def caption_set(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, list[str]]]:
+    """A caption set (dataset type `captions`): images with one or more captions each.
+
+    Layouts (`layout`, default csv):
+    - `csv`: `root` + `csv` (relative to root or absolute), one row per caption: `file_column`
+      (default file), `caption_column` (default caption), and optional label columns named by
+      `attributes` (a list, or {attribute: [classes]}); an image's labels must agree across its rows;
+    - `coco`: the COCO captions layout, `<root>/<split>2017/` + `<root>/annotations/captions_<split>2017.json`
+      (`split` default val): images without a caption are left out.
+    Returns (images: image_id, path, label columns; captions: image_id, caption; missing files;
+    {attribute: classes})."""
+    root = Path(spec["root"])
+    if not root.is_dir():
+        raise VlmbiasError(f"caption set folder not found: {root}")
+    layout = spec.get("layout", "csv")
+    if layout == "coco":
+        split = spec.get("split", "val")
+        ann = root / "annotations" / f"captions_{split}2017.json"
+        if not ann.is_file():
+            raise VlmbiasError(f"COCO caption file not found: {ann} (expected {split}2017/ and "
+                               f"annotations/captions_{split}2017.json under {root})")
+        try:
+            data = json.loads(ann.read_text(encoding="utf-8"))
+            files = {int(im["id"]): f"{split}2017/{im['file_name']}" for im in data["images"]}
+            rows = [{"file": files[int(a["image_id"])], "caption": str(a["caption"]).strip()}
+                    for a in data["annotations"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise VlmbiasError(f"{ann} is not a COCO captions file ({type(e).__name__}: {e})") from None
+        table, names, classes = pd.DataFrame(rows, columns=["file", "caption"]), [], {}
+        file_column, caption_column = "file", "caption"
+    elif layout == "csv":
+        if not spec.get("csv"):
+            raise VlmbiasError(f"caption set {root}: layout csv needs a 'csv' file of image paths and captions")
+        file_column, caption_column = spec.get("file_column", "file"), spec.get("caption_column", "caption")
+        attributes = spec.get("attributes") or []
+        names = list(attributes)
+        csv_path = Path(spec["csv"]) if Path(spec["csv"]).is_absolute() else root / spec["csv"]
+        table = read_label_csv(csv_path, [file_column, caption_column, *names])
+        if isinstance(attributes, dict):
+            classes = {a: [str(c) for c in cls] for a, cls in attributes.items()}
+            check_classes(table[table[names].ne("").all(axis=1)], classes, str(csv_path))
+        else:
+            classes = {a: sorted(set(table[a]) - {""}) for a in names}
+    else:
+        raise VlmbiasError(f"unknown caption set layout {layout!r}; expected one of {list(CAPTION_LAYOUTS)}")
+    table = table[(table[file_column] != "") & (table[caption_column] != "")]
+    if table.empty:
+        raise VlmbiasError(f"caption set {root} lists no captioned image")
+    images = table.drop_duplicates(file_column)
+    if names:
+        clash = table.groupby(file_column)[names].nunique().gt(1).any(axis=1)
+        if clash.any():
+            raise VlmbiasError(f"caption set {root}: image {clash[clash].index[0]!r} has different labels on "
+                               "different caption rows")
+    images, missing = _resolve_files(images[[file_column, *names]], root, file_column)
+    images = images[["image_id", "path", *names]].sort_values("image_id", kind="stable").reset_index(drop=True)
+    captions = (table.rename(columns={file_column: "image_id", caption_column: "caption"})[["image_id", "caption"]]
+                [lambda d: d["image_id"].isin(images["image_id"])].reset_index(drop=True))
+    return images, captions, missing, classes
+
+
 def distribution(manifest: pd.DataFrame, classes: dict[str, list[str]]) -> pd.DataFrame:
     """Counts and percent per attribute class (zeros kept), in class order."""
     rows = []
@@ -288,9 +357,13 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
             manifest, missing, classes = published.facet_manifest(spec["root"], spec.get("csv"),
                                                                   spec.get("require_visible"),
                                                                   bool(spec.get("exclude_minimal", False)))
+    elif kind == "captions":  # audited as a labelled set: its images and their labels
+        manifest, _, missing, classes = caption_set(spec)
+        if not classes:
+            raise VlmbiasError(f"caption set {spec['root']} has no label columns ('attributes') to audit by")
     else:
         raise VlmbiasError(f"unknown dataset type {kind!r}; expected fairface, fairface-hub, labelled-folder, "
-                           "utkface, celeba or facet")
+                           "captions, utkface, celeba or facet")
     if spec.get("intersections"):
         from vlmbias.audit.intersect import add_intersections
 
@@ -326,7 +399,7 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
 def dataset_root(spec: dict, manifest: pd.DataFrame) -> Path:
     """The folder the manifest's paths are stored relative to: the dataset's root, or (hub copy) the
     folder its images were unpacked to."""
-    if spec.get("type") in ("fairface", "labelled-folder", "utkface", "celeba", "facet"):
+    if spec.get("type") in ("fairface", "labelled-folder", "captions", "utkface", "celeba", "facet"):
         return Path(spec["root"]).resolve()
     return common_folder(manifest["path"])
 

@@ -16,13 +16,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vlmbias.audit.models import Encoder, load_encoder
 from vlmbias.audit.queries import expand_query_set, strip_article
 from vlmbias.audit.shards import check_bad_fraction, shard_rows
+from vlmbias.encoders.models import Encoder, load_encoder
+from vlmbias.encoders.transforms import apply_text_transforms
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS, check_limit, crop_to, open_image
 from vlmbias import VlmbiasError
 from vlmbias.io import file_digest, parse_json_arg, provenance, read_table, run_cli, text_digest, write_npy, write_table
-from vlmbias.mitigate.debias import apply_projection, projection_for
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -113,23 +113,10 @@ def embed_queries(qset_name: str, qset_spec: dict, encoder: Encoder) -> tuple[np
         out.append(m / np.linalg.norm(m))
         start += len(texts)
     out = np.stack(out).astype(np.float32)
-    projection = (qset_spec.get("transform") or {}).get("projection")
-    if projection:
-        # calibration pairs are built per concept ("a photo of a male doctor"): the given fitting
-        # concepts (mitigation split), else the queries' own concepts, else the query text
-        concepts = projection.get("concepts") or sorted({c if isinstance(c, str) and c else strip_article(q)
-                                                         for c, q in zip(queries["concept"], queries["query"])})
-        out = apply_projection(out, projection_for(encoder, projection, concepts))
-    bend = (qset_spec.get("transform") or {}).get("bendvlm")
-    if bend:  # BendVLM (test-time, per query; references of the fitting concepts only)
-        from vlmbias.mitigate.bendvlm import apply_transform
-
-        out = apply_transform(encoder, out, queries, bend)
-    saner = (qset_spec.get("transform") or {}).get("saner")
-    if saner:  # a trained SANER layer on the text embedding (fitting concepts' captions only)
-        from vlmbias.mitigate.saner import apply_saner
-
-        out = apply_saner(out, saner["layer"])
+    # each query's concept: its own, else its article-stripped text ("a doctor" -> "doctor")
+    concepts = [c if isinstance(c, str) and c.strip() else strip_article(q)
+                for c, q in zip(queries["concept"], queries["query"])]
+    out = apply_text_transforms(encoder, out, concepts, queries["names_attribute"], qset_spec.get("transform"))
     check_finite(out, queries["query"].tolist(), "query")  # also after a mitigation's transform
     table = queries.assign(row=np.arange(len(queries)), text=queries["texts"].map(" | ".join)).drop(columns="texts")
     return out, table[["row", "query_id", "query", "text", "lang", "concept",

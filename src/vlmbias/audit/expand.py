@@ -60,10 +60,10 @@ def candidate_pairs(spec: dict, where: str) -> tuple[list[tuple[str, str]], dict
     local tags ({(arch, tag): file})."""
     import open_clip
 
-    from vlmbias.audit.models import local_tags
+    from vlmbias.encoders.models import local_tags
 
     local = local_tags(spec, where)
-    # a local tag this process registered already (vlmbias.audit.models.register_open_clip) is no clash
+    # a local tag this process registered already (vlmbias.encoders.models.register_open_clip) is no clash
     known = [p for p in open_clip.list_pretrained()
              if not (p in local and open_clip.pretrained.get_pretrained_cfg(*p).get("file") == str(local[p]))]
     archs = set(open_clip.list_models()) | _local_architectures(spec)

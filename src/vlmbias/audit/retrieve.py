@@ -196,7 +196,8 @@ def main(argv=None) -> None:
             raise VlmbiasError("method approximate writes its recall table: give --out-recall")
         scores, idx, recall = approximate_with_recall(
             images, queries, a.k, parse_json_arg(a.approximate_json, "--approximate-json"), a.seed,
-            a.recall_k or [a.k], query_rows["query_id"], a.chunk_rows)
+            a.recall_k or [a.k], query_rows["query_id"], a.chunk_rows,
+            lambda im, q, k: top_k(im, q, k, "auto", a.chunk_rows))
     else:
         scores, idx = top_k(images, queries, a.k, a.method, a.chunk_rows)
     table = rankings_table(scores, idx, image_rows, query_rows, manifest, a.model, a.dataset, a.query_set)

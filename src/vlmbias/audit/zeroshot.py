@@ -160,7 +160,7 @@ def harmful_table(labels: pd.DataFrame, image_emb: np.ndarray, encoder, prompts:
 
 
 def main(argv=None) -> None:
-    from vlmbias.audit.models import load_encoder
+    from vlmbias.encoders.models import load_encoder
 
     p = argparse.ArgumentParser(prog="python -m vlmbias.audit.zeroshot", description=__doc__.splitlines()[0])
     p.add_argument("--model-json", required=True)

@@ -181,7 +181,7 @@ def compute_audit(a: argparse.Namespace) -> dict:
 
     from vlmbias.audit.embed import embed_images, embed_queries
     from vlmbias.audit.metrics import audit_tables
-    from vlmbias.audit.models import load_encoder, model_id
+    from vlmbias.encoders.models import load_encoder, model_id
     from vlmbias.audit.retrieve import rankings_table, top_k
 
     key = cache_key(model, manifest, a.precision)
@@ -220,7 +220,7 @@ def run_audit(a: argparse.Namespace, tables: dict | None = None) -> dict:
     model, dspec, qspec, attributes = run["model"], run["dataset"], run["query_spec"], run["attributes"]
     qtable, cls_df, sum_df = run["queries"], run["classes"], run["summary"]
     rows, skipped, missing = run["images"], run["skipped"], run["missing"]
-    from vlmbias.audit.models import model_id
+    from vlmbias.encoders.models import model_id
 
     queries = []
     for q in qtable.itertuples():

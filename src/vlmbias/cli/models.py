@@ -8,7 +8,7 @@ from vlmbias.cli.audit import MODEL_FORMS
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from vlmbias.audit.models import BACKENDS, KNOWN_MODELS
+    from vlmbias.encoders.models import BACKENDS, KNOWN_MODELS
 
     lines = ["backends: " + ", ".join(BACKENDS), "", "known models (as --model takes them):"]
     for backend in BACKENDS:

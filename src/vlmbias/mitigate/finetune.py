@@ -4,7 +4,7 @@ Input: a table in the dataset-manifest schema plus text — `image_id, path, cap
 gender, race, age` (age: a FairFace bin such as "20-29", "more than 70", or a number). Output, in
 `out_dir`: the peft adapter only (`adapter_config.json`, `adapter_model.safetensors`), loadable with
 `PeftModel.from_pretrained(CLIPModel.from_pretrained(base, use_safetensors=True), out_dir)` or
-`vlmbias.audit.models.load_encoder({"backend": "hf", "name": base, "adapter": out_dir})`;
+`vlmbias.encoders.models.load_encoder({"backend": "hf", "name": base, "adapter": out_dir})`;
 `losses.csv` (`epoch, step_count, loss, <components...>, seconds`; `step_count` = optimizer steps
 in that epoch, losses are their means); `vlmbias_finetune.json` (`towers, objective, base, spec`,
 and `image_embeddings_unchanged`, true for text-only adapters, so the workflow can reuse the base
@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
-from vlmbias.audit.models import features, load_hf_parts
+from vlmbias.encoders.models import features, load_hf_parts
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import parse_json_arg, read_table, run_cli
 from vlmbias.training import (contrastive_loss, deterministic, is_number, load_pixels, save_trained, shuffled_batches,

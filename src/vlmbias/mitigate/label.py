@@ -538,6 +538,9 @@ def acquired_images(acquired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
             ok[col] = None
     ok["acquire_source"] = ok["source"] if "source" in ok.columns else None
     ok["concept"] = ok["concept"].fillna(ok["keyword"])
+    # a web-search or folder image has no caption of its own: it is captioned by the keyword it was
+    # found for, the text the fine-tuning objectives pair it with
+    ok["caption"] = ok["caption"].fillna(ok["keyword"])
     exists = ok["path"].map(lambda p: isinstance(p, str) and Path(p).is_file())
     gone = ok.loc[~exists, ["image_id", "path"]].assign(reason="image file missing")
     return ok.loc[exists].reset_index(drop=True), gone

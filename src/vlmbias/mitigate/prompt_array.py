@@ -36,33 +36,30 @@ Defaults (`DEFAULTS`) and sources:
 Output in `out_dir`: `prompts.safetensors` (tensor `prompts`, [n_tokens, text hidden size]),
 `losses.csv`, and `prompt_array.json` (base, n_tokens, hidden size, spec, classes,
 adversary queries, steps; `image_embeddings_unchanged: true`) written last.
-`load_prompt_encoder(base, out_dir)` returns an `audit.models.Encoder` whose `encode_texts`
+`vlmbias.encoders.models.load_prompt_encoder(base, out_dir)` returns an `Encoder` whose `encode_texts`
 prepends the prompts, so `audit.embed.embed_queries` works with it unchanged.
 Runs are seeded and deterministic on CPU (same inputs, spec and threads: the same bytes).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
-from vlmbias.audit.models import Encoder, features
-from vlmbias.mitigate.finetune import grad_reverse, inverse_frequency_weights, load_base
+from vlmbias.encoders.models import features, load_hf_parts
+from vlmbias.encoders.prompt_array import META, WEIGHTS, PromptedText, freeze
+from vlmbias.mitigate.finetune import grad_reverse, inverse_frequency_weights
 from vlmbias.training import (contrastive_loss, deterministic, is_number, load_pixels, save_trained, shuffled_batches,
                               train_steps)
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WEIGHTS, META = "prompts.safetensors", "prompt_array.json"
 INITS = ("token0", "random")
 DEFAULTS: dict = {
     "n_tokens": 2,                 # authors' released arrays
@@ -159,70 +156,6 @@ def check_table(table: pd.DataFrame, s: dict) -> tuple[pd.DataFrame, dict, list[
     return df, classes, queries
 
 
-# --------------------------------------------------------------------------- the prepend
-
-def _load_base(base: str):
-    model, tokenizer, processor = load_base(base)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval(), tokenizer, processor
-
-
-class PromptedText:
-    """Encodes texts with `prompts` ([n, hidden]) prepended inside `model`'s text tower."""
-
-    def __init__(self, model, tokenizer, prompts: torch.Tensor):
-        self.model, self.tokenizer, self.prompts = model, tokenizer, prompts
-        cfg = model.config.text_config
-        self.n = int(prompts.shape[0])
-        if prompts.ndim != 2 or prompts.shape[1] != cfg.hidden_size:
-            raise VlmbiasError(f"prompt vectors of shape {tuple(prompts.shape)} do not fit this model's text tower "
-                               f"(hidden size {cfg.hidden_size})")
-        self.max_length = int(cfg.max_position_embeddings) - self.n
-        if self.max_length < 3:
-            raise VlmbiasError(f"{self.n} prompt tokens leave no room for text in {cfg.max_position_embeddings} positions")
-        eos = model.text_model.eos_token_id
-        self.placeholder = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
-        if self.placeholder == eos:
-            raise VlmbiasError("the tokenizer's start token equals the end-of-text token; cannot place prompts")
-
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        toks = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt")
-        return {"input_ids": toks["input_ids"], "attention_mask": toks["attention_mask"]}
-
-    @contextmanager
-    def _hooked(self):
-        emb, n, prompts = self.model.text_model.embeddings, self.n, self.prompts
-
-        def hook(module, args, kwargs, output):
-            ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
-            text = ids[:, n:]
-            pos = module.position_embedding(module.position_ids[:, : text.shape[1]])
-            lead = prompts.to(output.dtype).unsqueeze(0).expand(len(ids), -1, -1)
-            return torch.cat([lead, module.token_embedding(text) + pos], dim=1)
-
-        handle = emb.register_forward_hook(hook, with_kwargs=True)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def encode(self, toks: dict[str, torch.Tensor], idx=None, device: str = "cpu") -> torch.Tensor:
-        ids, mask = toks["input_ids"], toks["attention_mask"]
-        if idx is not None:
-            ids, mask = ids[idx], mask[idx]
-        width = int(mask.sum(1).max())  # right padding: trim columns no row uses
-        ids, mask = ids[:, :width], mask[:, :width]
-        lead = torch.full((len(ids), self.n), self.placeholder, dtype=ids.dtype)
-        ids = torch.cat([lead, ids], 1).to(device)
-        mask = torch.cat([torch.ones_like(lead), mask], 1).to(device)
-        with self._hooked():
-            return features(self.model.get_text_features(input_ids=ids, attention_mask=mask))
-
-    def encode_texts(self, texts: list[str], device: str = "cpu") -> torch.Tensor:
-        return self.encode(self.tokenize(texts), device=device)
-
 
 def _init_prompts(model, s: dict, device: str) -> torch.Tensor:
     hidden = model.config.text_config.hidden_size
@@ -257,7 +190,8 @@ def train_prompt_array(base: str, table: pd.DataFrame, spec: dict | None, out_di
         raise VlmbiasError(f"device {device!r} requested but CUDA is not available")
     df, classes, queries = check_table(table, s)
     with deterministic(threads, warn_only=True):
-        model, tokenizer, processor = _load_base(str(base))
+        model, tokenizer, processor = load_hf_parts(str(base), torch.float32, "base model")
+        model = freeze(model)
         model.to(device)
         torch.manual_seed(s["seed"])
         prompts = _init_prompts(model, s, device)
@@ -311,45 +245,6 @@ def _save(prompts: torch.Tensor, losses: pd.DataFrame, meta: dict, out_dir: Path
     save_trained(out_dir, lambda folder: save_file({"prompts": prompts.contiguous()}, str(folder / WEIGHTS)), losses,
                  META, meta)
 
-
-# --------------------------------------------------------------------------- use
-
-def load_prompts(out_dir) -> tuple[torch.Tensor, dict]:
-    """The saved prompt vectors ([n_tokens, hidden]) and their metadata."""
-    from safetensors.torch import load_file
-
-    out_dir = Path(out_dir)
-    if not (out_dir / META).is_file() or not (out_dir / WEIGHTS).is_file():
-        raise VlmbiasError(f"{out_dir} is not a trained prompt-array directory (needs {META} and {WEIGHTS})")
-    meta = json.loads((out_dir / META).read_text())
-    tensors = load_file(str(out_dir / WEIGHTS))
-    if "prompts" not in tensors:
-        raise VlmbiasError(f"{out_dir / WEIGHTS} holds no 'prompts' tensor")
-    return tensors["prompts"].float(), meta
-
-
-def load_prompt_encoder(base: str, out_dir, device: str = "cpu") -> Encoder:
-    """An `Encoder` for `base` whose texts are encoded with the saved prompt array prepended;
-    images are encoded by the unchanged base model."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VlmbiasError(f"device {device!r} requested but CUDA is not available")
-    prompts, _ = load_prompts(out_dir)
-    model, tokenizer, processor = _load_base(str(base))
-    model.to(device)
-    text = PromptedText(model, tokenizer, prompts.to(device))
-
-    def preprocess(img):
-        return processor(images=img, return_tensors="pt")["pixel_values"][0]
-
-    return Encoder(name=f"{base}+prompts:{Path(out_dir).name}", preprocess=preprocess, device=device,
-                   dtype=torch.float32, module=model,
-                   _image_fn=lambda px: features(model.get_image_features(pixel_values=px)),
-                   _text_fn=lambda texts: text.encode_texts(texts, device))
-
-
-def encode_with_prompts(base: str, out_dir, texts: list[str], device: str = "cpu") -> np.ndarray:
-    """L2-normalised float32 embeddings of `texts` with the prompt array of `out_dir` prepended."""
-    return load_prompt_encoder(base, out_dir, device).encode_texts(list(texts))
 
 
 def main(argv=None) -> None:

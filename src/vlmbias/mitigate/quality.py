@@ -4,13 +4,15 @@ A method that "removes bias" by breaking the model must show it here:
 - zero-shot attribute classification on the audited dataset: each image is assigned the class
   whose prompt ("a photo of a man" / "a photo of a woman") is most similar; accuracy with a
   Wilson 95% interval;
+- caption retrieval on a caption set (`mitigation.captions`, dataset type captions): recall@k as
+  CLIP_benchmark reports it, both directions (`caption_retrieval`);
 - caption retrieval on a held-out image-caption set (the calibration world's held-out corpus):
   precision@k of text-to-image retrieval (share of the top-k images whose concept matches the
   caption's), recall@k (share of captions with at least one image of their concept in the top k:
   the usual R@k, "any of the relevant images", since many images share a concept), and
   image-to-text concept accuracy (each image's nearest concept caption);
 - explicitly attributed queries ("a photo of a female nurse", one per class of each attribute and
-  concept of the mitigation split; words `debias.PAIR_WORDS`): `attributed_query_share@k` is the
+  concept of the mitigation split; words `encoders.projection.PAIR_WORDS`): `attributed_query_share@k` is the
   share of the labelled images among each query's first k ranks on the audited dataset that belong
   to the named class, pooled over the queries (Wilson interval over the pooled items; chance is the
   dataset's share of the class). A method must keep these correct while it debiases neutral queries.
@@ -38,12 +40,15 @@ import pandas as pd
 from vlmbias import VlmbiasError
 from vlmbias.audit.embed import embed_image_files
 from vlmbias.audit.metrics import labelled, proportion_ci
-from vlmbias.audit.models import load_encoder
+from vlmbias.audit.queries import strip_article
 from vlmbias.audit.retrieve import top_k
 from vlmbias.audit.zeroshot import class_embeddings, predict
+from vlmbias.encoders.bendvlm import apply_transform, load_reference
+from vlmbias.encoders.models import load_encoder
+from vlmbias.encoders.projection import DEFAULT_GROUP_WORDS, PAIR_WORDS, apply_projection, projection_for
+from vlmbias.encoders.saner import load_saner
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS
 from vlmbias.io import check_embeddings, parse_json_arg, read_table, run_cli, write_table
-from vlmbias.mitigate.debias import DEFAULT_GROUP_WORDS, PAIR_WORDS
 
 log = logging.getLogger(__name__)
 COLUMNS = ["model", "metric", "attribute", "split", "value", "low", "high", "n"]
@@ -65,18 +70,12 @@ class TransformedText:
         self.encoder, self.fn, self.bend, self.about = encoder, None, None, {}
         transform = transform or {}
         if transform.get("bendvlm"):
-            from vlmbias.mitigate.bendvlm import load_reference
-
             self.bend = (transform["bendvlm"], load_reference(transform["bendvlm"]["reference"]))
         elif transform.get("projection"):
-            from vlmbias.mitigate.debias import apply_projection, projection_for
-
             spec = transform["projection"]
             p = projection_for(encoder, spec, spec.get("concepts") or fitting or [])
             self.fn = lambda x: apply_projection(x, p)
         elif transform.get("saner"):
-            from vlmbias.mitigate.saner import load_saner
-
             self.fn = load_saner(transform["saner"]["layer"])
 
     def describe(self, texts, concepts, names_attribute: str | None = None) -> None:
@@ -87,10 +86,9 @@ class TransformedText:
         texts = list(texts)
         out = self.encoder.encode_texts(texts)
         if self.bend is not None:
-            from vlmbias.mitigate.bendvlm import apply_transform
-
             info = [self.about.get(t, (None, None)) for t in texts]
-            table = pd.DataFrame({"query": texts, "concept": [i[0] for i in info],
+            table = pd.DataFrame({"concept": [c if isinstance(c, str) and c.strip() else strip_article(t)
+                                              for t, (c, _) in zip(texts, info)],
                                   "names_attribute": [i[1] for i in info]})
             out = apply_transform(self.encoder, out, table, self.bend[0], reference=self.bend[1])
         return out if self.fn is None else self.fn(out)
@@ -195,6 +193,38 @@ def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFra
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+RECALL_KS = (1, 5, 10)  # CLIP_benchmark's default recall_k_list
+
+
+def caption_retrieval(encoder, model_name: str, images: pd.DataFrame, captions: pd.DataFrame,
+                      image_emb: np.ndarray | None = None, ks=RECALL_KS,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> list[dict]:
+    """Recall@k of caption <-> image retrieval on a caption set, as CLIP_benchmark reports it:
+    `image_retrieval_recall@k` (text to image: a caption hits when its own image is among the k
+    images most similar to it) and `text_retrieval_recall@k` (image to text: an image hits when any
+    of its captions is among the k captions most similar to it); Wilson intervals over captions /
+    images. images: image_id, path (one row per image); captions: image_id, caption."""
+    if image_emb is None:
+        image_emb, kept, bad = embed_image_files(encoder, images["path"].tolist(), progress=False,
+                                                 max_pixels=max_pixels)
+        if bad:
+            raise VlmbiasError(f"quality: {len(bad)} caption-set images could not be read; first: "
+                               f"{images['path'].iat[bad[0][0]]}: {bad[0][1]}")
+    row_of = {im: r for r, im in enumerate(images["image_id"])}
+    if not set(captions["image_id"]) <= set(row_of):
+        raise VlmbiasError("quality: the caption set has captions of images it does not list")
+    owner = captions["image_id"].map(row_of).to_numpy()
+    text_emb = encoder.encode_texts(captions["caption"].tolist())
+    rows = []
+    for k in ks:
+        _, t2i = top_k(image_emb, text_emb, k)
+        rows.append(_row(model_name, f"image_retrieval_recall@{k}", "", (t2i == owner[:, None]).any(axis=1)))
+        _, i2t = top_k(text_emb, image_emb, k)
+        rows.append(_row(model_name, f"text_retrieval_recall@{k}", "",
+                         (owner[i2t] == np.arange(len(image_emb))[:, None]).any(axis=1)))
+    return rows
+
+
 def heldout_corpus(world_dir: str) -> pd.DataFrame:
     """Held-out, evidence-bearing, English concept captions of the calibration world."""
     from vlmbias.world.generate import load_corpus
@@ -214,6 +244,7 @@ def main(argv=None) -> None:
     p.add_argument("--attributes", nargs="+", default=["gender", "race"])
     p.add_argument("--template", default="a photo of a {}")
     p.add_argument("--world", help="calibration world directory: adds caption retrieval on its held-out corpus")
+    p.add_argument("--captions-json", help="a caption set's config block as JSON: adds recall@k of caption retrieval")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
@@ -228,8 +259,19 @@ def main(argv=None) -> None:
     images, rows, _ = check_embeddings(a.images_npy, a.images_table, "embed_images", manifest=a.manifest, mmap=False)
     labels = read_table(a.manifest).set_index("image_id").loc[rows["image_id"]].reset_index()
     corpus = heldout_corpus(a.world) if a.world else None
-    table = evaluate(encoder, a.model_name, images, labels, a.attributes, a.template, corpus, a.k,
+    attributes = [x for x in a.attributes if x in labels.columns]  # a dataset labels what it labels
+    if len(attributes) < len(a.attributes):
+        log.info("quality: the dataset has no %s labels; measured on %s only",
+                 sorted(set(a.attributes) - set(attributes)), attributes)
+    table = evaluate(encoder, a.model_name, images, labels, attributes, a.template, corpus, a.k,
                      max_pixels=a.max_pixels, splits=splits)
+    if a.captions_json:
+        from vlmbias.audit.data import caption_set
+
+        images, captions, _, _ = caption_set(parse_json_arg(a.captions_json, "--captions-json"))
+        table = pd.concat([table, pd.DataFrame(caption_retrieval(encoder, a.model_name, images, captions,
+                                                                 max_pixels=a.max_pixels), columns=COLUMNS)],
+                          ignore_index=True)
     write_table(table, a.out)
     for r in table.itertuples():
         log.info("%s %s %s [%s]: %.3f (%.3f-%.3f, n=%d)", r.model, r.metric, r.attribute, r.split, r.value, r.low,

@@ -30,12 +30,11 @@ choices, not the paper's, and should be tuned on held-out data.
 
 Output of `train_saner` in `out_dir`: `saner.safetensors` (the layer's weights),
 `saner.json` (dim, hidden, groups, spec, steps, losses summary) written last, and `losses.csv`.
-`load_saner(out_dir)` returns a callable [Q, d] -> [Q, d] (unit rows), the text-side transform.
+`vlmbias.encoders.saner.load_saner(out_dir)` returns a callable [Q, d] -> [Q, d] (unit rows), the text-side transform.
 Training is seeded and deterministic on CPU: same inputs, spec and thread count, same bytes.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -47,12 +46,12 @@ import torch
 import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
+from vlmbias.encoders.saner import META, WEIGHTS, SanerLayer, check_embeddings
 from vlmbias.io import write_table
 from vlmbias.training import contrastive_loss, deterministic, is_number, save_trained, shuffled_batches, train_steps
 
 log = logging.getLogger(__name__)
 
-WEIGHTS, META = "saner.safetensors", "saner.json"
 DEFAULTS: dict = {
     "hidden": None,        # width of the hidden layer; None = the embedding size (ours)
     "alpha": 1.0,          # weight of L_deb (ours)
@@ -151,36 +150,6 @@ def saner_corpus(captions: Sequence[str], lexicon=GENDER_LEXICON) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- the layer
-
-class SanerLayer(torch.nn.Module):
-    """x + W2 gelu(W1 x + b1) + b2, the identity at initialisation."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = torch.nn.Linear(dim, hidden)
-        self.fc2 = torch.nn.Linear(hidden, dim)
-        torch.nn.init.zeros_(self.fc2.weight)
-        torch.nn.init.zeros_(self.fc2.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(F.gelu(self.fc1(x)))
-
-
-class SanerTransform:
-    """The trained layer as a text-embedding transform: [Q, d] array -> [Q, d] float32 unit rows."""
-
-    def __init__(self, layer: SanerLayer, meta: dict):
-        self.layer, self.meta = layer.eval(), meta
-        self.dim = int(meta["dim"])
-
-    def __call__(self, queries) -> np.ndarray:
-        q = _array(queries, "queries", 2, self.dim)
-        with torch.inference_mode():
-            out = F.normalize(self.layer(torch.from_numpy(q)), dim=-1)
-        return out.numpy().astype(np.float32)
-
-
 # --------------------------------------------------------------------------- spec & inputs
 
 
@@ -209,22 +178,6 @@ def resolve_spec(spec: dict | None) -> dict:
     return s
 
 
-def _array(x, what: str, ndim: int, dim: int | None = None) -> np.ndarray:
-    try:
-        a = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise VlmbiasError(f"{what} must be a numeric array") from None
-    if a.ndim != ndim:
-        raise VlmbiasError(f"{what} must have {ndim} dimensions, got shape {a.shape}")
-    if dim is not None and a.shape[-1] != dim:
-        raise VlmbiasError(f"{what} has embedding size {a.shape[-1]}, expected {dim}")
-    if not np.isfinite(a).all():
-        raise VlmbiasError(f"{what} contains NaN or infinite values")
-    if a.size and (np.linalg.norm(a, axis=-1) < 1e-8).any():
-        raise VlmbiasError(f"{what} contains an all-zero embedding")
-    return np.ascontiguousarray(a)
-
-
 # --------------------------------------------------------------------------- training
 
 def train_saner(neutral, variants, out_dir, *, images=None, keep=None, groups: Sequence[str] | None = None,
@@ -240,11 +193,11 @@ def train_saner(neutral, variants, out_dir, *, images=None, keep=None, groups: S
     training (one is fastest for a layer this small; more threads only spin on a busy machine).
     """
     s = resolve_spec(spec)
-    n = _array(neutral, "neutral caption embeddings", 2)
+    n = check_embeddings(neutral, "neutral caption embeddings", 2)
     if len(n) == 0:
         raise VlmbiasError("SANER: no neutral caption embeddings to train on")
     d = n.shape[1]
-    v = _array(variants, "attribute-specific caption embeddings", 3, d)
+    v = check_embeddings(variants, "attribute-specific caption embeddings", 3, d)
     if v.shape[0] != len(n):
         raise VlmbiasError(f"attribute-specific embeddings are given for {v.shape[0]} captions, there are {len(n)}")
     if v.shape[1] < 2:
@@ -257,10 +210,10 @@ def train_saner(neutral, variants, out_dir, *, images=None, keep=None, groups: S
         if images is None:
             raise VlmbiasError("SANER: the contrastive term (gamma > 0) needs the image embedding of each caption; "
                                "pass images=[N, d] or set gamma to 0")
-        img = _array(images, "image embeddings", 2, d)
+        img = check_embeddings(images, "image embeddings", 2, d)
         if len(img) != len(n):
             raise VlmbiasError(f"{len(img)} image embeddings for {len(n)} captions; give one per caption")
-    k = None if keep is None else _array(keep, "keep embeddings", 2, d)
+    k = None if keep is None else check_embeddings(keep, "keep embeddings", 2, d)
     if k is not None and len(k) == 0:
         k = None
 
@@ -316,31 +269,10 @@ def _save(layer: SanerLayer, losses: pd.DataFrame, meta: dict, out_dir: Path) ->
     save_trained(out_dir, lambda folder: save_file(weights, str(folder / WEIGHTS)), losses, META, meta)
 
 
-def load_saner(out_dir) -> SanerTransform:
-    """The saved layer as a callable text-embedding transform (see `SanerTransform`)."""
-    from safetensors.torch import load_file
-
-    out_dir = Path(out_dir)
-    if not (out_dir / META).is_file() or not (out_dir / WEIGHTS).is_file():
-        raise VlmbiasError(f"{out_dir} is not a trained SANER layer directory (needs {META} and {WEIGHTS})")
-    meta = json.loads((out_dir / META).read_text())
-    layer = SanerLayer(int(meta["dim"]), int(meta["hidden"]))
-    try:
-        layer.load_state_dict(load_file(str(out_dir / WEIGHTS)))
-    except (RuntimeError, KeyError) as e:
-        raise VlmbiasError(f"SANER weights in {out_dir} do not match its {META}: {str(e).splitlines()[0][:200]}") from None
-    return SanerTransform(layer, meta)
-
-
-def apply_saner(queries, out_dir) -> np.ndarray:
-    """Debias query embeddings [Q, d] with the layer saved in `out_dir`."""
-    return load_saner(out_dir)(queries)
-
-
 def train_saner_from_captions(encoder, captions: Sequence[str], image_embeddings, out_dir, *,
                               lexicon=GENDER_LEXICON, keep_captions: Sequence[str] | None = None,
                               spec: dict | None = None, threads: int | None = 1, progress: bool = False) -> dict:
-    """Neutralise `captions`, encode every text with `encoder` (an `audit.models.Encoder`), and
+    """Neutralise `captions`, encode every text with `encoder` (an `encoders.models.Encoder`), and
     train. image_embeddings: [len(captions), d], the image of each caption (rows of captions that
     name no attribute are skipped). keep_captions: texts to leave unchanged (e.g. captions with
     no person, or explicit queries). Returns `train_saner`'s result plus `corpus` (the texts)."""
@@ -368,7 +300,9 @@ def train_saner_from_captions(encoder, captions: Sequence[str], image_embeddings
 # COCO captions that say "a man cooking" of a picture of a man, each English train-split image of a
 # FITTING concept gets its caption with its own (known) gender word ("portrait of a female
 # doctor"), plus the world's concept-free group captions that name a gender ("a male person").
-# No held-out concept and no audited test image is used.
+# No held-out concept and no audited test image is used. A caption set (dataset type captions)
+# is used as it is: its captions that name an attribute word train the layer, captions that name a
+# held-out concept are left out (`caption_set_rows`).
 
 def world_captions(corpus: pd.DataFrame, names: pd.DataFrame, concepts: Sequence[str],
                    words: dict | None = None) -> pd.DataFrame:
@@ -390,38 +324,71 @@ def world_captions(corpus: pd.DataFrame, names: pd.DataFrame, concepts: Sequence
     return out.drop(columns=["Index"], errors="ignore")
 
 
+def mentions(caption: str, concepts: Sequence[str]) -> bool:
+    """Whether a caption names any of `concepts` as whole words ("a nurse at work" names nurse), case-insensitively."""
+    text = f" {' '.join(_WORD.findall(caption.lower()))} "
+    return any(f" {' '.join(_WORD.findall(c.lower()))} " in text for c in concepts if _WORD.search(c))
+
+
+def caption_set_rows(images: pd.DataFrame, captions: pd.DataFrame, held_out: Sequence[str]) -> pd.DataFrame:
+    """A caption set's training rows (image_id, path, caption, and its labels): every caption but those
+    that name a held-out concept, so nothing the method is judged on is learnt from."""
+    drop = captions["caption"].map(lambda c: mentions(c, held_out))
+    if drop.any():
+        log.info("SANER: %d of %d captions name a held-out concept and are left out", int(drop.sum()), len(captions))
+    rows = captions[~drop].merge(images, on="image_id", how="inner", validate="many_to_one")
+    if rows.empty:
+        raise VlmbiasError("SANER: the caption set has no caption left once captions naming a held-out concept "
+                           f"({list(held_out)}) are left out")
+    return rows.reset_index(drop=True)
+
+
 def main(argv=None) -> None:
     import argparse
 
     from vlmbias.audit.embed import embed_image_files
-    from vlmbias.audit.models import load_encoder
+    from vlmbias.encoders.models import load_encoder
     from vlmbias.imagegate import DEFAULT_MAX_PIXELS
     from vlmbias.io import parse_json_arg, read_table, run_cli  # noqa: F401
 
     p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.saner",
-                                description="Train a SANER layer on the fitting concepts' world captions.")
+                                description="Train a SANER layer on a caption set or the world's fitting-concept captions.")
     p.add_argument("--model-json", required=True, help="the base model's config block as JSON")
-    p.add_argument("--world", required=True, help="the calibration world's data folder")
-    p.add_argument("--concepts-json", required=True, help='{"concepts": [fitting concepts]}')
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--captions-json", help="a caption set's config block as JSON (dataset type captions)")
+    source.add_argument("--world", help="the calibration world's data folder")
+    p.add_argument("--concepts-json", required=True,
+                   help='{"concepts": [fitting concepts; world], "held_out": [held-out concepts; caption set]}')
     p.add_argument("--spec-json", required=True, help="SANER spec (DEFAULTS keys)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    world = Path(a.world)
     spec = parse_json_arg(a.spec_json, "--spec-json")
     resolve_spec(spec)  # a bad spec fails before anything is embedded
-    rows = world_captions(read_table(str(world / "corpus.parquet")), read_table(str(world / "concepts.csv")),
-                          parse_json_arg(a.concepts_json, "--concepts-json")["concepts"])
+    concepts = parse_json_arg(a.concepts_json, "--concepts-json")
+    if a.world:
+        world = Path(a.world)
+        rows = world_captions(read_table(str(world / "corpus.parquet")), read_table(str(world / "concepts.csv")),
+                              concepts["concepts"])
+        rows["path"] = [str(world / x) for x in rows["path"]]
+        columns = ["image_id", "concept", "gender", "caption"]
+    else:
+        from vlmbias.audit.data import caption_set
+
+        images, captions, _, _ = caption_set(parse_json_arg(a.captions_json, "--captions-json"))
+        rows = caption_set_rows(images, captions, concepts.get("held_out") or [])
+        columns = [c for c in rows.columns if c != "path"]
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
-    emb, kept, bad = embed_image_files(encoder, [str(world / x) for x in rows["path"]], progress=False,
-                                       num_workers=0, max_pixels=a.max_pixels)
+    unique = rows.drop_duplicates("path")["path"].tolist()  # each image once, however many captions it has
+    emb, kept, bad = embed_image_files(encoder, unique, progress=False, num_workers=0, max_pixels=a.max_pixels)
     if bad:
         raise VlmbiasError(f"SANER: {len(bad)} training image(s) could not be read; first: {bad[0][1]}")
-    rows = rows.iloc[kept].reset_index(drop=True)
-    out = train_saner_from_captions(encoder, rows["caption"].tolist(), emb, a.out, spec=spec, threads=a.threads)
-    write_table(rows[["image_id", "concept", "gender", "caption"]], Path(a.out) / "captions.csv")
+    at = {unique[i]: r for r, i in enumerate(kept)}
+    out = train_saner_from_captions(encoder, rows["caption"].tolist(), emb[[at[p] for p in rows["path"]]], a.out,
+                                    spec=spec, threads=a.threads)
+    write_table(rows[columns], Path(a.out) / "captions.csv")
     log.info("SANER trained on %d captions (%d naming a gender)", len(rows), out["n_train"])
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from vlmbias import VlmbiasError
-from vlmbias.audit.models import features
+from vlmbias.encoders.models import features
 from vlmbias.imagegate import DEFAULT_MAX_PIXELS, open_image
 from vlmbias.io import run_cli, temp_dir_beside
 from vlmbias.training import contrastive_loss, deterministic, load_pixels, train_steps

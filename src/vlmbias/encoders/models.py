@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vlmbias import VlmbiasError
+from vlmbias.encoders.base import features
 
 log = logging.getLogger(__name__)
 
@@ -301,11 +302,6 @@ def _load_open_clip(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
     )
 
 
-def features(out) -> torch.Tensor:
-    # transformers >= 5 returns a model output whose pooler_output holds the projected features
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 def load_hf_parts(name: str, dtype: torch.dtype, what: str = "model"):
     """(CLIPModel from safetensors, tokenizer, image processor) of a hub id or directory; every
     failure is one sentence (no such folder, not a CLIPModel directory, or offline without a local
@@ -381,6 +377,27 @@ def _apply_adapter(model, adapter: Path, base: str):
     return model.merge_and_unload()
 
 
+def load_prompt_encoder(base: str, out_dir, device: str = "cpu") -> Encoder:
+    """An `Encoder` for the hf CLIPModel `base` whose texts are encoded with the prompt array saved in
+    `out_dir` prepended (`vlmbias.encoders.prompt_array`); images by the unchanged base model."""
+    from vlmbias.encoders.prompt_array import PromptedText, freeze, load_prompts
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VlmbiasError(f"device {device!r} requested but CUDA is not available")
+    prompts, _ = load_prompts(out_dir)
+    model, tokenizer, processor = load_hf_parts(str(base), torch.float32, "base model")
+    model = freeze(model).to(device)
+    text = PromptedText(model, tokenizer, prompts.to(device))
+
+    def preprocess(img):
+        return processor(images=img, return_tensors="pt")["pixel_values"][0]
+
+    return Encoder(name=f"{base}+prompts:{Path(out_dir).name}", preprocess=preprocess, device=device,
+                   dtype=torch.float32, module=model,
+                   _image_fn=lambda px: features(model.get_image_features(pixel_values=px)),
+                   _text_fn=lambda texts: text.encode_texts(texts, device))
+
+
 def quantize_image_tower(module: torch.nn.Module, backend: str) -> torch.nn.Module:
     """Dynamic int8 quantisation, in place, of the image tower's MLP Linear layers (two thirds of a
     ViT block's Linear FLOPs): weights int8 per output channel, activations quantised per batch,
@@ -417,8 +434,6 @@ def load_encoder(spec: dict, device: str = "cpu", precision: str = "fp32") -> En
     if spec.get("prompts"):  # a learned prompt array (mitigation kind prompt-array): text side only
         if backend != "hf" or spec.get("adapter"):
             raise VlmbiasError(f"a prompt array needs a plain 'hf' base model, got {spec}")
-        from vlmbias.mitigate.prompt_array import load_prompt_encoder
-
         enc = load_prompt_encoder(spec["name"], spec["prompts"], device)
         log.info("loaded %s (hf + prompt array, fp32 on %s)", enc.name, device)
         return enc

@@ -1,0 +1,98 @@
+"""End to end without a calibration world: only labelled folders and a caption set, and every
+method that fits on data (BendVLM, SANER, the prompt array) plus quality's caption retrieval."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from vlmbias.testing import make_fairface_folder
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+GENDER_CLASSES = ["Male", "Female"]
+
+
+def _image(path, value, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    img = np.clip(np.full((16, 16, 3), value) + rng.integers(-20, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+
+
+def _data(root: Path) -> dict:
+    audited = make_fairface_folder(root / "audited", per_cell=2, seed=0)
+    reference = make_fairface_folder(root / "reference", per_cell=2, seed=1)
+    # a caption set: captions naming a gender word and a concept, one labelled image each
+    rows = []
+    for i, (concept, gender) in enumerate([(c, g) for c in ("doctor", "teacher", "pilot") for g in GENDER_CLASSES] * 2):
+        _image(root / "captions" / f"{i}.png", 60 + 20 * i % 200, i)
+        rows.append({"file": f"{i}.png", "caption": f"a {'man' if gender == 'Male' else 'woman'} who is a {concept}",
+                     "gender": gender})
+    pd.DataFrame(rows).to_csv(root / "captions" / "captions.csv", index=False)
+    # a search stand-in: one folder per keyword, and a CSV of true labels for label source csv
+    labels = []
+    for concept in ("doctor", "teacher"):
+        for i in range(4):
+            rel = f"{concept}/{i}.png"
+            _image(root / "search" / rel, 100 + 30 * i, i)
+            labels.append({"file": rel, "gender": GENDER_CLASSES[i % 2]})
+    pd.DataFrame(labels).to_csv(root / "search" / "labels.csv", index=False)
+    return {"audited": audited, "reference": reference}
+
+
+def test_no_world_config_runs_every_fitted_method(tmp_path, tiny_hf):
+    paths = _data(tmp_path / "data")
+    folder = {"type": "labelled-folder", "csv": "fairface_label_val.csv",
+              "attributes": {"gender": GENDER_CLASSES}}
+    config = {
+        "run_name": "roles",
+        "datasets": {"faces": {**folder, "root": str(paths["audited"])},
+                     "faces-ref": {**folder, "root": str(paths["reference"])},
+                     "caps": {"type": "captions", "root": str(tmp_path / "data/captions"), "csv": "captions.csv",
+                              "attributes": ["gender"]}},
+        "models": {"tiny": {"backend": "hf", "name": str(tiny_hf)}},
+        "query_sets": {"jobs": {"queries": ["a doctor", "a teacher", "a pilot"]}},
+        "audit": {"datasets": ["faces"]},
+        "retrieval": {"k": [5, 10]},
+        "metrics": {"n_boot": 100},
+        "embed": {"num_workers": 0},
+        "figures": {"grid_k": 5, "bar_k": 5},
+        "mitigation": {
+            "base_model": "tiny", "dataset": "faces", "query_sets": ["jobs"], "k": 5, "captions": "caps",
+            "split": {"held_out": ["pilot"]},
+            "acquire": {"source": "folder", "root": str(tmp_path / "data/search"), "keywords": ["doctor", "teacher"],
+                        "limit": 4},
+            "label": {"source": "csv", "csv": str(tmp_path / "data/search/labels.csv"),
+                      "root": str(tmp_path / "data/search"), "attributes": ["gender"],
+                      "balanced": {"per": "concept", "attributes": ["gender"], "seed": 0}},
+            "methods": {"bendvlm": {"kind": "bendvlm", "reference": "faces-ref", "attributes": ["gender"]},
+                        "saner": {"kind": "saner", "epochs": 2},
+                        "prompt-array": {"kind": "prompt-array", "epochs": 1, "adv_attributes": ["gender"]}},
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                          str(tmp_path), "--cores", "2", "--quiet", "rules"], capture_output=True, text=True,
+                         timeout=1500, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    mit = tmp_path / "results/roles/mitigation"
+    assert not (tmp_path / "results/roles/world").exists()
+    # BendVLM's references are the reference folder's images, not the audited ones
+    ref = pd.read_parquet(mit / "reference/bendvlm/reference.parquet")
+    assert len(ref) == 28 and list(ref.columns) == ["image_id", "gender"]
+    # SANER trained on the caption set without the held-out concept's captions
+    used = pd.read_csv(mit / "saner/saner/captions.csv")
+    assert len(used) == 8 and not used["caption"].str.contains("pilot").any()
+    quality = pd.concat([pd.read_csv(p) for p in sorted((mit / "quality").glob("*.csv"))])
+    for model in ("tiny", "tiny~bendvlm", "tiny~saner", "tiny~prompt-array"):
+        rows = quality[(quality["model"] == model) & quality["metric"].str.contains("retrieval_recall@")]
+        assert len(rows) == 6 and rows["n"].isin([12]).all(), model  # 12 captions, 12 images, k 1/5/10
+    comparison = pd.read_csv(mit / "comparison.csv")
+    held_out = comparison[comparison["split"] == "held_out"]
+    assert {"bendvlm", "saner", "prompt-array"} <= set(held_out["method"])  # "pilot" is never fitted on
