@@ -14,7 +14,7 @@ from vlmbias import config as vconfig
 from vlmbias.audit.data import build_manifest, caption_set, fairface_manifest
 from vlmbias.mitigate.quality import caption_retrieval
 from vlmbias.mitigate.saner import caption_set_rows, mentions
-from vlmbias.testing import make_fairface_folder
+from vlmbias.testing import make_fairface_folder, make_thesis_data
 
 
 def _image(path, value):
@@ -232,6 +232,7 @@ def test_thesis_config_is_whole_with_or_without_replacing_the_default(tmp_path):
     import shutil
 
     shutil.copy(Path(__file__).resolve().parents[1] / "config.yaml", tmp_path / "config.yaml")  # the default run's
+    make_thesis_data(tmp_path)  # the dry run checks that the config's data folders exist
     merged, out = _plan(tmp_path)
     replaced, _ = _plan(tmp_path, "--replace-workflow-config")
     assert merged == replaced

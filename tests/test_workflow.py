@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from vlmbias.io import read_table
-from vlmbias.testing import make_fairface_folder
+from vlmbias.testing import make_thesis_data
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -182,7 +182,7 @@ def test_thesis_config_is_valid_and_plans_every_experiment(tmp_path):
     run = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/thesis.yaml"), "--replace-workflow-config")
     assert run.returncode != 0
     assert "datasets.fairface.root: folder data/fairface-img-margin025-trainval not found" in run.stdout + run.stderr
-    make_fairface_folder(tmp_path / "data" / "fairface-img-margin025-trainval", per_cell=1)
+    make_thesis_data(tmp_path)
     run = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/thesis.yaml"), "--replace-workflow-config")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # its images are embedded in shards (embed.shard_size), planned once the manifest checkpoint has run

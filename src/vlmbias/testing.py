@@ -37,6 +37,30 @@ def make_fairface_folder(root: str | Path, per_cell: int = 2, size: int = 32, se
     return root
 
 
+def make_coco_captions_folder(root: str | Path, n: int = 4, size: int = 32) -> Path:
+    """COCO captions layout (`val2017/<id>.jpg` + `annotations/captions_val2017.json`), two captions an image."""
+    root = Path(root)
+    (root / "val2017").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    images, annotations = [], []
+    for i in range(1, n + 1):
+        name = f"{i:012d}.jpg"
+        Image.fromarray(np.full((size, size, 3), 40 * i % 256, np.uint8)).save(root / "val2017" / name)
+        images.append({"id": i, "file_name": name})
+        annotations += [{"image_id": i, "id": 2 * i + j, "caption": f"A photo of thing {i}, view {j}."} for j in (0, 1)]
+    (root / "annotations" / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    return root
+
+
+def make_thesis_data(workdir: str | Path) -> None:
+    """Offline stand-ins for the data `config/thesis.yaml` reads, at its relative paths under workdir:
+    FairFace (val and train splits) and COCO captions."""
+    workdir = Path(workdir)
+    for split in ("val", "train"):
+        make_fairface_folder(workdir / "data" / "fairface-img-margin025-trainval", per_cell=1, split=split)
+    make_coco_captions_folder(workdir / "data" / "coco")
+
+
 def make_tiny_hf_clip(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> Path:
     """A random-weight transformers CLIPModel small enough for unit tests, with a byte-level tokenizer."""
     import torch
