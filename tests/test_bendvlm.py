@@ -106,7 +106,7 @@ def test_defaults_follow_the_authors_experiments():
 @pytest.mark.parametrize("kwargs, message", [
     ({"queries": np.ones(D)}, "queries must have 2 dimensions"),
     ({"augmented": np.ones((2, 2, D))}, "given for 2 queries, there are 1"),
-    ({"augmented": np.ones((1, 2, D + 1))}, "embedding size 9, the queries have 8"),
+    ({"augmented": np.ones((1, 2, D + 1))}, "embedding size 9, expected 8"),
     ({"augmented": np.ones((1, 1, D))}, "at least 2 attribute-augmented versions"),
     ({"ref_embeddings": np.ones((3, D))}, "80 reference labels for 3 reference images"),
     ({"groups": ["Male", "Female", "Nonbinary"]}, r"group\(s\) \['Nonbinary'\] have no reference images"),

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlmbias import VlmbiasError
-from vlmbias.audit.data import FAIRFACE_CLASSES, read_label_csv
+from vlmbias.audit.labels import FAIRFACE_CLASSES, read_label_csv
 
 log = logging.getLogger(__name__)
 

@@ -41,14 +41,18 @@ Queries that name the attribute themselves ("a photo of a female doctor") must n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vlmbias import VlmbiasError
+from vlmbias.encoders.base import embedding_array
 from vlmbias.encoders.projection import DEFAULT_GROUP_WORDS, PAIR_WORDS, orthogonal_projection
 from vlmbias.io import read_table
+
+_matrix = partial(embedding_array, dtype=np.float64, nonzero=False)  # float64: BendVLM's own arithmetic
 
 NEIGHBORS_TWO_GROUPS = 100  # authors' released experiments, gender
 NEIGHBORS_MANY_GROUPS = 10  # authors' released experiments, race
@@ -67,19 +71,6 @@ def _unit_rows(x: np.ndarray, what: str) -> np.ndarray:
         raise VlmbiasError(f"{what} contains an all-zero embedding")
     return x / norms
 
-
-def _matrix(x, what: str, ndim: int, dim: int | None = None) -> np.ndarray:
-    try:
-        a = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise VlmbiasError(f"{what} must be a numeric array") from None
-    if a.ndim != ndim:
-        raise VlmbiasError(f"{what} must have {ndim} dimensions, got shape {a.shape}")
-    if dim is not None and a.shape[-1] != dim:
-        raise VlmbiasError(f"{what} has embedding size {a.shape[-1]}, the queries have {dim}")
-    if not np.isfinite(a).all():
-        raise VlmbiasError(f"{what} contains NaN or infinite values")
-    return a
 
 
 def local_projection(augmented: np.ndarray, spurious: np.ndarray | None = None) -> np.ndarray:

@@ -15,25 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from vlmbias import VlmbiasError
+from vlmbias.encoders.base import embedding_array
 
 WEIGHTS, META = "saner.safetensors", "saner.json"
 
-
-def check_embeddings(x, what: str, ndim: int, dim: int | None = None) -> np.ndarray:
-    """`x` as a contiguous float32 array of `ndim` dimensions (last one `dim`), finite, no zero rows."""
-    try:
-        a = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise VlmbiasError(f"{what} must be a numeric array") from None
-    if a.ndim != ndim:
-        raise VlmbiasError(f"{what} must have {ndim} dimensions, got shape {a.shape}")
-    if dim is not None and a.shape[-1] != dim:
-        raise VlmbiasError(f"{what} has embedding size {a.shape[-1]}, expected {dim}")
-    if not np.isfinite(a).all():
-        raise VlmbiasError(f"{what} contains NaN or infinite values")
-    if a.size and (np.linalg.norm(a, axis=-1) < 1e-8).any():
-        raise VlmbiasError(f"{what} contains an all-zero embedding")
-    return np.ascontiguousarray(a)
 
 
 class SanerLayer(torch.nn.Module):
@@ -58,7 +43,7 @@ class SanerTransform:
         self.dim = int(meta["dim"])
 
     def __call__(self, queries) -> np.ndarray:
-        q = check_embeddings(queries, "queries", 2, self.dim)
+        q = embedding_array(queries, "queries", 2, self.dim)
         with torch.inference_mode():
             out = F.normalize(self.layer(torch.from_numpy(q)), dim=-1)
         return out.numpy().astype(np.float32)

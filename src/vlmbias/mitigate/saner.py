@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from vlmbias import VlmbiasError, __version__
-from vlmbias.encoders.saner import META, WEIGHTS, SanerLayer, check_embeddings
+from vlmbias.encoders.base import embedding_array
+from vlmbias.encoders.saner import META, WEIGHTS, SanerLayer
 from vlmbias.io import write_table
 from vlmbias.training import contrastive_loss, deterministic, is_number, save_trained, shuffled_batches, train_steps
 
@@ -193,11 +194,11 @@ def train_saner(neutral, variants, out_dir, *, images=None, keep=None, groups: S
     training (one is fastest for a layer this small; more threads only spin on a busy machine).
     """
     s = resolve_spec(spec)
-    n = check_embeddings(neutral, "neutral caption embeddings", 2)
+    n = embedding_array(neutral, "neutral caption embeddings", 2)
     if len(n) == 0:
         raise VlmbiasError("SANER: no neutral caption embeddings to train on")
     d = n.shape[1]
-    v = check_embeddings(variants, "attribute-specific caption embeddings", 3, d)
+    v = embedding_array(variants, "attribute-specific caption embeddings", 3, d)
     if v.shape[0] != len(n):
         raise VlmbiasError(f"attribute-specific embeddings are given for {v.shape[0]} captions, there are {len(n)}")
     if v.shape[1] < 2:
@@ -210,10 +211,10 @@ def train_saner(neutral, variants, out_dir, *, images=None, keep=None, groups: S
         if images is None:
             raise VlmbiasError("SANER: the contrastive term (gamma > 0) needs the image embedding of each caption; "
                                "pass images=[N, d] or set gamma to 0")
-        img = check_embeddings(images, "image embeddings", 2, d)
+        img = embedding_array(images, "image embeddings", 2, d)
         if len(img) != len(n):
             raise VlmbiasError(f"{len(img)} image embeddings for {len(n)} captions; give one per caption")
-    k = None if keep is None else check_embeddings(keep, "keep embeddings", 2, d)
+    k = None if keep is None else embedding_array(keep, "keep embeddings", 2, d)
     if k is not None and len(k) == 0:
         k = None
 
