@@ -2,6 +2,7 @@
 the real Snakefile, in a temporary directory. Its own file, so that this long run and the other
 end-to-end runs (test_workflow.py) go to different test workers."""
 import os
+import re
 import shutil
 import subprocess
 import sys
