@@ -9,7 +9,7 @@ Usable from a notebook on any ranking (``from vlmbias import metrics``). Inputs 
   aligned with the counts. Weights are normalised to sum to 1, so counts, proportions and
   percentages are all accepted; classes missing from a dict/Series get weight 0.
 
-Conventions (see each function; README "How to compare with published numbers"): Fairness
+Conventions (see each function; docs/metrics.md "How to compare with published numbers"): Fairness
 Disparity follows the thesis' zero handling, with a strict variant; Representation Disparity is in
 percent and NaN where the dataset has 0% of a class; Skew@k, MaxSkew@k and MinSkew@k follow the
 published definition by default (Geyik et al. 2019; Berg et al. 2022 and its code, reused by

@@ -13,7 +13,7 @@ reported but never judged (`not judged`): with zero counts it is ambiguous (an a
 FD 1 under the thesis' zero handling, 15/5 has 3). Quality tables (vlmbias.mitigate.quality) are
 joined the same way.
 
-Held-out protocol (issue 11): with the split table (`split.csv` of vlmbias.mitigate.split), every
+Held-out protocol: with the split table (`split.csv` of vlmbias.mitigate.split), every
 row carries the `split` of its query's concept, `fitting` (what the methods were fitted or
 calibrated on) or `held_out` (never seen), and the summary is given per split, so a method's
 in-sample (fitting) number can be set against its held-out one. The summary's mean over queries
@@ -204,7 +204,7 @@ def main(argv=None) -> None:
     write_table(summary, a.out_summary)
     write_table(quality, a.out_quality)
     if a.out_leaderboard:
-        kb = int(summary["k"].max())  # the distributions' k (the README's table)
+        kb = int(summary["k"].max())  # the distributions' k (docs/mitigation.md's table)
         board = leaderboard(summary, quality, kb)
         write_table(board, a.out_leaderboard)
         for attr in ("gender", "race"):

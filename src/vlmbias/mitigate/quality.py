@@ -19,7 +19,7 @@ A method that "removes bias" by breaking the model must show it here:
 Only held-out images that show their concept's visual evidence are used for caption retrieval:
 without evidence nothing in the image identifies the concept.
 
-Held-out protocol (issue 11): caption and attributed-query metrics are given per `split` of the
+Held-out protocol: caption and attributed-query metrics are given per `split` of the
 concept: `fitting` / `held_out` (the mitigation split, `--split`), `other` (world concepts the
 audit does not ask about) and `all`; zero-shot rows have split `all`. A text-side method's
 transform (`--transform-json`: the `projection`, `saner` or `bendvlm` block of its query
