@@ -164,11 +164,7 @@ def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFra
                                  np.concatenate(pick) if pick else np.zeros(0, bool), split))
     if corpus is not None and len(corpus):
         if corpus_emb is None:
-            corpus_emb, kept, bad = embed_image_files(encoder, corpus["path"].tolist(), progress=False,
-                                                      max_pixels=max_pixels)
-            if bad:
-                raise VlmbiasError(f"quality: {len(bad)} held-out images could not be read; first: "
-                                   f"{corpus['path'].iat[bad[0][0]]}: {bad[0][1]}")
+            corpus_emb = _embed_every_image(encoder, corpus["path"].tolist(), "held-out", max_pixels)
         captions = corpus.drop_duplicates("caption")
         describe(encoder, captions["caption"], captions["concept"])
         cap_emb = encoder.encode_texts(captions["caption"].tolist())
@@ -193,6 +189,15 @@ def evaluate(encoder, model_name: str, image_emb: np.ndarray, labels: pd.DataFra
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _embed_every_image(encoder, paths: list[str], what: str, max_pixels: int) -> np.ndarray:
+    """Embeddings of every image, in order; quality is measured on all of them or not at all."""
+    emb, _, bad = embed_image_files(encoder, paths, progress=False, max_pixels=max_pixels)
+    if bad:
+        raise VlmbiasError(f"quality: {len(bad)} {what} images could not be read; first: "
+                           f"{paths[bad[0][0]]}: {bad[0][1]}")
+    return emb
+
+
 RECALL_KS = (1, 5, 10)  # CLIP_benchmark's default recall_k_list
 
 
@@ -205,11 +210,7 @@ def caption_retrieval(encoder, model_name: str, images: pd.DataFrame, captions: 
     of its captions is among the k captions most similar to it); Wilson intervals over captions /
     images. images: image_id, path (one row per image); captions: image_id, caption."""
     if image_emb is None:
-        image_emb, kept, bad = embed_image_files(encoder, images["path"].tolist(), progress=False,
-                                                 max_pixels=max_pixels)
-        if bad:
-            raise VlmbiasError(f"quality: {len(bad)} caption-set images could not be read; first: "
-                               f"{images['path'].iat[bad[0][0]]}: {bad[0][1]}")
+        image_emb = _embed_every_image(encoder, images["path"].tolist(), "caption-set", max_pixels)
     row_of = {im: r for r, im in enumerate(images["image_id"])}
     if not set(captions["image_id"]) <= set(row_of):
         raise VlmbiasError("quality: the caption set has captions of images it does not list")
