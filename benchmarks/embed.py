@@ -23,7 +23,7 @@ by the same configuration, as the pipeline would do when `precision` is set).
     python benchmarks/embed.py --full          # ViT-B-32 on 448 images, more batch sizes, torch.compile
     python benchmarks/embed.py --quick         # smoke run: a briefly trained world model, 28 ViT images
 
-Target (issue 12): >= 5x the thesis loop on a 2-core CPU, with top-20 overlap >= 0.95 against fp32.
+Target: >= 5x the thesis loop on a 2-core CPU, with top-20 overlap >= 0.95 against fp32.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ memory maps; a 10M float32 file is 20 GB of disk).
     python benchmarks/retrieve.py --full         # also 10M (chunked exact; ~10 GB on disk in --tmp)
     python benchmarks/retrieve.py --quick        # 10k, 30k: smoke run
 
-Target (issue 12): 1M images x 100 queries, top-1000, exact, under 2 s on 2 cores.
+Target: 1M images x 100 queries, top-1000, exact, under 2 s on 2 cores.
 """
 from __future__ import annotations
 

@@ -387,7 +387,7 @@ def test_allow_private_addresses_is_validated(tmp_path):
             acquire({"source": "urls", "keywords": ["x"], "allow_private_addresses": bad}, tmp_path)
 
 
-# ------------------------------------------------------------------------------- folder and world
+# ----------------------------------------------------------------- folder, and the world's folder
 
 def test_folder_source(tmp_path):
     root = tmp_path / "src"
@@ -418,19 +418,29 @@ def world(tmp_path_factory):
     return out
 
 
-def test_world_source_and_idempotent_rerun(world, tmp_path):
-    spec = {"source": "world", "keywords": ["a doctor", "医生", "plumber"], "limit": 4}
-    first = acquire(spec, tmp_path / "img", world=world, progress=False)
+def test_world_search_folder_is_read_as_a_folder_and_rerun_is_idempotent(world, tmp_path):
+    from vlmbias.world.generate import search
+
+    spec = {"source": "folder", "root": str(world / "search"), "keywords": ["doctor", "nurse", "plumber"], "limit": 4}
+    first = acquire(spec, tmp_path / "img", progress=False)
     ok = ok_rows(first)
-    assert ok.groupby("keyword").size().to_dict() == {"a doctor": 4, "医生": 4}
-    assert (ok["concept"] == "doctor").all() and ok["world_gender"].notna().all()
-    assert set(ok.loc[ok["keyword"] == "医生", "lang"]) == {"zh"}
+    assert ok.groupby("keyword").size().to_dict() == {"doctor": 4, "nurse": 4}
     assert first.loc[first["keyword"] == "plumber", "status"].tolist() == ["no-results"]
+    # the folder holds the world's search results in search order, bytes unchanged: the first 4
+    # acquired images are the search's first 4
+    hits = search(world, "doctor", limit=4, seed=0)
+    expected = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in hits["path"]]
+    assert ok.loc[ok["keyword"] == "doctor", "sha1"].tolist() == expected
     first.to_parquet(tmp_path / "acq.parquet")
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "img").rglob("*.jpg")}
-    second = acquire(spec, tmp_path / "img", manifest=tmp_path / "acq.parquet", world=world, progress=False)
+    second = acquire(spec, tmp_path / "img", manifest=tmp_path / "acq.parquet", progress=False)
     pd.testing.assert_frame_equal(ok_rows(second).reset_index(drop=True), ok.reset_index(drop=True))
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "img").rglob("*.jpg")}
+
+
+def test_there_is_no_world_source(world, tmp_path):
+    with pytest.raises(VlmbiasError, match="source 'world' is not one of"):
+        acquire({"source": "world", "keywords": ["doctor"]}, tmp_path / "img", progress=False)
 
 
 # -------------------------------------------------------------------------------------- bad input

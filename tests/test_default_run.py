@@ -49,6 +49,27 @@ def test_known_answer_calibration(default_run):
     assert (nurse["low"] > nurse["parity"]).all() and (nurse["sim_diff_low"] > 0).all()
 
 
+def test_default_run_reports_intersectional_groups(default_run):
+    """The default config's derived gender x race attribute is an attribute everywhere: the dataset
+    distribution, the metric tables, the figures and the zero-shot tables."""
+    dist = pd.read_csv(default_run / "data/world/distribution.csv")
+    groups = dist[dist.attribute == "gender_race"]
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    # the world's test split is balanced: test_per_cell images in each of 2 genders x 7 races
+    assert groups["class"].tolist()[:2] == ["Male|East Asian", "Male|Indian"] and len(groups) == 14
+    assert (groups["count"] == config["world"]["test_per_cell"]).all()
+    for summary in (default_run / "metrics/world/world-clip").glob("*_summary.csv"):
+        rows = pd.read_csv(summary)
+        assert "gender_race" in set(rows.attribute), summary
+        assert rows.loc[rows.attribute == "gender_race", "max_skew_uniform"].notna().any(), summary
+        qset = summary.name[: -len("_summary.csv")]
+        assert (default_run / "figures/world/world-clip" / qset / "bars_gender_race.png").is_file()
+    zeroshot = pd.read_csv(default_run / "zeroshot/world/world-clip/accuracy.csv")
+    assert "gender_race" in set(zeroshot.group_attribute)
+    worst = pd.read_csv(default_run / "zeroshot/world/world-clip/worst_group.csv")
+    assert "|" in worst.loc[worst.group_attribute == "gender_race", "worst_group"].iat[0]
+
+
 def test_default_chain_runs_mitigation(default_run):
     res = default_run
     config = yaml.safe_load((REPO / "config.yaml").read_text())

@@ -198,10 +198,14 @@ def test_retrieve_cli_reads_images_memory_mapped(tmp_path, monkeypatch):
     assert out["image_id"].tolist() == ["i0", "i4", "i1"]  # the tie of rows 0 and 4 (chunks 1 and 3) by row
 
 
-def test_vectorised_selection_equals_the_row_rule_under_heavy_ties():
-    """The exact path's batched selection (torch.topk for the cut, then (-score, row) order) picks
-    exactly what the one-row rule picks, on integer scores where most values tie."""
+@pytest.mark.parametrize("cut", ["argpartition", "torch.topk"])
+def test_vectorised_selection_equals_the_row_rule_under_heavy_ties(cut, monkeypatch):
+    """The exact path's batched selection (argpartition or torch.topk for the cut, then (-score, row)
+    order) picks exactly what the one-row rule picks, on integer scores where most values tie."""
+    from vlmbias.audit import retrieve
     from vlmbias.audit.retrieve import _select, _select_rows
+
+    monkeypatch.setattr(retrieve, "TORCH_TOPK_FROM", 1 << 40 if cut == "argpartition" else 0)
 
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -1,4 +1,5 @@
-"""label: DeepFace through the real library on stand-in weights, the world's noisy labels, user CSVs,
+"""label: DeepFace through the real library on stand-in weights, user CSVs (the world's search labels,
+imitated classifier error),
 balanced fine-tuning sets and the CLI. Offline and fast.
 
 The stand-in weights are tiny ONNX graphs written here byte by byte (no `onnx` package needed):
@@ -11,6 +12,7 @@ band on a black background, so flat images are faceless.
 """
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -336,7 +338,7 @@ def test_pinned_deepface_weights(deepface_env, tmp_path, caplog):
             label_images({**spec, "weights_sha256": bad}, acquired, None, progress=False)
 
 
-# ------------------------------------------------------------------------------------------- world
+# ---------------------------------------------------- the world's search folder: csv labels + noise
 
 @pytest.fixture(scope="module")
 def world_acquired(tmp_path_factory):
@@ -347,32 +349,58 @@ def world_acquired(tmp_path_factory):
     generate_world({"seed": 0, "image_size": 16, "images_per_concept": 40, "group_images": 0, "test_per_cell": 1,
                     "concepts": {"doctor": {"names": {"en": "a doctor"}, "planted": {"gender": {"Male": 0.8}}},
                                  "nurse": {"names": {"en": "a nurse"}}}}, root / "w")
-    df = acquire({"source": "world", "keywords": ["a doctor", "a nurse"], "limit": 40}, root / "img",
-                 world=root / "w", progress=False)
+    df = acquire({"source": "folder", "root": str(root / "w" / "search"), "keywords": ["doctor", "nurse"],
+                  "limit": 40}, root / "img", progress=False)
     df.to_parquet(root / "acquired.parquet")
     return root / "acquired.parquet"
 
 
-def test_world_labels_exact_and_noisy(world_acquired):
+def world_csv_spec(acquired_path, **extra):
+    search = Path(acquired_path).parent / "w" / "search"
+    return {"source": "csv", "csv": str(search / "labels.csv"), "root": str(search), **extra}
+
+
+def test_world_search_labels_are_the_corpus_truth(world_acquired):
+    from vlmbias.world.generate import load_corpus
+
     acquired = pd.read_parquet(world_acquired)
-    clean, dropped, classes = label_images({"source": "world"}, acquired)
+    labels, dropped, _ = label_images(world_csv_spec(world_acquired, caption_column="caption"), acquired)
+    assert dropped.empty and len(labels) == 80
+    # every acquired image is a byte copy of a corpus image: its labels and caption are that image's
+    corpus = load_corpus(Path(world_acquired).parent / "w")
+    corpus["sha1"] = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in corpus["path"]]
+    truth = corpus.drop_duplicates("sha1").set_index("sha1").loc[labels["sha1"]]
+    for col in ("gender", "race", "age", "caption", "concept"):
+        assert labels[col].tolist() == truth[col].tolist(), col
+    assert labels.loc[labels["concept"] == "doctor", "gender"].eq("Male").mean() == pytest.approx(0.8)
+    bare, _, _ = label_images(world_csv_spec(world_acquired), acquired)  # no caption column: the keyword
+    assert set(bare["caption"]) == {"doctor", "nurse"}
+
+
+def test_csv_labels_with_imitated_classifier_error(world_acquired):
+    acquired = pd.read_parquet(world_acquired)
+    clean, dropped, classes = label_images(world_csv_spec(world_acquired, error_rate=0.0), acquired)
     assert dropped.empty and len(clean) == 80
     assert (clean["gender"] == clean["true_gender"]).all() and not clean["race_flipped"].any()
-    noisy, _, _ = label_images({"source": "world", "error_rate": 0.25, "seed": 3}, acquired)
+    noisy, _, _ = label_images(world_csv_spec(world_acquired, error_rate=0.25, seed=3), acquired)
     for attr in ("gender", "race", "age"):
         changed = noisy[attr] != noisy["true_" + attr]
         assert changed.sum() == 20 and (changed == noisy[f"{attr}_flipped"]).all()
         assert noisy[attr].isin(classes[attr]).all()
-    again, _, _ = label_images({"source": "world", "error_rate": 0.25, "seed": 3}, acquired)
+        assert (noisy["true_" + attr] == clean[attr]).all()
+    again, _, _ = label_images(world_csv_spec(world_acquired, error_rate=0.25, seed=3), acquired)
     pd.testing.assert_frame_equal(noisy, again)
-    other, _, _ = label_images({"source": "world", "error_rate": {"gender": 0.5}, "seed": 4}, acquired)
+    other, _, _ = label_images(world_csv_spec(world_acquired, error_rate={"gender": 0.5}, seed=4), acquired)
     assert other["gender_flipped"].sum() == 40 and not other["race_flipped"].any()
+    plain, _, _ = label_images(world_csv_spec(world_acquired), acquired)  # no error_rate: no noise columns
+    assert "true_gender" not in plain.columns
+    with pytest.raises(VlmbiasError, match="error_rate"):
+        label_images(world_csv_spec(world_acquired, error_rate={"shoe size": 0.1}), acquired)
 
 
-def test_world_labels_need_world_images(tmp_path):
-    acquired = acquired_table(tmp_path, [("a", flat((1, 2, 3)))])
-    with pytest.raises(VlmbiasError, match="source 'world'"):
-        label_images({"source": "world"}, acquired)
+def test_there_is_no_world_label_source(world_acquired):
+    with pytest.raises(VlmbiasError, match="source 'world' is not one of"):
+        label_images({"source": "world"}, pd.read_parquet(world_acquired))
 
 
 def test_label_noise_bounds():
@@ -440,10 +468,10 @@ def test_balanced_set_empty_cell():
 
 # --------------------------------------------------------------------------------------------- CLI
 
-def test_cli_world_end_to_end(world_acquired, tmp_path):
+def test_cli_world_search_end_to_end(world_acquired, tmp_path):
     out = {k: tmp_path / f"{k}.{ext}" for k, ext in
            [("labels", "parquet"), ("dropped", "csv"), ("dist", "csv"), ("balanced", "parquet")]}
-    spec = {"source": "world", "error_rate": 0.1, "balanced": {"attributes": ["gender"], "allow_missing": True}}
+    spec = world_csv_spec(world_acquired, error_rate=0.1, balanced={"attributes": ["gender"], "allow_missing": True})
     rc = run_cli(main, ["--spec-json", json.dumps(spec), "--acquired", str(world_acquired),
                         "--out-labels", str(out["labels"]), "--out-dropped", str(out["dropped"]),
                         "--out-distribution", str(out["dist"]), "--out-balanced", str(out["balanced"])])

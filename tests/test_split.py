@@ -122,7 +122,7 @@ def test_fitted_methods_never_see_a_held_out_concept():
 
 def test_acquire_rejects_excluding_everything():
     with pytest.raises(VlmbiasError, match="every keyword's concept is excluded"):
-        resolve_spec({"source": "world", "keywords": ["a nurse"], "exclude_concepts": ["nurse"]})
+        resolve_spec({"source": "folder", "keywords": ["a nurse"], "exclude_concepts": ["nurse"]})
 
 
 def _audit(query_id, genders):

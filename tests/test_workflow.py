@@ -161,6 +161,35 @@ def test_removed_shard_reruns_alone(sharded_pair):
     assert (emb / "shards/1.npy").is_file() and (emb / "images.npy").read_bytes() == merged
 
 
+def test_default_intersection_reaches_tables_figures_and_zeroshot(tmp_path, tiny_workflow_config):
+    """The intersection the default config declares on its dataset, on the tiny audit: the derived
+    attribute is in the distribution, the metric tables, the figures and the zero-shot tables (the
+    default run itself asserts the same in test_default_run.py)."""
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    intersections = default["datasets"]["world"]["intersections"]
+    assert intersections == {"gender_race": ["gender", "race"]}
+    config = tiny_workflow_config(query_sets={"jobs": {"queries": ["a doctor", "a nurse"]}}, zeroshot={})
+    config["datasets"]["ff"]["intersections"] = intersections
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    res = "results/smoke"
+    targets = [f"{res}/metrics/ff/tiny/jobs_summary.csv", f"{res}/figures/ff/tiny/jobs",
+               f"{res}/zeroshot/ff/tiny/accuracy.csv", f"{res}/zeroshot/ff/tiny/worst_group.csv"]
+    run = snakemake(tmp_path, "--", *targets)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    res = tmp_path / res
+    groups = pd.read_csv(res / "data/ff/distribution.csv").query("attribute == 'gender_race'")
+    assert len(groups) == 14 and groups["class"].iat[0] == "Male|East Asian"
+    summary = pd.read_csv(res / "metrics/ff/tiny/jobs_summary.csv")
+    assert set(summary["attribute"]) == {"gender", "race", "age", "gender_race"}
+    rows = summary[summary.attribute == "gender_race"]
+    assert len(rows) == 2 * 2 and rows["max_skew_uniform"].notna().all()  # queries x ks
+    assert (res / "figures/ff/tiny/jobs/bars_gender_race.png").is_file()
+    accuracy = pd.read_csv(res / "zeroshot/ff/tiny/accuracy.csv")
+    assert "gender_race" in set(accuracy["group_attribute"])
+    worst = pd.read_csv(res / "zeroshot/ff/tiny/worst_group.csv").query("group_attribute == 'gender_race'")
+    assert len(worst) and worst["worst_group"].str.contains("|", regex=False).all()
+
+
 def test_non_human_overlay_adds_the_animal_to_the_default_world(tmp_path):
     """config/world_non_human.yaml merges into the default config: the world it plans holds the
     animal figure beside every default concept, under its own run name."""

@@ -99,6 +99,32 @@ def test_search_keeps_the_corpus_skew_in_every_language(world):
         search(world, "plumber", limit=5)
 
 
+def test_world_writes_its_search_and_heldout_captions_as_ordinary_datasets(world):
+    from vlmbias.audit.data import caption_set
+    from vlmbias.mitigate.quality import concept_corpus
+
+    labels = pd.read_csv(world / "search" / "labels.csv", keep_default_na=False)
+    assert sorted(p.name for p in (world / "search").iterdir()) == ["chef", "doctor", "labels.csv", "nurse"]
+    for concept in ("doctor", "nurse", "chef"):
+        hits = search(world, concept, limit=1000, seed=SPEC["seed"])
+        files = sorted((world / "search" / concept).iterdir())
+        # file-name order is search order, and each file is the corpus image's bytes
+        assert [f.read_bytes() for f in files] == [open(p, "rb").read() for p in hits["path"]]
+        mine = labels[labels["file"].str.startswith(f"{concept}/")]
+        assert mine["file"].tolist() == [f"{concept}/{f.name}" for f in files]
+        for col in ("caption", "gender", "race", "age"):
+            assert mine[col].tolist() == hits[col].tolist(), col
+    corpus = load_corpus(world)
+    held = corpus[(corpus["split"] == "heldout") & corpus["evidence"] & corpus["concept"].notna()
+                  & (corpus["lang"] == "en")]
+    images, captions, missing, _ = caption_set({"type": "captions", "root": str(world), "csv": "heldout_captions.csv",
+                                                "attributes": ["concept"]})
+    assert missing.empty and len(held) > 0
+    got = concept_corpus(images, captions)
+    assert got["path"].tolist() == held["path"].tolist()  # the same images, in corpus order
+    assert got[["caption", "concept"]].values.tolist() == held[["caption", "concept"]].values.tolist()
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"colour": 1}, "unknown key"),
     ({"concepts": {}}, "'concepts' is empty"),

@@ -94,3 +94,8 @@ def test_crop_column_is_not_a_group():
     labels, emb = _world()
     t = zs.accuracy_table(labels.assign(crop="0,0,4,4"), emb, WordEncoder(), PROMPTS, ["gender"])
     assert set(t["group_attribute"]) == {"all", "gender", "race"}
+    # nor are SocialCounterfactuals' set id, set type and caption
+    extra = labels.assign(counterfactual_set=[f"s{i}" for i in range(len(labels))], set_type="race-gender",
+                          caption="A photo of a person")
+    t = zs.accuracy_table(extra, emb, WordEncoder(), PROMPTS, ["gender"])
+    assert set(t["group_attribute"]) == {"all", "gender", "race"}

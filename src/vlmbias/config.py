@@ -24,6 +24,11 @@ def world_data_dir(config: dict) -> str:
     return f"{results_root(config)}/world/data"
 
 
+def world_train_threads(config: dict) -> int:
+    """Threads of the world CLIP's training job: `world.model.threads`, else the top-level `threads`."""
+    return int(((config.get("world") or {}).get("model") or {}).get("threads") or config.get("threads") or 1)
+
+
 def world_model_dir(config: dict, name: str) -> str:
     return f"{results_root(config)}/world/models/{name}"
 
@@ -66,6 +71,9 @@ def check_retrieval(config: dict) -> None:
 
 def check_config(config: dict) -> None:
     audit_selection(config)
+    from vlmbias.audit.protocols import deviations
+
+    deviations(config)  # a protocol-fixed field changed without saying so stops the run here
     from vlmbias.audit.metrics import INTERVAL_METHODS
 
     interval = (config.get("metrics") or {}).get("interval")
@@ -81,12 +89,13 @@ def check_config(config: dict) -> None:
     for name, spec in config.get("datasets", {}).items():
         if spec.get("world") and "world" not in config:
             raise VlmbiasError(f"dataset {name!r} uses the calibration world, but the config has no 'world' block")
-        on_disk = ("fairface", "labelled-folder", "captions", "utkface", "celeba", "facet")
+        on_disk = ("fairface", "labelled-folder", "captions", "utkface", "celeba", "facet", "socialcounterfactuals")
         if not spec.get("world") and spec["type"] in on_disk and not spec.get("root"):
             raise VlmbiasError(f"dataset {name!r} (type {spec['type']}) needs a 'root' folder")
         if spec["type"] == "labelled-folder" and not spec.get("csv"):
             raise VlmbiasError(f"dataset {name!r} (labelled-folder) needs a 'csv' label file")
-        if spec["type"] == "captions" and spec.get("layout", "csv") == "csv" and not spec.get("csv"):
+        if spec["type"] == "captions" and spec.get("layout", "csv") == "csv" and not spec.get("csv") \
+                and not spec.get("world"):
             raise VlmbiasError(f"dataset {name!r} (captions, layout csv) needs a 'csv' file of image paths and captions")
     cal = config.get("calibration")
     if cal:
@@ -111,6 +120,10 @@ def check_config(config: dict) -> None:
             raise VlmbiasError(f"LoRA / prompt-array methods {lora} need an 'hf' base model; {mit['base_model']!r} is not")
         if lora and not (mit.get("acquire") and mit.get("label")):
             raise VlmbiasError(f"LoRA / prompt-array methods {lora} need mitigation.acquire and mitigation.label blocks")
+        for key in ("acquire", "label"):
+            if (mit.get(key) or {}).get("world") and "world" not in config:
+                raise VlmbiasError(f"mitigation.{key} reads the calibration world's search stand-in (world: true), "
+                                   "but the config has no 'world' block")
         check_data_roles(config)
     for exp, spec in (config.get("experiments") or {}).items():
         models = spec.get("models") or [spec.get("model")]
@@ -172,14 +185,15 @@ def check_paths(config: dict) -> None:
                     if spec["type"] == "fairface" else "")
             raise VlmbiasError(f"datasets.{name}.root: folder {spec['root']} not found (looked in {root.resolve()})"
                                + hint)
-        csv = (Path(spec["csv"]).expanduser() if spec["type"] == "labelled-folder"
-               else Path(f"fairface_label_{spec.get('split', 'val')}.csv"))
-        where = csv if csv.is_absolute() else root / csv
-        if not where.is_file():
-            key = "csv" if spec["type"] == "labelled-folder" else "root"
-            raise VlmbiasError(f"datasets.{name}.{key}: label file {where} not found"
-                               + ("" if spec["type"] == "labelled-folder" else
-                                  " (a FairFace folder holds val/ and fairface_label_val.csv)"))
+        csvs = ([Path(spec["csv"]).expanduser()] if spec["type"] == "labelled-folder"
+                else [Path(f"fairface_label_{s}.csv") for s in str(spec.get("split", "val")).split("+")])
+        for csv in csvs:
+            where = csv if csv.is_absolute() else root / csv
+            if not where.is_file():
+                key = "csv" if spec["type"] == "labelled-folder" else "root"
+                raise VlmbiasError(f"datasets.{name}.{key}: label file {where} not found"
+                                   + ("" if spec["type"] == "labelled-folder" else
+                                      " (a FairFace folder holds val/ and fairface_label_val.csv)"))
     for name in models:
         spec = config["models"][name]
         if spec.get("world"):
@@ -226,35 +240,62 @@ def calibration_models(config: dict) -> list[str]:
 # ---------------------------------------------------------------- mitigation variants
 # A mitigated model is named "<base>~<method>": the base model with a LoRA adapter, or with a
 # query transform (prompt suffix, projection). It is audited by the same rules as any model.
+# With repeated splits (mitigation.split.folds > 1) a fitted method is fitted once per fold, its
+# files under mitigation/folds/<f>/; fold f > 0's model is "<base>~<method>~fold<f>".
+
+FOLD_TAG = "~fold"
+
 
 def mitigation_dir(config: dict) -> str:
     return f"{results_root(config)}/mitigation"
 
 
-def adapter_dir(config: dict, method: str) -> str:
-    return f"{mitigation_dir(config)}/adapters/{method}"
+def n_folds(config: dict) -> int:
+    """mitigation.split.folds (1 without a mitigation block)."""
+    if not config.get("mitigation"):
+        return 1
+    from vlmbias.mitigate.split import n_folds as folds
+
+    return folds(split_spec(config))
 
 
-def reference_dir(config: dict, method: str) -> str:
+def fold_dir(config: dict, fold: int | str = 0) -> str:
+    """Where fold `fold`'s split, fitted methods and comparison go: the mitigation folder itself with
+    one fold (the single split), mitigation/folds/<fold>/ with several."""
+    return mitigation_dir(config) if n_folds(config) == 1 else f"{mitigation_dir(config)}/folds/{fold}"
+
+
+def fitted(config: dict, method: str) -> bool:
+    """Whether a method learns or calibrates on the fitting concepts (every kind but a prompt suffix),
+    so that each fold fits its own."""
+    return method_spec(config, method)["kind"] != "prompt"
+
+
+def adapter_dir(config: dict, method: str, fold: int = 0) -> str:
+    return f"{fold_dir(config, fold)}/adapters/{method}"
+
+
+def reference_dir(config: dict, method: str, fold: int = 0) -> str:
     """BendVLM's reference image embeddings (fitting concepts only) for a `bendvlm` method."""
-    return f"{mitigation_dir(config)}/reference/{method}"
+    return f"{fold_dir(config, fold)}/reference/{method}"
 
 
-def saner_dir(config: dict, method: str) -> str:
+def saner_dir(config: dict, method: str, fold: int = 0) -> str:
     """A `saner` method's trained text-side layer (fitting concepts only)."""
-    return f"{mitigation_dir(config)}/saner/{method}"
+    return f"{fold_dir(config, fold)}/saner/{method}"
 
 
-def prompts_dir(config: dict, method: str) -> str:
+def prompts_dir(config: dict, method: str, fold: int = 0) -> str:
     """A `prompt-array` method's learned prompt vectors (trained on the fitting concepts' images)."""
-    return f"{mitigation_dir(config)}/prompts/{method}"
+    return f"{fold_dir(config, fold)}/prompts/{method}"
 
 
-def method_inputs(config: dict, method: str) -> list[str]:
+def method_inputs(config: dict, method: str, fold: int = 0) -> list[str]:
     """What a method's audit needs besides the base model: its adapter, reference set, layer or prompts."""
     kind = method_spec(config, method)["kind"]
-    return {"lora": [adapter_dir(config, method)], "bendvlm": [reference_dir(config, method)],
-            "saner": [saner_dir(config, method)], "prompt-array": [prompts_dir(config, method)]}.get(kind, [])
+    return {"lora": [adapter_dir(config, method, fold)], "bendvlm": [reference_dir(config, method, fold)],
+            "saner": [saner_dir(config, method, fold)],
+            "prompt-array": [prompts_dir(config, method, fold)]}.get(kind, [])
 
 
 def reference_dataset(config: dict, method: str) -> str | None:
@@ -270,10 +311,18 @@ def caption_dataset(config: dict, method: str | None = None) -> str | None:
     return own or mit.get("captions")
 
 
+def quality_caption_dataset(config: dict) -> str | None:
+    """The caption set quality measures caption retrieval on: `mitigation.quality_captions`, else
+    `mitigation.captions` (None: no caption retrieval)."""
+    mit = config.get("mitigation") or {}
+    return mit.get("quality_captions") or mit.get("captions")
+
+
 def check_data_roles(config: dict) -> None:
     """A method's fitting data: a named dataset of the right type, never the audited one, else the world."""
     mit, datasets = config["mitigation"], config.get("datasets", {})
-    named = [("mitigation.captions", mit.get("captions"), "captions")]
+    named = [("mitigation.captions", mit.get("captions"), "captions"),
+             ("mitigation.quality_captions", mit.get("quality_captions"), "captions")]
     for m, v in mit["methods"].items():
         if v["kind"] == "bendvlm":
             named.append((f"mitigation.methods.{m}.reference", reference_dataset(config, m), None))
@@ -281,7 +330,7 @@ def check_data_roles(config: dict) -> None:
             named.append((f"mitigation.methods.{m}.captions", caption_dataset(config, m), "captions"))
     for key, ds, kind in named:
         if ds is None:
-            if key != "mitigation.captions" and "world" not in config:
+            if key.startswith("mitigation.methods.") and "world" not in config:
                 raise VlmbiasError(f"{key} is not set: name a dataset to fit on (a labelled set for BendVLM's "
                                    "references, a caption set for SANER), or add a 'world' block to use its corpus")
             continue
@@ -289,7 +338,7 @@ def check_data_roles(config: dict) -> None:
             raise VlmbiasError(f"{key} {ds!r} is not a configured dataset (known: {list(datasets)})")
         if kind and datasets[ds]["type"] != kind:
             raise VlmbiasError(f"{key} {ds!r} must be a dataset of type {kind}, not {datasets[ds]['type']}")
-        if datasets[ds].get("world"):
+        if datasets[ds].get("world") and datasets[ds]["type"] != "captions":  # the world's caption set may serve
             raise VlmbiasError(f"{key} {ds!r} is the world's audited test split; name another dataset")
         if ds == mit["dataset"]:
             raise VlmbiasError(f"{key} {ds!r} is the audited dataset (mitigation.dataset): a method must not fit on "
@@ -297,14 +346,42 @@ def check_data_roles(config: dict) -> None:
                                "type fairface, split train)")
 
 
+def method_fold(method: str) -> tuple[str, int]:
+    """`<method>~fold<f>` -> (method, f); a method without a fold tag is fold 0."""
+    name, tag, fold = method.partition(FOLD_TAG)
+    if tag and not fold.isdigit():
+        raise VlmbiasError(f"mitigated model method {method!r}: expected <method>{FOLD_TAG}<number>")
+    return name, int(fold) if tag else 0
+
+
 def split_variant(name: str) -> tuple[str, str | None]:
+    """`<base>~<method>[~fold<f>]` -> (base, method); the fold is read by split_variant_fold."""
+    base, method, _ = split_variant_fold(name)
+    return base, method
+
+
+def split_variant_fold(name: str) -> tuple[str, str | None, int]:
     base, _, method = name.partition("~")
-    return base, (method or None)
+    if not method:
+        return base, None, 0
+    method, fold = method_fold(method)
+    return base, method, fold
 
 
-def variant_names(config: dict) -> list[str]:
+def variant_name(config: dict, method: str, fold: int = 0) -> str:
+    """The audited model of `method` in fold `fold`: `<base>~<method>`, and for a fitted method in a
+    fold after the first `<base>~<method>~fold<f>` (fold 0 keeps the single split's name)."""
+    base = f"{config['mitigation']['base_model']}~{method}"
+    return f"{base}{FOLD_TAG}{fold}" if fold and fitted(config, method) else base
+
+
+def variant_names(config: dict, fold: int | None = None) -> list[str]:
+    """Every mitigated model (of every fold), or those compared in fold `fold`."""
     mit = config.get("mitigation")
-    return [f"{mit['base_model']}~{m}" for m in mit["methods"]] if mit else []
+    if not mit:
+        return []
+    folds = range(n_folds(config)) if fold is None else [fold]
+    return list(dict.fromkeys(variant_name(config, m, f) for f in folds for m in mit["methods"]))
 
 
 def method_spec(config: dict, method: str) -> dict:
@@ -322,31 +399,55 @@ def mitigation_query_sets(config: dict) -> dict:
     return {q: config["query_sets"][q] for q in config["mitigation"]["query_sets"]}
 
 
-def concept_split(config: dict):
-    """The fitting / held-out split of the mitigation query sets' concepts (a table, see split.py)."""
+def concept_split(config: dict, fold: int = 0):
+    """The fitting / held-out split of the mitigation query sets' concepts in fold `fold` (a table, see split.py)."""
     from vlmbias.mitigate.split import concept_split as split
 
-    return split(mitigation_query_sets(config), split_spec(config))
+    return split(mitigation_query_sets(config), split_spec(config), int(fold))
 
 
-def fitting_concepts(config: dict) -> list[str]:
+def fitting_concepts(config: dict, fold: int = 0) -> list[str]:
     from vlmbias.mitigate.split import FITTING, concepts_of
 
-    return concepts_of(concept_split(config), FITTING)
+    return concepts_of(concept_split(config, fold), FITTING)
 
 
-def held_out_concepts(config: dict) -> list[str]:
+def held_out_concepts(config: dict, fold: int = 0) -> list[str]:
     from vlmbias.mitigate.split import HELD_OUT, concepts_of
 
-    return concepts_of(concept_split(config), HELD_OUT)
+    return concepts_of(concept_split(config, fold), HELD_OUT)
 
 
-def acquire_spec(config: dict) -> dict:
-    """mitigation.acquire with the held-out concepts excluded: the LoRA set never shows them."""
+def world_search_dir(config: dict) -> str:
+    """The world's search-engine stand-in: one folder per concept + labels.csv (world.generate)."""
+    return f"{world_data_dir(config)}/search"
+
+
+def acquire_spec(config: dict, fold: int = 0) -> dict:
+    """mitigation.acquire with fold `fold`'s held-out concepts excluded: the LoRA set never shows them.
+    `world: true` reads the world's search stand-in as source `folder`."""
     spec = dict(config["mitigation"].get("acquire") or {})
     if spec:
-        spec["exclude_concepts"] = sorted({*spec.get("exclude_concepts", []), *held_out_concepts(config)})
+        spec["exclude_concepts"] = sorted({*spec.get("exclude_concepts", []), *held_out_concepts(config, fold)})
+    if spec.pop("world", False):
+        spec["root"] = world_search_dir(config)
     return spec
+
+
+def label_spec(config: dict) -> dict:
+    """mitigation.label; `world: true` reads the true labels (and captions) of the world's search
+    stand-in as source `csv`."""
+    spec = dict(config["mitigation"].get("label") or {})
+    if spec.pop("world", False):
+        spec.update(csv=f"{world_search_dir(config)}/labels.csv", root=world_search_dir(config))
+        spec.setdefault("caption_column", "caption")
+    return spec
+
+
+def uses_world_search(config: dict) -> bool:
+    """Whether acquisition or labelling reads the world's search stand-in (a rule input then)."""
+    mit = config.get("mitigation") or {}
+    return any((mit.get(k) or {}).get("world") for k in ("acquire", "label"))
 
 
 def image_model(config: dict, name: str) -> str:
@@ -369,7 +470,7 @@ def finetune_spec(config: dict, method: str) -> dict:
 
 def query_set_spec(config: dict, model: str, qset: str) -> dict:
     spec = dict(config["query_sets"][qset])
-    _, method = split_variant(model)
+    _, method, fold = split_variant_fold(model)
     if method is None:
         return spec
     m = method_spec(config, method)
@@ -379,12 +480,12 @@ def query_set_spec(config: dict, model: str, qset: str) -> dict:
     elif m["kind"] == "projection":
         # calibration pairs come from the fitting concepts only, never from the audited query itself
         transform["projection"] = {**{k: v for k, v in m.items() if k != "kind"},
-                                   "concepts": fitting_concepts(config)}
+                                   "concepts": fitting_concepts(config, fold)}
     elif m["kind"] == "bendvlm":
         transform["bendvlm"] = {**{k: v for k, v in m.items() if k != "kind"},
-                                "reference": reference_dir(config, method)}
+                                "reference": reference_dir(config, method, fold)}
     elif m["kind"] == "saner":
-        transform["saner"] = {"layer": saner_dir(config, method)}
+        transform["saner"] = {"layer": saner_dir(config, method, fold)}
     if transform:
         spec["transform"] = transform
     return spec
@@ -401,21 +502,42 @@ def quality_transform(config: dict, model: str) -> dict:
     return {k: v for k, v in t.items() if k in ("projection", "saner", "bendvlm")}
 
 
+def protocol_query_sets(config: dict) -> list[str]:
+    """The query sets of the config's protocol (docs/protocols.md); [] without one."""
+    if not config.get("protocol"):
+        return []
+    from vlmbias.audit.protocols import protocol
+
+    return list(protocol(config["protocol"]).get("query_sets") or [])
+
+
+def protocol_deviations(config: dict) -> list[str]:
+    """The protocol-fixed fields this run changes on purpose (vlmbias.audit.protocols.deviations)."""
+    from vlmbias.audit.protocols import deviations
+
+    return deviations(config)
+
+
 def dataset_spec(config: dict, name: str) -> dict:
+    """A dataset's spec; `world: true` resolves to the world's test split (FairFace layout) or, for
+    type captions, its held-out caption set (world.generate: heldout_captions.csv)."""
     spec = dict(config["datasets"][name])
     if spec.pop("world", False):
-        spec["root"] = f"{world_data_dir(config)}/fairface"
+        if spec["type"] == "captions":
+            spec.update(root=world_data_dir(config), csv="heldout_captions.csv")
+        else:
+            spec["root"] = f"{world_data_dir(config)}/fairface"
     return spec
 
 
 def model_spec(config: dict, name: str) -> dict:
-    base, method = split_variant(name)
+    base, method, fold = split_variant_fold(name)
     if method is not None:
         spec = model_spec(config, base)
         if method_spec(config, method)["kind"] == "lora":
-            spec["adapter"] = adapter_dir(config, method)
+            spec["adapter"] = adapter_dir(config, method, fold)
         elif method_spec(config, method)["kind"] == "prompt-array":
-            spec["prompts"] = prompts_dir(config, method)
+            spec["prompts"] = prompts_dir(config, method, fold)
         return spec
     spec = dict(config["models"][name])
     world = spec.pop("world", None)
@@ -431,9 +553,11 @@ def validate(config: dict) -> None:
     import jsonschema
 
     from vlmbias.audit.presets import apply_presets
+    from vlmbias.audit.protocols import apply_protocol
 
     if not isinstance(config, dict):
         raise VlmbiasError("the config must be a mapping of keys to values")
+    apply_protocol(config)  # a protocol's own query sets join the config with its preset
     apply_presets(config)
     validator = jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text()))
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))

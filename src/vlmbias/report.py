@@ -127,10 +127,38 @@ def glance_rst(headline: pd.DataFrame) -> list[str]:
     return out
 
 
+def published_rst(published: pd.DataFrame) -> list[str]:
+    """The protocol's published values beside ours (leaderboard/published_comparison.csv)."""
+    if published is None or published.empty:
+        return []
+    proto = ", ".join(dict.fromkeys(published["protocol"].astype(str)))
+    lines = [f"Ours beside published ({proto})", "-" * len(f"Ours beside published ({proto})"), "",
+             f"{int((published['comparable'] == 'comparable').sum())} of {len(published)} rows comparable "
+             "(same model, dataset and protocol); the others are shown for orientation only.", ""]
+    rows = []
+
+    def fmt(v) -> str:
+        return "" if pd.isna(v) else f"{v:.3f}"
+
+    for _, r in published.iterrows():
+        ours = fmt(r["ours"]) + (f" [{fmt(r['ours_low'])}, {fmt(r['ours_high'])}]" if pd.notna(r["ours_low"]) else "")
+        what = " / ".join(str(r[c]) for c in ("query", "attribute", "class") if pd.notna(r[c]) and str(r[c]))
+        verdict = "comparable" if r["comparable"] == "comparable" else f"not comparable: {r['why_not_comparable']}"
+        rows.append([str(r["model"]), str(r["metric"]), what, str(r["k"]), ours, fmt(r["published"]),
+                     fmt(r["difference"]), "" if pd.isna(r["published_inside"]) else str(r["published_inside"]),
+                     verdict])
+    lines.append(_rst_table(["model", "metric", "query / attribute / class", "k", "ours [95%]", "published",
+                             "difference", "inside", "comparable"], rows))
+    lines.append("")
+    return lines
+
+
 def summary_rst(config: dict, headline: pd.DataFrame, checks: dict[str, pd.DataFrame],
-                zeroshot: pd.DataFrame | None) -> str:
+                zeroshot: pd.DataFrame | None, published: pd.DataFrame | None = None) -> str:
     """The landing page in reStructuredText; `Audit_`-style links point to the report's categories."""
-    datasets, models = list(config.get("datasets") or {}), list(config.get("models") or {})
+    # the audited datasets: reference and caption sets are listed in the config but not audited
+    datasets = (config.get("audit") or {}).get("datasets") or list(config.get("datasets") or {})
+    models = list(config.get("models") or {})
     lines = ["Summary", "=======", "",
              f"Run ``{config.get('run_name', 'default')}``: {len(datasets)} dataset(s) ({', '.join(datasets)}), "
              f"{len(models)} model(s) ({', '.join(models)}), {len(config.get('query_sets') or {})} query sets, "
@@ -155,6 +183,7 @@ def summary_rst(config: dict, headline: pd.DataFrame, checks: dict[str, pd.DataF
         lines += [f"- ``{r.model}`` on ``{r.dataset}``: {r.attribute} accuracy {r.accuracy:.3f} "
                   f"[{r.accuracy_low:.3f}, {r.accuracy_high:.3f}], {r.n} images." for r in overall.itertuples()]
         lines.append("")
+    lines += published_rst(published)
     lines += ["Headline: MaxSkew@k, uniform target", "-----------------------------------", ""]
     if headline.empty:
         lines.append("No audit summaries.")
@@ -186,6 +215,7 @@ def main(argv=None) -> None:
     summ.add_argument("--summaries", nargs="+", required=True, help="the audit's *_summary.csv files")
     summ.add_argument("--checks", nargs="*", default=[], help="calibration checks.csv files (calibration/<model>/)")
     summ.add_argument("--zeroshot", nargs="*", default=[], help="zero-shot accuracy.csv files")
+    summ.add_argument("--published", help="leaderboard/published_comparison.csv, when the run follows a protocol")
     summ.add_argument("--out-rst", required=True)
     summ.add_argument("--out-csv", required=True)
     a = p.parse_args(argv)
@@ -196,7 +226,8 @@ def main(argv=None) -> None:
         zs = pd.concat([read_table(f) for f in a.zeroshot], ignore_index=True) if a.zeroshot else None
         write_table(headline, a.out_csv)
         with atomic_path(a.out_rst) as tmp:
-            tmp.write_text(summary_rst(config, headline, checks, zs), encoding="utf-8")
+            pub = read_table(a.published) if a.published else None
+            tmp.write_text(summary_rst(config, headline, checks, zs, pub), encoding="utf-8")
         return
     with atomic_path(a.out_config) as tmp:
         tmp.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")

@@ -231,3 +231,90 @@ def make_facet_folder(root: str | Path, seed: int = 0) -> Path:
     (root / "annotations").mkdir(exist_ok=True)
     pd.DataFrame(rows).to_csv(root / "annotations" / "annotations.csv", index=False)
     return root
+
+
+# SocialCounterfactuals stand-in: the attribute values of each set type, as in the released captions
+_SOCIALCF_SETS = {
+    ("race", "gender"): [(r, g) for r in ("White", "Black", "Indian", "Asian", "Middle Eastern", "Latino")
+                         for g in ("male", "female")],
+    ("physical", "gender"): [(p, g) for p in ("skinny", "obese") for g in ("male", "female")],
+    ("physical", "race"): [(p, r) for p in ("young", "old") for r in ("White", "Black", "Asian")],
+}
+
+
+def make_socialcounterfactuals_folder(root: str | Path, occupations=("doctor", "nurse"), seed: int = 0) -> Path:
+    """SocialCounterfactuals layout: hub parquet shards `data/train-0000i-of-00002.parquet` with columns
+    `image` ({bytes, path}: PNG bytes), `counterfactual_set`, `a1_type`, `a1`, `a2_type`, `a2`, `a1a2`,
+    `caption`. One set per (set type, occupation), shard 0 the race-gender sets, shard 1 the others;
+    each image is a flat colour keyed to its a1 value with a bar keyed to its a2 value. Awkward row:
+    the last image of the first race-gender set has no image bytes."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shards = [[], []]
+    for (t1, t2), combos in _SOCIALCF_SETS.items():
+        for occ in occupations:
+            cf_set = f"a_photo_of_{t1}_{t2}_{occ}_{int(rng.integers(10**9))}"
+            for i, (v1, v2) in enumerate(combos):
+                img = np.full((32, 32, 3), 20 + 20 * (i // 2), np.uint8)
+                img[:, : 8 * (1 + i % 2)] = 200
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG")
+                article = "an" if v1[0].lower() in "aeiou" else "a"
+                data = buf.getvalue()
+                if (t1, t2) == ("race", "gender") and occ == occupations[0] and i == len(combos) - 1:
+                    data = None
+                shards[0 if t1 == "race" else 1].append(
+                    {"image": {"bytes": data, "path": None}, "counterfactual_set": cf_set, "a1_type": t1,
+                     "a1": v1, "a2_type": t2, "a2": v2, "a1a2": f"{v1} {v2}",
+                     "caption": f"A photo of {article} {v1} {v2} {occ}"})
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("image", image_type), *((c, pa.string()) for c in
+                        ("counterfactual_set", "a1_type", "a1", "a2_type", "a2", "a1a2", "caption"))])
+    for i, rows in enumerate(shards):
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), root / "data" / f"train-{i:05d}-of-00002.parquet")
+    return root
+
+
+def make_wds_utkface_folder(root: str | Path, split: str = "test", seed: int = 0) -> Path:
+    """The fairness webdataset layout of DataComp's UTKFace copy: `classnames.txt` (`<objective>:<class>`
+    lines for race, gender, age and toxic) and `<split>/0.tar`, `<split>/1.tar` of `<key>.webp` +
+    `<key>.npy` (class indices age, gender, race, race_binary). Every gender x race once per shard
+    (age index = race index); awkward sample: the last key of shard 1 has an image but no .npy."""
+    import io
+    import tarfile
+
+    root = Path(root)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    races, genders = ["White", "Black", "Asian", "Indian", "Others"], ["Male", "Female"]
+    ages = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"]
+    lines = ([f"race:{r}" for r in races] + [f"gender:{g}" for g in genders] + [f"age:{a}" for a in ages]
+             + ["toxic:a doctor", "toxic:a thief"])
+    (root / "classnames.txt").write_text("\n".join(lines) + "\n")
+    rng = np.random.default_rng(seed)
+    for s in range(2):
+        with tarfile.open(root / split / f"{s}.tar", "w") as tar:
+            def add(name, data):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            n = 0
+            for g in range(2):
+                for r in range(5):
+                    key = f"s{s:04d}{n:04d}"
+                    n += 1
+                    buf = io.BytesIO()
+                    img = np.clip(np.full((32, 32, 3), 40 * r + 10 * g) + rng.integers(-5, 5, (32, 32, 3)), 0, 255)
+                    Image.fromarray(img.astype(np.uint8)).save(buf, format="WEBP")
+                    add(f"{key}.webp", buf.getvalue())
+                    if s == 1 and g == 1 and r == 4:
+                        continue  # the awkward sample: no label vector
+                    vec = io.BytesIO()
+                    np.save(vec, np.array([r, g, r, int(r != 0)], dtype=np.int64))
+                    add(f"{key}.npy", vec.getvalue())
+    return root

@@ -261,6 +261,7 @@ rule zeroshot:
         harmful=report(f"{RES}/zeroshot/{{dataset}}/{{model}}/harmful.csv", caption="../report/zeroshot.rst",
                        category="Zero-shot", subcategory="{dataset} / {model}"),
         worst_group=f"{RES}/zeroshot/{{dataset}}/{{model}}/worst_group.csv",
+        datacomp=f"{RES}/zeroshot/{{dataset}}/{{model}}/datacomp.csv",
     params:
         model=lambda w: as_json(vconfig.model_spec(config, w.model)),
         spec=as_json(config.get("zeroshot") or {}),
@@ -277,4 +278,4 @@ rule zeroshot:
         " --dataset-name {wildcards.dataset:q} --images-npy {input.images:q} --images-table {input.image_rows:q}"
         " --manifest {input.manifest:q} --spec-json {params.spec:q} --device {params.device:q}"
         " --out-accuracy {output.accuracy:q} --out-harmful {output.harmful:q}"
-        " --out-worst-group {output.worst_group:q} > {log:q} 2>&1"
+        " --out-worst-group {output.worst_group:q} --out-datacomp {output.datacomp:q} > {log:q} 2>&1"

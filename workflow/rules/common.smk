@@ -19,6 +19,18 @@ except VlmbiasError as e:
 validate(config, "../schemas/config.schema.yaml")  # fills in the schema's defaults
 
 RES = vconfig.results_root(config)
+
+# `--cores` beyond this machine's CPUs is capped for local runs (threads of the rules follow); a
+# cluster executor's --cores/--jobs mean jobs on other nodes and stay as given.
+if workflow.local_exec:
+    from vlmbias.cpus import local_cores
+
+    _asked = workflow.global_resources["_cores"].value
+    _cores = local_cores(_asked)
+    if _asked is not None and _cores < _asked:
+        print(f"--cores {_asked}: this machine has {_cores} usable CPU(s); scheduling jobs on {_cores}",
+              file=sys.stderr)
+        workflow.global_resources["_cores"] = _cores
 _STARTED = time.time()  # logs written since then belong to this run
 
 
@@ -65,11 +77,11 @@ def dataset_inputs(wildcards):
 
 
 def model_inputs(wildcards):
-    base, method = vconfig.split_variant(wildcards.model)
+    base, method, fold = vconfig.split_variant_fold(wildcards.model)
     world = config["models"][base].get("world")
     inputs = [vconfig.world_model_dir(config, world)] if world else []
     if method:
-        inputs += vconfig.method_inputs(config, method)
+        inputs += vconfig.method_inputs(config, method, fold)
     return inputs
 
 
@@ -90,7 +102,12 @@ def audit_targets():
     ) + expand(f"{RES}/calibration/{{model}}/checks.csv", model=vconfig.calibration_models(config)) + (
         [f"{vconfig.mitigation_dir(config)}/comparison.csv"] if config.get("mitigation") else []
     ) + [f"{RES}/experiments/{name}.csv" for name in (config.get("experiments") or {})] + [
-        f"{RES}/run_info/versions.csv", f"{RES}/summary/summary.rst"] + leaderboard_targets()
+        f"{RES}/run_info/versions.csv", f"{RES}/summary/summary.rst"] + leaderboard_targets() + published_targets()
+
+
+def published_targets():
+    # ours beside the published numbers, when the config runs a whole protocol (docs/protocols.md)
+    return [f"{RES}/leaderboard/published_comparison.csv"] if vconfig.protocol_query_sets(config) else []
 
 
 def leaderboard_targets():

@@ -30,7 +30,7 @@ rule architecture:
 
 rule training_data:
     input:
-        labels=f"{vconfig.mitigation_dir(config)}/labels/distribution.csv",
+        labels=f"{vconfig.fold_dir(config, 0)}/labels/distribution.csv",  # with repeated splits: fold 0's set
         classes=lambda w: experiment_classes("training_data")[EXP["training_data"]["model"]],
     output:
         report(f"{RES}/experiments/training_data.csv", caption="../report/experiments.rst", category="Experiments"),

@@ -28,3 +28,37 @@ rule model_leaderboard:
     shell:
         "{PY} -m vlmbias.audit.leaderboard --summaries {input:q} --k {params.k:q} --model-specs-json {params.specs:q}"
         " --out-table {output.table:q} --out-figure {output.figure:q} > {log:q} 2>&1"
+
+
+# Published numbers beside ours: when the config runs a protocol (`protocol: sem2026`), every
+# published value of that protocol next to each audited model's own (docs/protocols.md).
+def published_inputs(wildcards):
+    qsets = [q for q in SELECTED["query_sets"] if q in set(vconfig.protocol_query_sets(config))]
+    files = lambda kind: expand(f"{RES}/metrics/{{dataset}}/{{model}}/{{qset}}_{kind}.csv",
+                                dataset=SELECTED["datasets"], model=SELECTED["models"], qset=qsets)
+    return {"summaries": files("summary"), "classes": files("classes")}
+
+
+rule published_comparison:
+    input:
+        unpack(published_inputs),
+    output:
+        table=report(f"{RES}/leaderboard/published_comparison.csv", caption="../report/published_comparison.rst",
+                     category="Leaderboard"),
+    params:
+        protocol=config.get("protocol") or "",
+        specs=as_json({m: vconfig.model_spec(config, m) for m in SELECTED["models"]}),
+        types=as_json({d: config["datasets"][d]["type"] for d in SELECTED["datasets"]}),
+        deviations=",".join(vconfig.protocol_deviations(config)),
+        extra=f"--published-values {shlex.quote(config['published_values'])}" if config.get("published_values") else "",
+    threads: 1
+    resources:
+        **rule_resources("model_leaderboard"),
+    log:
+        f"{RES}/logs/published_comparison.log",
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "{PY} -m vlmbias.audit.literature --summaries {input.summaries:q} --classes {input.classes:q}"
+        " --protocol {params.protocol:q} --model-specs-json {params.specs:q} --dataset-types-json {params.types:q}"
+        " --deviations={params.deviations:q} {params.extra} --out {output.table:q} > {log:q} 2>&1"

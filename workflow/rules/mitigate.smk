@@ -2,70 +2,89 @@
 # method is then audited as the model "<base>~<method>" by the audit rules, its quality measured,
 # and everything compared with the base model.
 MIT = vconfig.mitigation_dir(config)
+# Repeated splits (mitigation.split.folds > 1): the split, everything fitted on it and the comparison
+# exist once per fold, under mitigation/folds/{fold}/ (wildcard `fold`), and rule `compare_folds`
+# averages the folds. With one fold (the default) the paths are the single split's, no wildcard.
+FOLDS = vconfig.n_folds(config)
+MITF = MIT if FOLDS == 1 else f"{MIT}/folds/{{fold}}"
+LOGF = "" if FOLDS == 1 else "fold{fold}/"
+
+
+wildcard_constraints:
+    fold="[0-9]+",
+
+
+def fold_of(wildcards):
+    return int(getattr(wildcards, "fold", 0))
+
+
+def fold_dir(wildcards):
+    return vconfig.fold_dir(config, fold_of(wildcards))
 
 
 rule split:
     output:
-        f"{MIT}/split.csv",
+        f"{MITF}/split.csv",
     params:
         qsets=lambda w: as_json(vconfig.mitigation_query_sets(config)),
         spec=lambda w: as_json(vconfig.split_spec(config)),
+        fold=lambda w: ["--fold", w.fold] if FOLDS > 1 else [],
     log:
-        f"{RES}/logs/split/split.log",
+        f"{RES}/logs/split/{LOGF}split.log",
     conda:
         "../../envs/mitigate.yaml"
     shell:
         "{PY} -m vlmbias.mitigate.split --query-sets-json {params.qsets:q} --spec-json {params.spec:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " {params.fold:q} --out {output:q} > {log:q} 2>&1"
 
 
-def acquire_inputs(wildcards):
-    source = (config["mitigation"].get("acquire") or {}).get("source")
-    return [vconfig.world_data_dir(config)] if source == "world" else []
+def world_search_inputs(wildcards):
+    # the world's search stand-in (a folder + label CSV) is a rule output when acquire / label read it
+    return [vconfig.world_data_dir(config)] if vconfig.uses_world_search(config) else []
 
 
 rule acquire:
     input:
-        acquire_inputs,
+        world_search_inputs,
     output:
-        f"{MIT}/acquired/acquired.parquet",
+        f"{MITF}/acquired/acquired.parquet",
     params:
-        spec=lambda w: as_json(vconfig.acquire_spec(config)),  # held-out concepts excluded
-        world=lambda w, input: ["--world", input[0]] if input else [],
-        folder=f"{MIT}/acquired/images",
+        spec=lambda w: as_json(vconfig.acquire_spec(config, fold_of(w))),  # held-out concepts excluded
+        folder=lambda w: f"{fold_dir(w)}/acquired/images",
         max_pixels=MAX_PIXELS,
     threads: 1
     resources:
         **rule_resources("acquire"),
     log:
-        f"{RES}/logs/acquire/acquire.log",
+        f"{RES}/logs/acquire/{LOGF}acquire.log",
     conda:
         "../../envs/mitigate.yaml"
     shell:
         "{PY} -m vlmbias.mitigate.acquire --spec-json {params.spec:q} --out-dir {params.folder:q} --manifest {output:q}"
-        " {params.world:q} --max-pixels {params.max_pixels:q} > {log:q} 2>&1"
+        " --max-pixels {params.max_pixels:q} > {log:q} 2>&1"
 
 
 rule label:
     input:
-        rules.acquire.output[0],
+        acquired=rules.acquire.output[0],
+        world=world_search_inputs,
     output:
-        labels=f"{MIT}/labels/labels.parquet",
-        dropped=f"{MIT}/labels/dropped.csv",
-        distribution=f"{MIT}/labels/distribution.csv",
-        balanced=f"{MIT}/labels/balanced.parquet",
+        labels=f"{MITF}/labels/labels.parquet",
+        dropped=f"{MITF}/labels/dropped.csv",
+        distribution=f"{MITF}/labels/distribution.csv",
+        balanced=f"{MITF}/labels/balanced.parquet",
     params:
-        spec=as_json(config.get("mitigation", {}).get("label", {})),
+        spec=lambda w: as_json(vconfig.label_spec(config)),
         max_pixels=MAX_PIXELS,
     threads: 1
     resources:
         **rule_resources("label"),
     log:
-        f"{RES}/logs/label/label.log",
+        f"{RES}/logs/label/{LOGF}label.log",
     conda:
         "../../envs/mitigate.yaml"
     shell:
-        "{PY} -m vlmbias.mitigate.label --spec-json {params.spec:q} --acquired {input:q} --out-labels {output.labels:q}"
+        "{PY} -m vlmbias.mitigate.label --spec-json {params.spec:q} --acquired {input.acquired:q} --out-labels {output.labels:q}"
         " --out-dropped {output.dropped:q} --out-distribution {output.distribution:q}"
         " --out-balanced {output.balanced:q} --max-pixels {params.max_pixels:q} > {log:q} 2>&1"
 
@@ -74,11 +93,11 @@ rule balance:
     input:
         rules.label.output.labels,
     output:
-        f"{MIT}/labels/balanced_{{method}}.parquet",
+        f"{MITF}/labels/balanced_{{method}}.parquet",
     params:
         spec=lambda w: as_json(vconfig.method_spec(config, w.method)["balanced"]),
     log:
-        f"{RES}/logs/balance/{{method}}.log",
+        f"{RES}/logs/balance/{LOGF}{{method}}.log",
     conda:
         "../../envs/mitigate.yaml"
     shell:
@@ -90,7 +109,8 @@ def finetune_inputs(wildcards):
     world = config["models"][base].get("world")
     method = getattr(wildcards, "method", None)
     own = method and "balanced" in vconfig.method_spec(config, method)  # the method's own balanced set
-    train = f"{MIT}/labels/balanced_{method}.parquet" if own else rules.label.output.balanced
+    labels = f"{fold_dir(wildcards)}/labels"
+    train = f"{labels}/balanced_{method}.parquet" if own else f"{labels}/balanced.parquet"
     return {"train": train, "model": [vconfig.world_model_dir(config, world)] if world else []}
 
 
@@ -98,7 +118,7 @@ rule finetune:
     input:
         unpack(finetune_inputs),
     output:
-        directory(f"{MIT}/adapters/{{method}}"),
+        directory(f"{MITF}/adapters/{{method}}"),
     params:
         base=lambda w: vconfig.model_spec(config, config["mitigation"]["base_model"])["name"],
         spec=lambda w: as_json(vconfig.finetune_spec(config, w.method)),
@@ -108,9 +128,9 @@ rule finetune:
     resources:
         **rule_resources("finetune"),
     log:
-        f"{RES}/logs/finetune/{{method}}.log",
+        f"{RES}/logs/finetune/{LOGF}{{method}}.log",
     benchmark:
-        f"{RES}/benchmarks/finetune/{{method}}.tsv"
+        f"{RES}/benchmarks/finetune/{LOGF}{{method}}.tsv"
     conda:
         "../../envs/mitigate.yaml"
     shell:
@@ -146,16 +166,16 @@ rule bendvlm_reference:
     input:
         unpack(reference_inputs),
     output:
-        directory(f"{MIT}/reference/{{method}}"),
+        directory(f"{MITF}/reference/{{method}}"),
     params:
         base=lambda w: as_json(vconfig.model_spec(config, config["mitigation"]["base_model"])),
-        spec=lambda w: as_json({"concepts": vconfig.fitting_concepts(config),
+        spec=lambda w: as_json({"concepts": vconfig.fitting_concepts(config, fold_of(w)),
                                 "attributes": vconfig.method_spec(config, w.method).get("attributes", ["gender"])}),
         source=fitting_source,
         device=config["device"],
         max_pixels=MAX_PIXELS,
     log:
-        f"{RES}/logs/bendvlm_reference/{{method}}.log",
+        f"{RES}/logs/bendvlm_reference/{LOGF}{{method}}.log",
     conda:
         "../../envs/mitigate.yaml"
     shell:
@@ -167,11 +187,11 @@ rule saner_train:
     input:
         unpack(reference_inputs),
     output:
-        directory(f"{MIT}/saner/{{method}}"),
+        directory(f"{MITF}/saner/{{method}}"),
     params:
         base=lambda w: as_json(vconfig.model_spec(config, config["mitigation"]["base_model"])),
-        concepts=lambda w: as_json({"concepts": vconfig.fitting_concepts(config),
-                                    "held_out": vconfig.held_out_concepts(config)}),
+        concepts=lambda w: as_json({"concepts": vconfig.fitting_concepts(config, fold_of(w)),
+                                    "held_out": vconfig.held_out_concepts(config, fold_of(w))}),
         spec=lambda w: as_json({k: v for k, v in vconfig.method_spec(config, w.method).items()
                                 if k not in ("kind", "captions")}),
         source=fitting_source,
@@ -179,7 +199,7 @@ rule saner_train:
         max_pixels=MAX_PIXELS,
     threads: 1  # a layer this small trains fastest on one thread
     log:
-        f"{RES}/logs/saner_train/{{method}}.log",
+        f"{RES}/logs/saner_train/{LOGF}{{method}}.log",
     conda:
         "../../envs/mitigate.yaml"
     shell:
@@ -192,7 +212,7 @@ rule prompt_array_train:
     input:
         unpack(finetune_inputs),
     output:
-        directory(f"{MIT}/prompts/{{method}}"),
+        directory(f"{MITF}/prompts/{{method}}"),
     params:
         base=lambda w: vconfig.model_spec(config, config["mitigation"]["base_model"])["name"],
         spec=lambda w: as_json({k: v for k, v in vconfig.method_spec(config, w.method).items() if k != "kind"}),
@@ -200,7 +220,7 @@ rule prompt_array_train:
         max_pixels=MAX_PIXELS,
     threads: config["threads"]
     log:
-        f"{RES}/logs/prompt_array_train/{{method}}.log",
+        f"{RES}/logs/prompt_array_train/{LOGF}{{method}}.log",
     conda:
         "../../envs/mitigate.yaml"
     shell:
@@ -214,8 +234,9 @@ def quality_inputs(wildcards):
     folder = f"{RES}/embeddings/{ds}/{vconfig.image_model(config, wildcards.model)}"
     inputs = {"images": f"{folder}/images.npy", "image_rows": f"{folder}/images.parquet",
               "manifest": f"{RES}/data/{ds}/manifest.parquet", "model": model_inputs(wildcards),
-              "split": rules.split.output[0]}
-    if config["datasets"][ds].get("world"):
+              "split": f"{fold_dir(wildcards)}/split.csv"}
+    captions = vconfig.quality_caption_dataset(config)
+    if captions and config["datasets"][captions].get("world"):  # the world's held-out caption set
         inputs["world"] = vconfig.world_data_dir(config)
     return inputs
 
@@ -224,12 +245,11 @@ rule quality:
     input:
         unpack(quality_inputs),
     output:
-        f"{MIT}/quality/{{model}}.csv",
+        f"{MITF}/quality/{{model}}.csv",
     params:
         model=lambda w: as_json(vconfig.model_spec(config, w.model)),
-        world=lambda w, input: ["--world", input.world] if "world" in input.keys() else [],
-        captions=lambda w: (["--captions-json", as_json(vconfig.dataset_spec(config, vconfig.caption_dataset(config)))]
-                            if vconfig.caption_dataset(config) else []),
+        captions=lambda w: (["--captions-json", as_json(vconfig.dataset_spec(config, vconfig.quality_caption_dataset(config)))]
+                            if vconfig.quality_caption_dataset(config) else []),
         transform=lambda w: as_json(vconfig.quality_transform(config, w.model)),
         device=config["device"],
         max_pixels=MAX_PIXELS,
@@ -237,22 +257,23 @@ rule quality:
     resources:
         **rule_resources("quality"),
     log:
-        f"{RES}/logs/quality/{{model}}.log",
+        f"{RES}/logs/quality/{LOGF}{{model}}.log",
     conda:
         "../../envs/audit.yaml"
     shell:
         "{PY} -m vlmbias.mitigate.quality --model-json {params.model:q} --model-name {wildcards.model:q}"
         " --images-npy {input.images:q} --images-table {input.image_rows:q} --manifest {input.manifest:q}"
-        " {params.world:q} {params.captions:q} --device {params.device:q} --max-pixels {params.max_pixels:q}"
+        " {params.captions:q} --device {params.device:q} --max-pixels {params.max_pixels:q}"
         " --split {input.split:q} --transform-json {params.transform:q} --out {output:q} > {log:q} 2>&1"
 
 
 def compare_inputs(wildcards):
     mit, base = config["mitigation"], config["mitigation"]["base_model"]
     summary = lambda model: [f"{RES}/metrics/{mit['dataset']}/{model}/{q}_summary.csv" for q in mit["query_sets"]]
-    models = [base, *vconfig.variant_names(config)]
+    models = [base, *vconfig.variant_names(config, fold_of(wildcards))]  # in mitigation.methods order
+    folder = fold_dir(wildcards)
     return {"base": summary(base), "methods": [f for v in models[1:] for f in summary(v)],
-            "quality": [f"{MIT}/quality/{m}.csv" for m in models], "split": rules.split.output[0]}
+            "quality": [f"{folder}/quality/{m}.csv" for m in models], "split": f"{folder}/split.csv"}
 
 
 def method_args(wildcards, input):
@@ -266,11 +287,11 @@ rule compare:
     input:
         unpack(compare_inputs),
     output:
-        table=report(f"{MIT}/comparison.csv", caption="../report/comparison.rst", category="Mitigation"),
-        summary=report(f"{MIT}/comparison_summary.csv", caption="../report/comparison.rst", category="Mitigation"),
-        quality=report(f"{MIT}/quality.csv", caption="../report/quality.rst", category="Mitigation"),
-        leaderboard=report(f"{MIT}/leaderboard.csv", caption="../report/comparison.rst", category="Mitigation"),
-        figures=report(directory(f"{MIT}/figures"), patterns=["{name}.png"], caption="../report/comparison.rst",
+        table=report(f"{MITF}/comparison.csv", caption="../report/comparison.rst", category="Mitigation"),
+        summary=report(f"{MITF}/comparison_summary.csv", caption="../report/comparison.rst", category="Mitigation"),
+        quality=report(f"{MITF}/quality.csv", caption="../report/quality.rst", category="Mitigation"),
+        leaderboard=report(f"{MITF}/leaderboard.csv", caption="../report/comparison.rst", category="Mitigation"),
+        figures=report(directory(f"{MITF}/figures"), patterns=["{name}.png"], caption="../report/comparison.rst",
                        category="Mitigation"),
     params:
         methods=method_args,
@@ -279,7 +300,7 @@ rule compare:
     resources:
         **rule_resources("compare"),
     log:
-        f"{RES}/logs/compare/compare.log",
+        f"{RES}/logs/compare/{LOGF}compare.log",
     conda:
         "../../envs/report.yaml"
     shell:
@@ -287,3 +308,28 @@ rule compare:
         " --split {input.split:q} --out-leaderboard {output.leaderboard:q}"
         " --out-table {output.table:q} --out-summary {output.summary:q} --out-quality {output.quality:q}"
         " --out-figures {output.figures:q} > {log:q} 2>&1"
+
+
+if FOLDS > 1:
+
+    rule compare_folds:
+        input:
+            tables=expand(f"{MIT}/folds/{{fold}}/comparison.csv", fold=range(FOLDS)),
+            summaries=expand(f"{MIT}/folds/{{fold}}/comparison_summary.csv", fold=range(FOLDS)),
+            qualities=expand(f"{MIT}/folds/{{fold}}/quality.csv", fold=range(FOLDS)),
+        output:
+            table=report(f"{MIT}/comparison.csv", caption="../report/comparison.rst", category="Mitigation"),
+            summary=report(f"{MIT}/comparison_summary.csv", caption="../report/comparison.rst", category="Mitigation"),
+            quality=report(f"{MIT}/quality.csv", caption="../report/quality.rst", category="Mitigation"),
+            leaderboard=report(f"{MIT}/leaderboard.csv", caption="../report/comparison.rst", category="Mitigation"),
+        threads: 1
+        resources:
+            **rule_resources("compare"),
+        log:
+            f"{RES}/logs/compare/folds.log",
+        conda:
+            "../../envs/report.yaml"
+        shell:
+            "{PY} -m vlmbias.mitigate.folds --tables {input.tables:q} --summaries {input.summaries:q}"
+            " --qualities {input.qualities:q} --out-table {output.table:q} --out-summary {output.summary:q}"
+            " --out-quality {output.quality:q} --out-leaderboard {output.leaderboard:q} > {log:q} 2>&1"

@@ -26,6 +26,7 @@ def summary_inputs(wildcards):
                             model=SELECTED["models"], qset=SELECTED["query_sets"]),
         "checks": expand(f"{RES}/calibration/{{model}}/checks.csv", model=vconfig.calibration_models(config)),
         "zeroshot": zeroshot_targets(),
+        "published": published_targets(),
     }
 
 
@@ -37,6 +38,7 @@ rule summary:
         csv=report(f"{RES}/summary/headline.csv", caption="../report/summary.rst", category="Summary"),
     params:
         config=as_json(config),
+        published=" ".join(f"--published {shlex.quote(f)}" for f in published_targets()),
     threads: 1
     resources:
         **rule_resources("run_info"),
@@ -46,5 +48,6 @@ rule summary:
         "../../envs/report.yaml"
     shell:
         "{PY} -m vlmbias.report summary --config-json {params.config:q} --summaries {input.summaries:q}"
-        " --checks {input.checks:q} --zeroshot {input.zeroshot:q} --out-rst {output.rst:q}"
+        " --checks {input.checks:q} --zeroshot {input.zeroshot:q}"
+        " {params.published} --out-rst {output.rst:q}"
         " --out-csv {output.csv:q} > {log:q} 2>&1"

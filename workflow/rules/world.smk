@@ -25,7 +25,7 @@ rule world_train:
     params:
         spec=as_json(config.get("world", {})),
         max_pixels=MAX_PIXELS,
-    threads: config["threads"]
+    threads: vconfig.world_train_threads(config)
     resources:
         **rule_resources("world_train"),
     log:

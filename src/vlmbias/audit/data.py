@@ -10,7 +10,7 @@ Dataset types (config `datasets.<name>.type`):
   class names stored in the parquet files' own schema, never by position.
 - `labelled-folder`: any image folder + a CSV with a file column and attribute columns; the
   attributes and their classes come from the CSV unless declared in config.
-- `utkface`, `celeba`, `facet`: the published layouts, read by `vlmbias.audit.published`
+- `utkface` (+ `-hub`), `celeba`, `facet`, `socialcounterfactuals` (+ `-hub`): the published layouts, read by `vlmbias.audit.published`
   (docs/datasets.md). FACET items are persons: the manifest's optional `crop` column holds each
   person's box (`x,y,width,height` in pixels), applied where images are opened (embedding, grids).
 - `captions`: images with captions (`caption_set`): a CSV of image path + caption (+ optional
@@ -107,8 +107,13 @@ def _resolve_files(df: pd.DataFrame, root: Path, file_column: str) -> tuple[pd.D
 
 
 def fairface_manifest(root: str | Path, split: str = "val") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Read FairFace in its official layout. Returns (manifest, missing-files table, classes)."""
+    """Read FairFace in its official layout. Returns (manifest, missing-files table, classes).
+    `split` "train+val" pools both splits (image ids keep their train/ or val/ folder)."""
     root = Path(root)
+    if "+" in split:
+        parts = [fairface_manifest(root, s) for s in split.split("+")]
+        return (pd.concat([m for m, _, _ in parts], ignore_index=True),
+                pd.concat([x for _, x, _ in parts], ignore_index=True), FAIRFACE_CLASSES)
     if not root.is_dir():
         raise VlmbiasError(f"FairFace root not found: {root} (expected {split}/ and fairface_label_{split}.csv inside)")
     df = read_label_csv(root / f"fairface_label_{split}.csv", FAIRFACE_COLUMNS)
@@ -326,14 +331,26 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
         manifest, missing, classes = folder_manifest(spec["root"], spec["csv"], spec.get("file_column", "file"),
                                                      spec.get("attributes"), spec.get("classes"),
                                                      bool(spec.get("strict_labels", False)))
-    elif kind in ("utkface", "celeba", "facet"):
+    elif kind in ("utkface", "utkface-hub", "celeba", "facet", "socialcounterfactuals", "socialcounterfactuals-hub"):
         from vlmbias.audit import published  # reads the published layouts; imports this module's helpers
 
         if kind == "utkface":
             manifest, missing, classes = published.utkface_manifest(spec["root"])
+        elif kind == "utkface-hub":
+            manifest, missing, classes = published.utkface_hub_manifest(
+                spec.get("repo", published.UTKFACE_HUB_REPO), spec.get("split", "test"), spec.get("cache_dir"),
+                spec.get("image_dir"))
         elif kind == "celeba":
             manifest, missing, classes = published.celeba_manifest(spec["root"], spec.get("split", "test"),
                                                                    spec.get("attributes"))
+        elif kind == "socialcounterfactuals":
+            manifest, missing, classes = published.socialcounterfactuals_manifest(
+                spec["root"], spec.get("image_dir"), spec.get("set_types"), spec.get("classes"))
+        elif kind == "socialcounterfactuals-hub":
+            manifest, missing, classes = published.socialcounterfactuals_hub_manifest(
+                spec.get("repo", published.SOCIALCF_HUB_REPO), spec.get("files", "data/train-*.parquet"),
+                spec.get("cache_dir"), image_dir=spec.get("image_dir"), set_types=spec.get("set_types"),
+                classes=spec.get("classes"))
         else:
             manifest, missing, classes = published.facet_manifest(spec["root"], spec.get("csv"),
                                                                   spec.get("require_visible"),
@@ -344,7 +361,8 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
             raise VlmbiasError(f"caption set {spec['root']} has no label columns ('attributes') to audit by")
     else:
         raise VlmbiasError(f"unknown dataset type {kind!r}; expected fairface, fairface-hub, labelled-folder, "
-                           "captions, utkface, celeba or facet")
+                           "captions, utkface, utkface-hub, celeba, facet, socialcounterfactuals or "
+                           "socialcounterfactuals-hub")
     if spec.get("intersections"):
         from vlmbias.audit.intersect import add_intersections
 

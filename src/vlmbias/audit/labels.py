@@ -14,6 +14,10 @@ FAIRFACE_CLASSES: dict[str, list[str]] = {
     "age": ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"],
 }
 
+# Manifest columns that describe an item but are not attributes (never grouped by): FACET's person
+# box, and SocialCounterfactuals' set id, set type and caption (docs/artifacts.md)
+NOT_ATTRIBUTES = ("image_id", "path", "crop", "counterfactual_set", "set_type", "caption")
+
 
 def read_label_csv(csv_path: Path, required: list[str], strip: bool = True) -> pd.DataFrame:
     """A label CSV as strings; `strip=False` keeps the cells as written (for `normalise_labels` to report)."""

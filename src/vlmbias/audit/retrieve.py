@@ -35,16 +35,25 @@ def _select(scores: np.ndarray, k: int) -> np.ndarray:
     return cand[np.lexsort((cand, -scores[cand]))]
 
 
-def _select_rows(sims: np.ndarray, k: int) -> np.ndarray:
-    """`_select`'s columns for every row of sims at once, in no order: torch.topk (multi-threaded)
-    picks k columns per row. Where a tie crosses the cut (more columns score the k-th value than
-    topk kept), topk's choice among them is arbitrary, so that row goes through `_select`."""
-    import torch
+# Up to this many scores a chunk's cut is numpy's argpartition; beyond, torch.topk (multi-threaded).
+# The two pick the same columns (ties at the cut are settled by `_select` either way); below it,
+# importing torch would cost more than the cut (seconds per job, against milliseconds).
+TORCH_TOPK_FROM = 1 << 21
 
+
+def _select_rows(sims: np.ndarray, k: int) -> np.ndarray:
+    """`_select`'s columns for every row of sims at once, in no order: argpartition or torch.topk
+    picks k columns per row. Where a tie crosses the cut (more columns score the k-th value than
+    were kept), the pick among them is arbitrary, so that row goes through `_select`."""
     if k == sims.shape[1]:
         idx = np.broadcast_to(np.arange(k), sims.shape)
         vals = sims
+    elif sims.size < TORCH_TOPK_FROM:
+        idx = np.argpartition(sims, sims.shape[1] - k, axis=1)[:, sims.shape[1] - k:]
+        vals = np.take_along_axis(sims, idx, 1)
     else:
+        import torch
+
         vals, idx = (t.numpy() for t in torch.topk(torch.from_numpy(sims), k, dim=1, sorted=False))
     out = np.array(idx)  # in no order: merge_top_k orders by (-score, row)
     kth = vals.min(axis=1, keepdims=True)

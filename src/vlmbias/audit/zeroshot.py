@@ -27,6 +27,7 @@ import pandas as pd
 import yaml
 
 from vlmbias import VlmbiasError
+from vlmbias.audit.labels import NOT_ATTRIBUTES
 from vlmbias.audit.metrics import labelled, proportion_ci
 from vlmbias.audit.presets import PRESET_DIR
 from vlmbias.io import check_embeddings, parse_json_arg, read_table, run_cli, write_table
@@ -37,6 +38,7 @@ ACCURACY_COLUMNS = ["model", "dataset", "attribute", "group_attribute", "group",
                     "accuracy_low", "accuracy_high"]
 WORST_GROUP_COLUMNS = ["model", "dataset", "attribute", "group_attribute", "groups", "worst_group", "worst_n",
                        "worst_accuracy", "worst_low", "worst_high", "best_group", "best_n", "best_accuracy", "gap"]
+DATACOMP_COLUMNS = ["model", "dataset", "table", "row", "column", "value", "n", "scale", "convention"]
 HARMFUL_COLUMNS = ["model", "dataset", "label_set", "group_attribute", "group", "n", "crime_related",
                    "crime_rate", "crime_low", "crime_high", "non_human", "non_human_rate", "non_human_low",
                    "non_human_high"]
@@ -50,8 +52,9 @@ def load_prompts(spec: dict) -> dict:
         if not path.is_file():
             raise VlmbiasError(f"zeroshot.prompts: no preset {prompts!r} in {PRESET_DIR}")
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data.pop("protocol", None)  # the preset's protocol block (audit/protocols.py), not prompts
         if len(data) != 1:
-            raise VlmbiasError(f"zero-shot preset {prompts!r} must hold one top-level block, has {list(data)}")
+            raise VlmbiasError(f"zero-shot preset {prompts!r} must hold one prompt block, has {list(data)}")
         prompts = next(iter(data.values()))
     if not isinstance(prompts, dict):
         raise VlmbiasError(f"zeroshot.prompts must be a preset name or a mapping, got {type(prompts).__name__}")
@@ -94,10 +97,16 @@ def _grouped(hit: np.ndarray, labels: pd.DataFrame, group_attrs: list[str]) -> p
     return pd.DataFrame(out)
 
 
+GENDER_RACE = "gender_race"  # the grouping Table 5 needs, classes "Male|White", ... (audit/intersect.py's form)
+RACE_BINARY = "race_binary"  # DataComp's race accuracy: predicted White vs non-White against the truth
+
+
 def accuracy_table(labels: pd.DataFrame, image_emb: np.ndarray, encoder, prompts: dict,
-                   attributes: list[str]) -> pd.DataFrame:
-    """Accuracy of classifying each attribute, within every group of every labelled attribute."""
-    group_attrs = [a for a in labels.columns if a not in ("image_id", "path", "crop")]
+                   attributes: list[str], race_binary: bool = False) -> pd.DataFrame:
+    """Accuracy of classifying each attribute, within every group of every labelled attribute.
+    `race_binary` adds the attribute `race_binary`: the race prediction scored as White vs
+    non-White only (DataComp's `acc_race`), when race is classified and has a White class."""
+    group_attrs = [a for a in labels.columns if a not in NOT_ATTRIBUTES]
     parts = []
     for attr in attributes:
         if attr not in prompts:
@@ -113,6 +122,10 @@ def accuracy_table(labels: pd.DataFrame, image_emb: np.ndarray, encoder, prompts
         pred = np.asarray(names, dtype=object)[predict(image_emb[known], emb)]
         correct = pred == truth[known].to_numpy()
         parts.append(_grouped(correct, labels.reset_index(drop=True)[known], group_attrs).assign(attribute=attr))
+        if race_binary and attr == "race" and "White" in names:
+            same_side = (pred == "White") == (truth[known].to_numpy() == "White")
+            parts.append(_grouped(same_side, labels.reset_index(drop=True)[known], group_attrs)
+                         .assign(attribute=RACE_BINARY))
     return (pd.concat(parts, ignore_index=True)
             .rename(columns={"hits": "correct", "rate": "accuracy", "low": "accuracy_low", "high": "accuracy_high"}))
 
@@ -151,7 +164,7 @@ def harmful_table(labels: pd.DataFrame, image_emb: np.ndarray, encoder, prompts:
     pred = np.asarray(names, dtype=object)[predict(image_emb, emb)]
     crime = np.isin(pred, prompts.get("crime_related") or [])
     nonhuman = np.isin(pred, prompts.get("non_human") or [])
-    group_attrs = [a for a in labels.columns if a not in ("image_id", "path", "crop")]
+    group_attrs = [a for a in labels.columns if a not in NOT_ATTRIBUTES]
     c, h = _grouped(crime, labels, group_attrs), _grouped(nonhuman, labels, group_attrs)
     return pd.DataFrame({"label_set": label_set, "group_attribute": c["group_attribute"], "group": c["group"],
                          "n": c["n"], "crime_related": c["hits"], "crime_rate": c["rate"], "crime_low": c["low"],
@@ -174,19 +187,28 @@ def main(argv=None) -> None:
     p.add_argument("--out-accuracy", required=True)
     p.add_argument("--out-harmful", required=True)
     p.add_argument("--out-worst-group", help="worst-group accuracy and the best-worst gap per grouping")
+    p.add_argument("--out-datacomp", help="the CLIP paper's Tables 3-6 as DataComp prints them (audit/datacomp.py)")
     a = p.parse_args(argv)
     spec = parse_json_arg(a.spec_json, "--spec-json")
     prompts = load_prompts(spec)
     # the array, its row table and the manifest must belong together (io.check_embeddings)
     emb, rows, _ = check_embeddings(a.images_npy, a.images_table, "embed_images", manifest=a.manifest, mmap=False)
     labels = read_table(a.manifest).set_index("image_id").loc[rows["image_id"]].reset_index()
+    if {"gender", "race"} <= set(labels.columns) and GENDER_RACE not in labels.columns:
+        # gender x race groups for the CLIP paper's Table 5 (gender accuracy per race and gender)
+        g, r = labelled(labels["gender"]), labelled(labels["race"])
+        labels[GENDER_RACE] = [f"{x}|{y}" if pd.notna(x) and pd.notna(y) else None for x, y in zip(g, r)]
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
     key = {"model": a.model_name, "dataset": a.dataset_name}
     attributes = spec.get("attributes") or [k for k in ("race", "gender", "age") if k in labels.columns]
-    acc = accuracy_table(labels, emb, encoder, prompts, attributes).assign(**key)[ACCURACY_COLUMNS]
+    acc = accuracy_table(labels, emb, encoder, prompts, attributes, race_binary=True).assign(**key)[ACCURACY_COLUMNS]
     harm = harmful_table(labels, emb, encoder, prompts, spec.get("label_set", "table6")).assign(**key)[HARMFUL_COLUMNS]
     write_table(acc, a.out_accuracy)
     write_table(harm, a.out_harmful)
+    if a.out_datacomp:
+        from vlmbias.audit.datacomp import datacomp_table
+
+        write_table(datacomp_table(acc, harm).assign(**key)[DATACOMP_COLUMNS], a.out_datacomp)
     if a.out_worst_group:
         worst = worst_group_table(acc).assign(**key)[WORST_GROUP_COLUMNS]
         write_table(worst, a.out_worst_group)

@@ -302,20 +302,13 @@ def _load_open_clip(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
     )
 
 
-def load_hf_parts(name: str, dtype: torch.dtype, what: str = "model"):
-    """(CLIPModel from safetensors, tokenizer, image processor) of a hub id or directory; every
-    failure is one sentence (no such folder, not a CLIPModel directory, or offline without a local
-    copy: found out at once, see `from_hub`)."""
-    from transformers import AutoTokenizer, CLIPImageProcessor
-
+def _hf_load(name: str, what: str, load: Callable):
+    """`load(source)` on the local folder of `name`, else through the hub; every failure is one
+    sentence (no such folder, not a CLIPModel directory, or offline without a local copy: found out
+    at once, see `from_hub`)."""
     folder = local_model_folder(name, what)
-
-    def parts(source):
-        return (load_clip_weights(source, dtype, what), AutoTokenizer.from_pretrained(source),
-                CLIPImageProcessor.from_pretrained(source))
-
     try:
-        return parts(str(folder)) if folder else from_hub(lambda: parts(name), f"Hugging Face {what} {name}")
+        return load(str(folder)) if folder else from_hub(lambda: load(name), f"Hugging Face {what} {name}")
     except VlmbiasError:
         raise
     except Exception as e:
@@ -323,6 +316,39 @@ def load_hf_parts(name: str, dtype: torch.dtype, what: str = "model"):
             raise VlmbiasError(f"{what} {name} is not a loadable CLIPModel directory: "
                                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
         raise offline_error(f"Hugging Face {what} {name}", e) from None
+
+
+class LazyImageProcessor:
+    """A model's CLIPImageProcessor, loaded on first use: importing it pulls in torchvision and
+    torch._dynamo (seconds per job), which a job that only encodes texts never needs."""
+
+    def __init__(self, name: str, what: str):
+        self._name, self._what, self._processor = name, what, None
+
+    def _get(self):
+        if self._processor is None:
+            def load(source):
+                from transformers import CLIPImageProcessor
+                return CLIPImageProcessor.from_pretrained(source)
+            self._processor = _hf_load(self._name, self._what, load)
+        return self._processor
+
+    def __call__(self, *args, **kwargs):
+        return self._get()(*args, **kwargs)
+
+    def __getattr__(self, attr):  # save_pretrained, image_mean, ...
+        return getattr(self._get(), attr)
+
+
+def load_hf_parts(name: str, dtype: torch.dtype, what: str = "model"):
+    """(CLIPModel from safetensors, tokenizer, image processor loaded on first use) of a hub id or
+    directory; a failure is one sentence (`_hf_load`)."""
+    def load(source):
+        from transformers import AutoTokenizer
+        return load_clip_weights(source, dtype, what), AutoTokenizer.from_pretrained(source)
+
+    model, tokenizer = _hf_load(name, what, load)
+    return model, tokenizer, LazyImageProcessor(name, what)
 
 
 def _load_hf(spec: dict, device: str, dtype: torch.dtype) -> Encoder:

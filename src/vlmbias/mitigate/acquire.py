@@ -7,9 +7,8 @@ Sources:
   through `vlmbias.mitigate.websearch` (why the package itself is not called: see there).
 - `urls`: image URLs given in config, per keyword (`urls: {keyword: [url, ...]}` or `urls` on a
   keyword item).
-- `folder`: images already on disk, `<root>/<keyword>/` (or the item's `folder`).
-- `world`: the calibration world's search-engine stand-in (`vlmbias.world.generate.search`); its true
-  labels ride along as `world_gender`, `world_race`, `world_age` for `label` source `world`.
+- `folder`: images already on disk, `<root>/<keyword>/` (or the item's `folder`), taken in file-name
+  order. The calibration world writes its search-engine stand-in this way (docs/calibration-world.md).
 
 Every URL fetched (the search page, each scraped or listed link, every redirect) must resolve to
 public addresses only: loopback, private, link-local, multicast, reserved and unspecified addresses
@@ -18,7 +17,7 @@ reach the machine's own services or its network. `allow_private_addresses: true`
 networks, e.g. `["10.1.0.0/16"]`) lifts that for tests and intranet image servers.
 
 Keyword items are strings or `{keyword, concept?, urls?, folder?}`. `concept` defaults to the
-keyword without a leading article ("a doctor" -> "doctor"; the world source reports its own).
+keyword without a leading article ("a doctor" -> "doctor").
 `exclude_concepts` (list) drops every keyword of those concepts before anything is searched: the
 workflow passes the mitigation split's held-out concepts, so a fine-tuned model never sees them.
 
@@ -34,7 +33,7 @@ Manifest (`acquired.parquet`), one row per candidate plus one per keyword that h
 `out_dir`, which the file's metadata records, and absolute again through `vlmbias.io.read_table`),
 `source, keyword, concept, caption, lang, origin` (URL or source path), `sha1`, `status`
 (ok, duplicate, not-image, too-large, undecodable, fetch-error, no-results, search-blocked,
-search-error), `reason`, `world_image_id, world_gender, world_race, world_age`.
+search-error), `reason`.
 
 Resuming: rows of earlier runs come from the old manifest and from a journal that is rewritten
 after every keyword (`<out_dir>/.acquire-journal.parquet`, never pruned); stored images whose row
@@ -79,9 +78,9 @@ from vlmbias.mitigate.websearch import (
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("web-search", "urls", "folder", "world")
+SOURCES = ("web-search", "urls", "folder")
 MANIFEST_COLUMNS = ["image_id", "path", "source", "keyword", "concept", "caption", "lang", "origin", "sha1",
-                    "status", "reason", "world_image_id", "world_gender", "world_race", "world_age"]
+                    "status", "reason"]
 # statuses of a single candidate that a rerun does not retry (the same bytes give the same verdict)
 FINAL_REJECTIONS = {"duplicate", "not-image", "too-large", "undecodable"}
 KEYWORD_STATUSES = {"no-results", "search-blocked", "search-error"}
@@ -93,9 +92,8 @@ DEFAULTS = {
     "max_bytes": 20 * 2 ** 20,   # per downloaded file
     "timeout": 20.0,             # seconds per network operation
     "delay": 1.0,                # seconds between two search-engine requests (rate limits)
-    "seed": 0,                   # world source: order of its results
 }
-SPEC_KEYS = {"source", "keywords", "concepts", "urls", "root", "world", "lang", "search_url", "user_agent",
+SPEC_KEYS = {"source", "keywords", "concepts", "urls", "root", "lang", "search_url", "user_agent",
              "allow_private_addresses", "exclude_concepts", *DEFAULTS}
 
 # Image formats kept, with the extension they are stored under.
@@ -245,26 +243,6 @@ def folder_search(root: Path, sub: str, max_bytes: int) -> SearchResult:
     return SearchResult([Candidate(str(p), lambda p=p: _read_file(p, max_bytes)) for p in files])
 
 
-def world_search(world_dir: Path, keyword: str, opts: dict) -> SearchResult:
-    from vlmbias.world.generate import search
-
-    try:
-        hits = search(world_dir, keyword, limit=10 ** 9, seed=int(opts["seed"]),
-                      **({"lang": opts["lang"]} if opts.get("lang") else {}))
-    except VlmbiasError as e:
-        return SearchResult([], "no-results", str(e))
-    if hits.empty:
-        return SearchResult([], "no-results", "the world's search returned no image")
-
-    def candidates():  # lazily: the world's results are the whole matching corpus, in search order
-        for row in hits.itertuples(index=False):
-            extra = {"concept": row.concept, "caption": row.caption, "lang": row.lang,
-                     "world_image_id": row.image_id, "world_gender": row.gender, "world_race": row.race,
-                     "world_age": row.age}
-            yield Candidate(str(row.path), lambda p=Path(row.path): _read_file(p, opts["max_bytes"]), extra)
-    return SearchResult(candidates())
-
-
 # ------------------------------------------------------------------------------------------- spec
 
 def default_concept(keyword: str) -> str:
@@ -358,8 +336,7 @@ def _row(opts, item, slug, origin, status, reason="", sha1=None, path=None, extr
     return {"image_id": image_id, "path": str(path) if path else None, "source": opts["source"],
             "keyword": item["keyword"], "concept": extra.get("concept", item["concept"]),
             "caption": extra.get("caption"), "lang": extra.get("lang"), "origin": origin, "sha1": sha1,
-            "status": status, "reason": reason, **{k: extra.get(k) for k in
-                                                     ("world_image_id", "world_gender", "world_race", "world_age")}}
+            "status": status, "reason": reason}
 
 
 class _Keyword:
@@ -456,8 +433,7 @@ class _Keyword:
 
 # --------------------------------------------------------------------------------------------- stage
 
-def acquire(spec: dict, out_dir: str | Path, *, manifest: str | Path | None = None, world: str | Path | None = None,
-            fetcher: Fetcher | None = None, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
+def acquire(spec: dict, out_dir: str | Path, *, manifest: str | Path | None = None, fetcher: Fetcher | None = None, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
     """Fetch, gate and store images for every keyword; returns the manifest (see the module doc).
 
     `manifest`: the manifest of an earlier run to resume from (its journal in out_dir is read too).
@@ -472,20 +448,13 @@ def acquire(spec: dict, out_dir: str | Path, *, manifest: str | Path | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = out_dir / JOURNAL_NAME
     previous = _read_previous([Path(manifest) if manifest else None, journal])
-    root = world_dir = None
+    root = None
     if opts["source"] == "folder":
         if not spec.get("root"):
             raise VlmbiasError("acquire: source 'folder' needs 'root', the folder holding one subfolder per keyword")
         root = Path(spec["root"]).resolve()
         if not root.is_dir():
             raise VlmbiasError(f"acquire: folder root not found: {root}")
-    if opts["source"] == "world":
-        world_dir = world or spec.get("world")
-        if not world_dir:
-            raise VlmbiasError("acquire: source 'world' needs the world folder (--world or 'world' in the spec)")
-        world_dir = Path(world_dir)
-        if not (world_dir / "corpus.parquet").is_file():
-            raise VlmbiasError(f"acquire: {world_dir} is not a generated world (no corpus.parquet)")
     if opts["source"] == "web-search":
         log.info("web-search: simple-image-download %s installed; its request and link rule are used, its "
                  "downloader is not (see vlmbias.mitigate.acquire)", simple_image_download_version() or "not")
@@ -507,10 +476,8 @@ def acquire(spec: dict, out_dir: str | Path, *, manifest: str | Path | None = No
             elif opts["source"] == "urls":
                 result = (SearchResult(_url_candidates(item["urls"], fetcher, opts)) if item["urls"] else
                           SearchResult([], "no-results", "no URLs listed for this keyword"))
-            elif opts["source"] == "folder":
-                result = folder_search(root, item.get("folder") or kw, opts["max_bytes"])
             else:
-                result = world_search(world_dir, kw, opts)
+                result = folder_search(root, item.get("folder") or kw, opts["max_bytes"])
             if result.status:
                 st.rows.append(_row(opts, item, st.slug, None, result.status, result.reason))
                 log_fn = log.error if result.status == "search-blocked" else log.warning
@@ -567,11 +534,9 @@ def main(argv=None) -> None:
     p.add_argument("--spec-json", required=True, help="the keyword list's config block as JSON")
     p.add_argument("--out-dir", required=True, help="folder the images are stored in (kept between runs)")
     p.add_argument("--manifest", required=True, help="acquired.parquet to write (and to resume from)")
-    p.add_argument("--world", help="the calibration world's folder (source 'world')")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
     a = p.parse_args(argv)
-    manifest = acquire(parse_json_arg(a.spec_json, "--spec-json"), a.out_dir, manifest=a.manifest, world=a.world,
-                       max_pixels=a.max_pixels)
+    manifest = acquire(parse_json_arg(a.spec_json, "--spec-json"), a.out_dir, manifest=a.manifest, max_pixels=a.max_pixels)
     # image paths are stored relative to the image folder (docs/artifacts.md); read_table resolves them
     write_table(manifest, a.manifest, path_root=a.out_dir)
     ok = manifest["status"] == "ok"

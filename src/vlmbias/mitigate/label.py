@@ -30,14 +30,15 @@ Label sources (config `source`):
   `analyze(...)[0]` in the thesis) or `drop`s the image.
   Raw results are cached by image hash and DeepFace settings (`cache`, default
   `.label-cache.parquet` beside the labels) so a rerun labels only new images.
-- `world`: the calibration world's true labels (from the acquired manifest's `world_*` columns) with
-  an imitation classifier error: `error_rate` (one rate, or one per attribute) flips exactly that
-  fraction of labels to another class chosen at random (seeded). `true_<attr>` and
-  `<attr>_flipped` record what was changed, so the effect of label noise can be measured.
 - `csv`: labels supplied by the user: `csv` (path), `file_column` (default `file`), `match`
   (`origin` (default; relative entries resolved against `root`), `image_id` or `sha1`), and
   `attributes` (list, or {attribute: [classes]}); classes are validated (gender/race/age default to
-  FairFace's).
+  FairFace's). `caption_column` (optional) names a column whose text replaces the keyword as the
+  image's caption (the text the fine-tuning objectives pair it with). `error_rate` (one rate, or
+  one per attribute; default 0) imitates a classifier's error: it flips exactly that fraction of
+  the labels to another class chosen at random (seeded by `seed`); `true_<attr>` and
+  `<attr>_flipped` then record what was changed, so the effect of label noise can be measured.
+  The calibration world's search stand-in comes with such a CSV of true labels.
 
 Outputs: `labels.parquet` (`image_id, path, <attributes>, keyword, concept, caption, label_source,
 sha1, origin, acquire_source` + the source's own columns), `dropped.csv` (`image_id, path, reason`),
@@ -67,7 +68,7 @@ from vlmbias.io import common_folder, parse_json_arg, read_table, run_cli, table
 
 log = logging.getLogger(__name__)
 
-LABEL_SOURCES = ("deepface", "world", "csv")
+LABEL_SOURCES = ("deepface", "csv")
 ATTRIBUTES = ["gender", "race", "age"]
 BASE_COLUMNS = ["image_id", "path"]
 CONTEXT_COLUMNS = ["keyword", "concept", "caption", "label_source", "sha1", "origin", "acquire_source"]
@@ -88,8 +89,8 @@ DEEPFACE_WEIGHTS = {"Gender": "gender_model_weights.onnx", "Age": "age_model_wei
 DEEPFACE_SHA256: dict[str, str | None] = {name: None for name in DEEPFACE_WEIGHTS.values()}
 DEEPFACE_DEFAULTS = {"detector_backend": "opencv", "align": True, "engine": "onnx", "asian_as": "East Asian",
                      "multiple_faces": "largest", "deepface_home": None, "cache": None, "weights_sha256": None}
-SOURCE_KEYS = {"deepface": set(DEEPFACE_DEFAULTS), "world": {"error_rate", "seed"},
-               "csv": {"csv", "file_column", "match", "root", "attributes"}}
+SOURCE_KEYS = {"deepface": set(DEEPFACE_DEFAULTS),
+               "csv": {"csv", "file_column", "match", "root", "attributes", "caption_column", "error_rate", "seed"}}
 _AGE_EDGES = [(3, "0-2"), (10, "3-9"), (20, "10-19"), (30, "20-29"), (40, "30-39"), (50, "40-49"),
               (60, "50-59"), (70, "60-69")]
 
@@ -342,7 +343,7 @@ def label_deepface(images: pd.DataFrame, spec: dict, cache_path: Path | None = N
     return labelled, dropped, _deepface_classes(opts["asian_as"]), extra
 
 
-# --------------------------------------------------------------------------------------------- world
+# ------------------------------------------------------------------------------------- label noise
 
 def add_label_noise(labels: pd.DataFrame, error_rate, classes: dict[str, list[str]], seed: int = 0) -> pd.DataFrame:
     """Flip exactly round(rate * n) labels per attribute to another class, chosen at random (seeded).
@@ -373,23 +374,6 @@ def add_label_noise(labels: pd.DataFrame, error_rate, classes: dict[str, list[st
     return out
 
 
-def label_world(images: pd.DataFrame, spec: dict):
-    cols = [f"world_{a}" for a in ATTRIBUTES]
-    if not all(c in images.columns for c in cols) or images[cols].isna().any().any():
-        raise VlmbiasError("label source 'world' needs images acquired with source 'world' (their manifest rows "
-                           "carry world_gender, world_race, world_age)")
-    labelled = images.assign(**{a: images[f"world_{a}"] for a in ATTRIBUTES})
-    classes = {a: FAIRFACE_CLASSES[a] for a in ATTRIBUTES}
-    bad = {a: sorted(set(labelled[a]) - set(c)) for a, c in classes.items()}
-    if any(bad.values()):
-        raise VlmbiasError(f"label: world labels outside FairFace's classes: { {a: b for a, b in bad.items() if b} }")
-    labelled = add_label_noise(labelled, spec.get("error_rate", 0.0), classes, int(spec.get("seed", 0)))
-    n_flip = {a: int(labelled[f"{a}_flipped"].sum()) for a in ATTRIBUTES}
-    log.info("world labels with imitated classifier error: flipped %s of %d", n_flip, len(labelled))
-    extra = [c for a in ATTRIBUTES for c in (f"true_{a}", f"{a}_flipped")] + ["world_image_id"]
-    return labelled, images.iloc[0:0][["image_id", "path"]].assign(reason=""), classes, extra
-
-
 # ----------------------------------------------------------------------------------------------- csv
 
 def label_csv(images: pd.DataFrame, spec: dict):
@@ -402,7 +386,8 @@ def label_csv(images: pd.DataFrame, spec: dict):
         raise VlmbiasError(f"label: match must be origin, image_id or sha1, got {match!r}")
     declared = spec.get("attributes") or ATTRIBUTES
     names = list(declared)
-    df = read_label_csv(Path(spec["csv"]), [file_col, *names])
+    caption_col = spec.get("caption_column")
+    df = read_label_csv(Path(spec["csv"]), [file_col, *names, *([caption_col] if caption_col else [])])
     if isinstance(declared, dict):
         classes = {a: [str(c) for c in cls] for a, cls in declared.items()}
     else:
@@ -427,12 +412,23 @@ def label_csv(images: pd.DataFrame, spec: dict):
     hit = ours.isin(table.index)
     unused = len(table) - int(table.index.isin(ours).sum())
     if unused:
-        log.warning("%s: %d labelled file(s) match no acquired image (match: %s)", spec["csv"], unused, match)
+        # normal when the CSV labels more than was acquired; unlabelled acquired images go to dropped.csv
+        log.info("%s: %d labelled file(s) match no acquired image (match: %s)", spec["csv"], unused, match)
     labelled = images.loc[hit].copy()
     for a in names:
         labelled[a] = table.loc[ours[hit], a].to_numpy()
+    if caption_col:  # the CSV's caption where it has one, else the keyword's (acquired_images)
+        text = df.assign(_key=key.to_numpy()).set_index("_key")[caption_col].loc[ours[hit]].to_numpy()
+        labelled["caption"] = np.where(text != "", text, labelled["caption"].to_numpy())
     dropped = images.loc[~hit, ["image_id", "path"]].assign(reason=f"no label in {spec['csv']}")
-    return labelled, dropped, classes, []
+    extra = []
+    if "error_rate" in spec:
+        labelled = add_label_noise(labelled, spec["error_rate"], classes, int(spec.get("seed", 0)))
+        n_flip = {a: int(labelled[f"{a}_flipped"].sum()) for a in classes}
+        log.info("labels with imitated classifier error (error_rate %s): flipped %s of %d", spec["error_rate"],
+                 n_flip, len(labelled))
+        extra = [c for a in classes for c in (f"true_{a}", f"{a}_flipped")]
+    return labelled, dropped, classes, extra
 
 
 # ------------------------------------------------------------------------------------------- outputs
@@ -562,8 +558,6 @@ def label_images(spec: dict, acquired: pd.DataFrame, cache_path: Path | None = N
         raise VlmbiasError(f"none of the {len(gone)} acquired image files exists; first: {gone['path'].iloc[0]}")
     if source == "deepface":
         labelled, dropped, classes, extra = label_deepface(images, spec, cache_path, progress, max_pixels=max_pixels)
-    elif source == "world":
-        labelled, dropped, classes, extra = label_world(images, spec)
     else:
         labelled, dropped, classes, extra = label_csv(images, spec)
     labelled = labelled.assign(label_source=source)

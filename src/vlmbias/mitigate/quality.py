@@ -6,21 +6,22 @@ A method that "removes bias" by breaking the model must show it here:
   Wilson 95% interval;
 - caption retrieval on a caption set (`mitigation.captions`, dataset type captions): recall@k as
   CLIP_benchmark reports it, both directions (`caption_retrieval`);
-- caption retrieval on a held-out image-caption set (the calibration world's held-out corpus):
-  precision@k of text-to-image retrieval (share of the top-k images whose concept matches the
-  caption's), recall@k (share of captions with at least one image of their concept in the top k:
-  the usual R@k, "any of the relevant images", since many images share a concept), and
-  image-to-text concept accuracy (each image's nearest concept caption);
+- concept-level caption retrieval, when the caption set labels each image's `concept` (the
+  calibration world's held-out caption set does): precision@k of text-to-image retrieval (share of
+  the top-k images whose concept matches the caption's), recall@k (share of captions with at least
+  one image of their concept in the top k: the usual R@k, "any of the relevant images", since many
+  images share a concept), and image-to-text concept accuracy (each image's nearest concept
+  caption). One caption per image counts here (its first row); recall@k above uses them all;
 - explicitly attributed queries ("a photo of a female nurse", one per class of each attribute and
   concept of the mitigation split; words `encoders.projection.PAIR_WORDS`): `attributed_query_share@k` is the
   share of the labelled images among each query's first k ranks on the audited dataset that belong
   to the named class, pooled over the queries (Wilson interval over the pooled items; chance is the
   dataset's share of the class). A method must keep these correct while it debiases neutral queries.
-Only held-out images that show their concept's visual evidence are used for caption retrieval:
+The world's held-out caption set holds only images that show their concept's visual evidence:
 without evidence nothing in the image identifies the concept.
 
 Held-out protocol: caption and attributed-query metrics are given per `split` of the
-concept: `fitting` / `held_out` (the mitigation split, `--split`), `other` (world concepts the
+concept: `fitting` / `held_out` (the mitigation split, `--split`), `other` (concepts the
 audit does not ask about) and `all`; zero-shot rows have split `all`. A text-side method's
 transform (`--transform-json`: the `projection`, `saner` or `bendvlm` block of its query
 transform) is applied to every text quality encodes, zero-shot prompts included, so that a
@@ -226,13 +227,14 @@ def caption_retrieval(encoder, model_name: str, images: pd.DataFrame, captions: 
     return rows
 
 
-def heldout_corpus(world_dir: str) -> pd.DataFrame:
-    """Held-out, evidence-bearing, English concept captions of the calibration world."""
-    from vlmbias.world.generate import load_corpus
-
-    c = load_corpus(world_dir)
-    return c[(c["split"] == "heldout") & c["evidence"].astype(bool) & c["concept"].notna()
-             & (c["lang"] == "en")].reset_index(drop=True)
+def concept_corpus(images: pd.DataFrame, captions: pd.DataFrame) -> pd.DataFrame | None:
+    """A caption set's images with their concept and first caption (one row per image, in the
+    images' order), the table of the concept-level metrics; None when the set labels no concept."""
+    if "concept" not in images.columns:
+        return None
+    first = captions.drop_duplicates("image_id").set_index("image_id")["caption"]
+    out = images[["image_id", "path", "concept"]].assign(caption=images["image_id"].map(first).to_numpy())
+    return out[out["concept"].astype(str) != ""]
 
 
 def main(argv=None) -> None:
@@ -244,8 +246,8 @@ def main(argv=None) -> None:
     p.add_argument("--manifest", required=True)
     p.add_argument("--attributes", nargs="+", default=["gender", "race"])
     p.add_argument("--template", default="a photo of a {}")
-    p.add_argument("--world", help="calibration world directory: adds caption retrieval on its held-out corpus")
-    p.add_argument("--captions-json", help="a caption set's config block as JSON: adds recall@k of caption retrieval")
+    p.add_argument("--captions-json", help="a caption set's config block as JSON: adds recall@k of caption retrieval, "
+                   "and concept-level retrieval when the set labels a concept")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="images.max_pixels")
@@ -259,19 +261,25 @@ def main(argv=None) -> None:
                               parse_json_arg(a.transform_json, "--transform-json"), fitting)
     images, rows, _ = check_embeddings(a.images_npy, a.images_table, "embed_images", manifest=a.manifest, mmap=False)
     labels = read_table(a.manifest).set_index("image_id").loc[rows["image_id"]].reset_index()
-    corpus = heldout_corpus(a.world) if a.world else None
+    corpus = corpus_emb = captions = None
+    if a.captions_json:
+        from vlmbias.audit.data import caption_set
+
+        cap_images, captions, _, _ = caption_set(parse_json_arg(a.captions_json, "--captions-json"))
+        cap_emb = _embed_every_image(encoder, cap_images["path"].tolist(), "caption-set", a.max_pixels)
+        corpus = concept_corpus(cap_images, captions)
+        if corpus is not None:
+            corpus_emb = cap_emb[corpus.index.to_numpy()]
+            corpus = corpus.reset_index(drop=True)
     attributes = [x for x in a.attributes if x in labels.columns]  # a dataset labels what it labels
     if len(attributes) < len(a.attributes):
         log.info("quality: the dataset has no %s labels; measured on %s only",
                  sorted(set(a.attributes) - set(attributes)), attributes)
     table = evaluate(encoder, a.model_name, images, labels, attributes, a.template, corpus, a.k,
-                     max_pixels=a.max_pixels, splits=splits)
-    if a.captions_json:
-        from vlmbias.audit.data import caption_set
-
-        images, captions, _, _ = caption_set(parse_json_arg(a.captions_json, "--captions-json"))
-        table = pd.concat([table, pd.DataFrame(caption_retrieval(encoder, a.model_name, images, captions,
-                                                                 max_pixels=a.max_pixels), columns=COLUMNS)],
+                     corpus_emb=corpus_emb, max_pixels=a.max_pixels, splits=splits)
+    if captions is not None:
+        table = pd.concat([table, pd.DataFrame(caption_retrieval(encoder, a.model_name, cap_images, captions,
+                                                                 image_emb=cap_emb), columns=COLUMNS)],
                           ignore_index=True)
     write_table(table, a.out)
     for r in table.itertuples():

@@ -14,6 +14,10 @@ Config (`mitigation.split`), one of:
 A query set with a single concept keeps it for fitting; a fraction that holds out nothing at all
 is an error.
 
+Repeated splits: `folds: N` (with `held_out_fraction`; default 1) draws the split N times, fold f
+with seed `seed + f`, so fold 0 is the single split above. Every fitted method is fitted once per
+fold and the comparison is averaged over folds (vlmbias.mitigate.folds).
+
 A query's concept is its `concept` field, or its text without a leading article. A concept that
 occurs in several query sets belongs to the first one (in `mitigation.query_sets` order).
 Output `split.csv`: `query_set, query_id, query, concept, split` (one row per audited query).
@@ -33,6 +37,30 @@ from vlmbias.io import parse_json_arg, run_cli, write_table
 log = logging.getLogger(__name__)
 FITTING, HELD_OUT = "fitting", "held_out"
 DEFAULT = {"held_out_fraction": 0.4, "seed": 0}
+
+
+def n_folds(spec: dict | None) -> int:
+    """How many times the split is drawn (`folds`, default 1); more than one needs a seeded fraction."""
+    spec = DEFAULT if spec is None else spec
+    folds = spec.get("folds", 1)
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise VlmbiasError(f"mitigation.split.folds must be a whole number of at least 1, got {folds!r}")
+    if folds > 1 and "held_out" in spec:
+        raise VlmbiasError("mitigation.split.folds repeats a seeded split: give held_out_fraction (+ seed), "
+                           "not a fixed held_out list, with folds above 1")
+    return folds
+
+
+def fold_spec(spec: dict | None, fold: int) -> dict:
+    """The single split of fold `fold`: the configured seed plus the fold number (fold 0 is the seed itself)."""
+    spec = dict(DEFAULT if spec is None else spec)
+    if not 0 <= fold < n_folds(spec):
+        raise VlmbiasError(f"mitigation.split: fold {fold} does not exist (folds: {n_folds(spec)})")
+    spec.pop("folds", None)
+    seed = spec.get("seed", DEFAULT["seed"])
+    if fold and isinstance(seed, int) and not isinstance(seed, bool):  # a bad seed is reported below
+        spec["seed"] = seed + fold
+    return spec
 COLUMNS = ["query_set", "query_id", "query", "concept", "split"]
 
 
@@ -47,9 +75,9 @@ def query_concepts(query_sets: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS[:-1])
 
 
-def concept_split(query_sets: dict[str, dict], spec: dict | None = None) -> pd.DataFrame:
-    """The split table (module docstring) for `query_sets` ({name: query set block}, in order)."""
-    spec = dict(DEFAULT if spec is None else spec)
+def concept_split(query_sets: dict[str, dict], spec: dict | None = None, fold: int = 0) -> pd.DataFrame:
+    """The split table (module docstring) for `query_sets` ({name: query set block}, in order), of fold `fold`."""
+    spec = fold_spec(spec, fold)
     unknown = sorted(set(spec) - {"held_out", "held_out_fraction", "seed"})
     if unknown:
         raise VlmbiasError(f"mitigation.split: unknown key(s) {unknown}; give held_out or held_out_fraction (+ seed)")
@@ -99,10 +127,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.split", description=__doc__.splitlines()[0])
     p.add_argument("--query-sets-json", required=True, help="{name: query set block} of mitigation.query_sets")
     p.add_argument("--spec-json", required=True, help="mitigation.split as JSON (null: the default)")
+    p.add_argument("--fold", type=int, default=0, help="which fold's split (with mitigation.split.folds above 1)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     table = concept_split(parse_json_arg(a.query_sets_json, "--query-sets-json"),
-                          parse_json_arg(a.spec_json, "--spec-json"))
+                          parse_json_arg(a.spec_json, "--spec-json"), a.fold)
     write_table(table, a.out)
     log.info("fitting: %s; held out: %s", concepts_of(table, FITTING), concepts_of(table, HELD_OUT))
 

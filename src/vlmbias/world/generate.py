@@ -32,6 +32,19 @@ Layout of a generated world (`generate_world(spec, out_dir)`):
     concepts.csv                   concept, lang, name, family (the names a search or a query may use)
     signatures.csv                 attribute, class, signature (what each class looks like)
     world_spec.json                the resolved spec the world was built from
+
+And, written the way a user's data looks, so that the default run reads them through the same
+doors as a user's folder (no stage reads the world-only files above):
+    search/<concept>/<rank>.jpg    the search-engine stand-in: for every concept with an English
+                                   name, the images `search(concept)` returns, in search order
+                                   (file names 0001.jpg, ... sort in rank order), bytes unchanged;
+                                   read by acquisition source `folder`
+    search/labels.csv              file (relative to search/), caption, gender, race, age: the true
+                                   labels of every search image, in FairFace's classes (an animal
+                                   figure's gender is empty); read by label source `csv`
+    heldout_captions.csv           file (relative to the world), caption, concept: the held-out,
+                                   evidence-bearing, English concept captions (one per image), a
+                                   caption set (type captions, layout csv) for quality's retrieval
 """
 from __future__ import annotations
 
@@ -371,10 +384,47 @@ def _write_world(spec: dict, root: Path) -> None:
     bias_table(spec).to_csv(root / "bias_table.csv", index=False)
     concepts_table(spec).to_csv(root / "concepts.csv", index=False)
     signatures_table().to_csv(root / "signatures.csv", index=False)
+    _write_search_folders(spec, root, corpus)
+    _write_heldout_captions(corpus, root)
     (root / "world_spec.json").write_text(json.dumps(spec, indent=1, ensure_ascii=False, sort_keys=True) + "\n",
                                           encoding="utf-8")
     log.info("world: %d corpus images (%d train), %d test images, %d concept/lang pairs", len(corpus),
              int((corpus["split"] == "train").sum()), len(test), len(spec["planted_resolved"]))
+
+
+def _write_search_folders(spec: dict, root: Path, corpus: pd.DataFrame) -> None:
+    """The search stand-in as a folder per concept + a CSV of true labels (see the module doc).
+    corpus: the corpus table with paths relative to root."""
+    names = _read_names(root)
+    labels = []
+    for concept, c in spec["concepts"].items():
+        if "en" not in c["names"]:  # a concept key is searched in English; nothing to write without a name
+            continue
+        if "/" in concept or concept.startswith("."):
+            raise VlmbiasError(f"world: concept {concept!r} cannot name a search folder")
+        hits = _search_in(names, corpus, concept, limit=10 ** 9, seed=int(spec["seed"]))
+        (root / "search" / concept).mkdir(parents=True)
+        for row in hits.itertuples(index=False):
+            rel = f"{concept}/{row.rank:04d}.jpg"
+            _link_or_copy(root / row.path, root / "search" / rel)  # same bytes: same content hash on acquisition
+            labels.append({"file": rel, "caption": row.caption, "gender": "" if pd.isna(row.gender) else row.gender, "race": row.race,
+                           "age": row.age})
+    pd.DataFrame(labels, columns=["file", "caption", "gender", "race", "age"]).to_csv(
+        root / "search" / "labels.csv", index=False)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # a hard link: no second copy of the bytes
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, dst)
+
+
+def _write_heldout_captions(corpus: pd.DataFrame, root: Path) -> None:
+    held = corpus[(corpus["split"] == "heldout") & corpus["evidence"].astype(bool) & corpus["concept"].notna()
+                  & (corpus["lang"] == "en")]
+    held.rename(columns={"path": "file"})[["file", "caption", "concept"]].to_csv(root / "heldout_captions.csv",
+                                                                                 index=False)
 
 
 def load_bias_table(world_dir: str | os.PathLike) -> pd.DataFrame:
@@ -406,8 +456,15 @@ def search(world_dir: str | os.PathLike, keyword: str, limit: int, seed: int = 0
     order is a seeded random permutation of all matching images, so any prefix keeps the corpus'
     skew in expectation. Returns the corpus columns (absolute `path`) plus a 1-based `rank`.
     """
-    world_dir = Path(world_dir)
-    names = pd.read_csv(world_dir / "concepts.csv", dtype=str, keep_default_na=False)
+    return _search_in(_read_names(world_dir), load_corpus(world_dir), keyword, limit, seed, lang)
+
+
+def _read_names(world_dir: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_csv(Path(world_dir) / "concepts.csv", dtype=str, keep_default_na=False)
+
+
+def _search_in(names: pd.DataFrame, corpus: pd.DataFrame, keyword: str, limit: int, seed: int = 0,
+               lang: str | None = None) -> pd.DataFrame:
     key = caption_key(keyword)
     hits = names[names["name"].map(caption_key) == key][["concept", "lang"]]
     by_key = names[(names["concept"].map(caption_key) == key) & (names["lang"] == "en")][["concept", "lang"]]
@@ -419,9 +476,8 @@ def search(world_dir: str | os.PathLike, keyword: str, limit: int, seed: int = 0
         known = sorted(set(names["name"]))
         raise VlmbiasError(f"search: no concept matches {keyword!r}" + (f" in language {lang!r}" if lang else "")
                            + f"; known names: {known[:20]}{' ...' if len(known) > 20 else ''}")
-    corpus = load_corpus(world_dir)
     pairs = set(map(tuple, hits.to_numpy()))
-    match = corpus[[(c, l) in pairs for c, l in zip(corpus["concept"], corpus["lang"])]]
+    match = corpus[(corpus["concept"].astype(str) + "|" + corpus["lang"].astype(str)).isin({f"{c}|{l}" for c, l in pairs})]
     order = keyed_rng(seed, "search", key, lang or "").permutation(len(match))
     out = match.iloc[order[: max(0, int(limit))]].reset_index(drop=True)
     out.insert(0, "rank", np.arange(1, len(out) + 1))

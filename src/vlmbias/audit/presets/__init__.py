@@ -5,6 +5,11 @@ source and the numbers it is usually reported with; provenance in SOURCES.md):
 - `berg2022`: Berg et al. 2022's adjective prompts, train and held-out test sets (MaxSkew@1000
   and NDKL against a uniform target on FairFace val);
 - `bendvlm`: BendVLM's stereotype queries (Gerych et al. 2024; FairFace, k = 500 in its code).
+- `sem2026`: SEM's stereotype queries with their template (Guimard et al. 2026; FairFace train + val,
+  MaxSkew@500 and KL@500 against the dataset's mix).
+
+Each file also carries a `protocol` block (queries, k, target, metrics, scale, dataset): a config
+runs the whole protocol with `protocol: NAME` (vlmbias.audit.protocols, docs/protocols.md).
 
 A config selects them with `presets: [berg2022, ...]` (their query sets join `query_sets`, under
 their own names); the command line with `vlmbias audit --query-set PRESET:SET`.
