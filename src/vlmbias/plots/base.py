@@ -182,24 +182,19 @@ def _warn_missing(missing: set[str]) -> None:
 
 @functools.lru_cache(maxsize=256)
 def _families_for_chars(chars: frozenset) -> tuple:
-    fonts = _installed_fonts()
-    families = [name for name, _, preferred in fonts if preferred]
-    covered = set()
-    for name, path, preferred in fonts:
-        if preferred:
-            covered |= _charmap(path)
-    missing = {c for c in chars if ord(c) not in covered}
-    if missing:  # search every other installed font for what the preferred ones lack
-        for name, path, preferred in fonts:
-            if preferred:
-                continue
-            cm = _charmap(path)
-            got = {c for c in missing if ord(c) in cm}
-            if got:
-                families.append(name)
-                missing -= got
-                if not missing:
-                    break
+    """The families that cover `chars`: installed fonts in preference order (preferred families, then
+    every other), each kept only where it has a character the families before it lack, the first
+    preferred one (a Latin font) always. Every glyph is drawn by the same font as with the whole list,
+    while matplotlib, which looks every glyph up in every listed family, stops paying seconds per
+    figure for fonts that draw nothing. Returns (families, characters no font has)."""
+    families, missing = [], set(chars)
+    for name, path, preferred in _installed_fonts():
+        if families and not missing:
+            break
+        got = {c for c in missing if ord(c) in _charmap(path)}
+        if got or (preferred and not families):
+            families.append(name)
+            missing -= got
     return tuple(families), frozenset(missing)
 
 
