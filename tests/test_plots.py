@@ -274,6 +274,21 @@ def test_before_after(tmp_path):
         plot_before_after(before, after.drop(columns=["proportion"]), "gender", 20, tmp_path / "x.png")
 
 
+def test_figures_drawn_in_two_processes_equal_those_drawn_in_one(tmp_path):
+    from vlmbias.mitigate.compare import draw_all
+
+    before, after = classes_table(seed=1), classes_table(seed=2)
+    for processes in (1, 2):
+        figures = [(before, after, attr, 20, tmp_path / f"{processes}_{attr}.png", ("before", "lora"))
+                   for attr in ("gender", "race")]
+        draw_all(plot_before_after, figures, processes)
+    for attr in ("gender", "race"):
+        assert (tmp_path / f"1_{attr}.png").read_bytes() == (tmp_path / f"2_{attr}.png").read_bytes()
+    broken = [(before, after.assign(query_id="other"), "gender", 20, tmp_path / "x.png", ("a", "b"))] * 2
+    with pytest.raises(ValueError, match="no query_id in both"):  # a figure that fails in a worker fails the job
+        draw_all(plot_before_after, broken, 2)
+
+
 def test_calibration(tmp_path):
     rng = np.random.default_rng(0)
     planted = np.tile([0.5, 0.6, 0.7, 0.8, 0.9], 2)

@@ -296,7 +296,7 @@ rule compare:
     params:
         methods=method_args,
         k=config.get("mitigation", {}).get("k", 20),
-    threads: 1
+    threads: 2  # the before/after figures are drawn in this many processes
     resources:
         **rule_resources("compare"),
     log:
@@ -305,6 +305,7 @@ rule compare:
         "../../envs/report.yaml"
     shell:
         "{PY} -m vlmbias.mitigate.compare --base {input.base:q} {params.methods:q} --quality {input.quality:q} --k {params.k:q}"
+        " --processes {threads:q}"
         " --split {input.split:q} --out-leaderboard {output.leaderboard:q}"
         " --out-table {output.table:q} --out-summary {output.summary:q} --out-quality {output.quality:q}"
         " --out-figures {output.figures:q} > {log:q} 2>&1"
