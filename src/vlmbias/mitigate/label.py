@@ -533,10 +533,11 @@ def acquired_images(acquired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
         if col not in ok.columns:
             ok[col] = None
     ok["acquire_source"] = ok["source"] if "source" in ok.columns else None
-    ok["concept"] = ok["concept"].fillna(ok["keyword"])
+    # object first: a column with no value at all is read back as float64, which text may not fill
+    ok["concept"] = ok["concept"].astype(object).fillna(ok["keyword"])
     # a web-search or folder image has no caption of its own: it is captioned by the keyword it was
     # found for, the text the fine-tuning objectives pair it with
-    ok["caption"] = ok["caption"].fillna(ok["keyword"])
+    ok["caption"] = ok["caption"].astype(object).fillna(ok["keyword"])
     exists = ok["path"].map(lambda p: isinstance(p, str) and Path(p).is_file())
     gone = ok.loc[~exists, ["image_id", "path"]].assign(reason="image file missing")
     return ok.loc[exists].reset_index(drop=True), gone
