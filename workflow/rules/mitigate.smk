@@ -146,6 +146,8 @@ def reference_inputs(wildcards):
     inputs = {"model": finetune_inputs(wildcards)["model"]}
     if named is None:
         inputs["world"] = vconfig.world_data_dir(config)
+    elif vconfig.uses_world_data(config, named):  # a part of the world's test split
+        inputs["data"] = vconfig.world_data_dir(config)
     return inputs
 
 
