@@ -92,7 +92,7 @@ def check_config(config: dict) -> None:
             continue
         stray = [k for k in PART_ONLY_KEYS if k in spec]
         if stray:
-            raise VlmbiasError(f"datasets.{name}: {', '.join(stray)} belong(s) to a dataset of type part; to split "
+            raise VlmbiasError(f"datasets.{name}: the key(s) {stray} apply only to a dataset of type part; to split "
                                f"{name!r}, add entries {{type: part, of: {name}, part: reference}} and "
                                f"{{type: part, of: {name}, part: evaluation}}")
         if spec.get("world") and "world" not in config:
@@ -330,7 +330,7 @@ def quality_caption_dataset(config: dict) -> str | None:
 PARTS = ("reference", "evaluation")
 PART_FRACTION = 0.5
 PART_KEYS = ("type", "of", "part", "fraction", "seed", "stratify", "max_missing_fraction")
-PART_ONLY_KEYS = ("of", "part", "fraction", "stratify")
+PART_ONLY_KEYS = ("of", "part", "fraction", "seed", "stratify")
 
 
 def parent_name(config: dict, name: str) -> str:
@@ -351,7 +351,7 @@ def dataset_type(config: dict, name: str) -> str:
 
 def check_part(config: dict, name: str) -> None:
     """A `part` entry: `of` names another dataset that is not a part, `part` is reference or evaluation,
-    0 < fraction < 1, and the keys that say where images are belong on the parent."""
+    0 < fraction < 1, and the keys that say where the images are stay on the parent."""
     datasets, spec = config.get("datasets") or {}, config["datasets"][name]
     key = f"datasets.{name}"
     defaults = {k: v["default"] for k, v in yaml.safe_load(SCHEMA.read_text())["$defs"]["dataset"]["properties"].items()

@@ -413,6 +413,10 @@ def part_manifest(spec: dict, max_missing_fraction: float = 0.0):
     whole, whole_dist, listed = build_manifest(parent, parent.get("max_missing_fraction", max_missing_fraction))
     classes = classes_from_distribution(whole_dist)
     stratify = spec.get("stratify")
+    unknown = [a for a in stratify or [] if a not in classes]
+    if unknown:
+        raise VlmbiasError(f"part stratify names {unknown}, which the parent dataset does not label (its "
+                           f"attributes: {list(classes)})")
     resolved = {**spec, "stratify": list(classes) if stratify is None else list(stratify)}
     manifest = keep_part(whole, resolved)
     if manifest.empty:
