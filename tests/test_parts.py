@@ -178,3 +178,35 @@ def test_parts_drawn_alike_pass_and_a_schema_filled_part_entry_is_accepted(tmp_p
     validate(cfg, str(vconfig.SCHEMA))  # what the workflow does: defaults filled into every dataset entry
     assert cfg["datasets"]["faces"]["max_missing_fraction"] == 0.0
     vconfig.validate(cfg)  # parsed again (a cluster job) without complaint
+
+
+def test_parts_of_the_world_dataset_wait_for_the_world_data(tmp_path):
+    """A dry run of the default run with BendVLM fitting on half of the world's test split and the
+    audit on the other half: the world's data folder is an input of both parts' manifests and of the
+    reference step, which also writes out the reference part's manifest."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "config.yaml").read_text())
+    cfg["datasets"].update({"world-ref": {"type": "part", "of": "world", "part": "reference"},
+                            "world-eval": {"type": "part", "of": "world", "part": "evaluation"}})
+    cfg["audit"]["datasets"] = ["world-eval"]
+    cfg["mitigation"]["dataset"] = "world-eval"
+    cfg["mitigation"]["methods"]["bendvlm"]["reference"] = "world-ref"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory",
+                          str(tmp_path), "--cores", "2", "-n"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    jobs = run.stdout.split("\n\n")
+    data = "results/world/world/data"
+    for part in ("world-ref", "world-eval"):
+        job = next(j for j in jobs if f"output: results/world/data/{part}/manifest.parquet" in j)
+        assert f"input: {data}" in job, job
+    ref = next(j for j in jobs if "rule bendvlm_reference:" in j)
+    assert data in ref and "results/world/data/world-ref/manifest.parquet" in ref, ref
