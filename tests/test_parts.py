@@ -170,6 +170,17 @@ def test_a_reference_that_is_the_audited_dataset_is_told_about_parts(tmp_path):
                          "  mitigation: {dataset: all-eval}, and mitigation.methods.bend.reference: all-ref"]
 
 
+def test_the_world_test_split_as_reference_is_told_about_parts():
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    cfg["mitigation"]["methods"]["bendvlm"]["reference"] = "world"  # the audited dataset of the default run
+    with pytest.raises(VlmbiasError, match=r"(?s)is the audited dataset.*world-ref: \{type: part, of: world"):
+        vconfig.validate(cfg)
+
+
 def test_parts_drawn_alike_pass_and_a_schema_filled_part_entry_is_accepted(tmp_path):
     cfg = _config(tmp_path)
     vconfig.validate(cfg)

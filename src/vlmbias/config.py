@@ -452,11 +452,12 @@ def check_data_roles(config: dict) -> None:
             raise VlmbiasError(f"{key} {ds!r} is not a configured dataset (known: {list(datasets)})")
         if kind and datasets[ds]["type"] != kind:
             raise VlmbiasError(f"{key} {ds!r} must be a dataset of type {kind}, not {datasets[ds]['type']}")
-        if datasets[ds].get("world") and datasets[ds]["type"] != "captions":  # the world's caption set may serve
-            raise VlmbiasError(f"{key} {ds!r} is the world's audited test split; name another dataset")
-        if kind is None:  # BendVLM's labelled reference set
+        if kind is None:  # BendVLM's labelled reference set: no image of the audited set
             check_reference_overlap(config, key, ds)
-        elif ds == mit["dataset"]:
+        if datasets[ds].get("world") and datasets[ds]["type"] != "captions":  # the world's caption set may serve
+            raise VlmbiasError(f"{key} {ds!r} is the world's audited test split; name another dataset, or a part "
+                               f"of it (type part, of: {ds}) with the other part audited")
+        if kind is not None and ds == mit["dataset"]:
             raise VlmbiasError(f"{key} {ds!r} is the audited dataset (mitigation.dataset): a method must not fit on "
                                "the images it is judged on; name another caption set")
 
