@@ -1,5 +1,6 @@
-"""End to end without a calibration world: only labelled folders and a caption set, and every
-method that fits on data (BendVLM, SANER, the prompt array) plus quality's caption retrieval."""
+"""End to end without a calibration world: only a labelled folder (split into a reference part and
+an audited part) and a caption set, and every method that fits on data (BendVLM, SANER, the prompt
+array) plus quality's caption retrieval."""
 import os
 import subprocess
 import sys
@@ -26,8 +27,7 @@ def _image(path, value, seed):
 
 
 def _data(root: Path) -> dict:
-    audited = make_fairface_folder(root / "audited", per_cell=2, seed=0)
-    reference = make_fairface_folder(root / "reference", per_cell=2, seed=1)
+    faces = make_fairface_folder(root / "faces", per_cell=4, seed=0)  # 56 images, 28 per gender
     # a caption set: captions naming a gender word and a concept, one labelled image each
     rows = []
     for i, (concept, gender) in enumerate([(c, g) for c in ("doctor", "teacher", "pilot") for g in GENDER_CLASSES] * 2):
@@ -43,7 +43,7 @@ def _data(root: Path) -> dict:
             _image(root / "search" / rel, 100 + 30 * i, i)
             labels.append({"file": rel, "gender": GENDER_CLASSES[i % 2]})
     pd.DataFrame(labels).to_csv(root / "search" / "labels.csv", index=False)
-    return {"audited": audited, "reference": reference}
+    return {"faces": faces}
 
 
 def test_no_world_config_runs_every_fitted_method(tmp_path, tiny_hf):
@@ -52,8 +52,10 @@ def test_no_world_config_runs_every_fitted_method(tmp_path, tiny_hf):
               "attributes": {"gender": GENDER_CLASSES}}
     config = {
         "run_name": "roles",
-        "datasets": {"faces": {**folder, "root": str(paths["audited"])},
-                     "faces-ref": {**folder, "root": str(paths["reference"])},
+        # BendVLM fits on one seeded half of the folder and the audit sees the other half
+        "datasets": {"faces-all": {**folder, "root": str(paths["faces"])},
+                     "faces": {"type": "part", "of": "faces-all", "part": "evaluation"},
+                     "faces-ref": {"type": "part", "of": "faces-all", "part": "reference"},
                      "caps": {"type": "captions", "root": str(tmp_path / "data/captions"), "csv": "captions.csv",
                               "attributes": ["gender"]}},
         "models": {"tiny": {"backend": "hf", "name": str(tiny_hf)}},
@@ -83,9 +85,20 @@ def test_no_world_config_runs_every_fitted_method(tmp_path, tiny_hf):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     mit = tmp_path / "results/roles/mitigation"
     assert not (tmp_path / "results/roles/world").exists()
-    # BendVLM's references are the reference folder's images, not the audited ones
+    # BendVLM's references are the reference part's images (half of each gender), never audited ones
     ref = pd.read_parquet(mit / "reference/bendvlm/reference.parquet")
     assert len(ref) == 28 and list(ref.columns) == ["image_id", "gender"]
+    assert ref["gender"].value_counts().to_dict() == {"Male": 14, "Female": 14}
+    audited = pd.read_parquet(tmp_path / "results/roles/data/faces/manifest.parquet")
+    assert len(audited) == 28 and set(audited["image_id"]).isdisjoint(ref["image_id"])
+    written = pd.read_parquet(tmp_path / "results/roles/data/faces-ref/manifest.parquet")  # the split, written out
+    assert written["image_id"].tolist() == sorted(ref["image_id"])
+    assert sorted([*audited["image_id"], *ref["image_id"]]) == sorted(f"val/{n}.jpg" for n in range(1, 57))
+    log = (tmp_path / "results/roles/logs/dataset_manifest/faces.log").read_text()
+    assert "part evaluation: kept 28 of 56 images" in log
+    for ranking in (tmp_path / "results/roles/retrieval/faces").glob("*/*.parquet"):
+        assert set(pd.read_parquet(ranking)["image_id"]) <= set(audited["image_id"]), ranking
+    assert len(list((tmp_path / "results/roles/retrieval/faces").glob("*/*.parquet"))) >= 4
     # SANER trained on the caption set without the held-out concept's captions
     used = pd.read_csv(mit / "saner/saner/captions.csv")
     assert len(used) == 8 and not used["caption"].str.contains("pilot").any()

@@ -73,7 +73,8 @@ def as_json(obj):
 
 
 def dataset_inputs(wildcards):
-    return [vconfig.world_data_dir(config)] if config["datasets"][wildcards.dataset].get("world") else []
+    # the world's data folder, for a world dataset or a part of one (a part follows its `of`)
+    return [vconfig.world_data_dir(config)] if vconfig.uses_world_data(config, wildcards.dataset) else []
 
 
 def model_inputs(wildcards):

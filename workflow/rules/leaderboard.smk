@@ -48,7 +48,7 @@ rule published_comparison:
     params:
         protocol=config.get("protocol") or "",
         specs=as_json({m: vconfig.model_spec(config, m) for m in SELECTED["models"]}),
-        types=as_json({d: config["datasets"][d]["type"] for d in SELECTED["datasets"]}),
+        types=as_json({d: vconfig.dataset_type(config, d) for d in SELECTED["datasets"]}),
         deviations=",".join(vconfig.protocol_deviations(config)),
         extra=f"--published-values {shlex.quote(config['published_values'])}" if config.get("published_values") else "",
     threads: 1

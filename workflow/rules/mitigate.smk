@@ -146,6 +146,11 @@ def reference_inputs(wildcards):
     inputs = {"model": finetune_inputs(wildcards)["model"]}
     if named is None:
         inputs["world"] = vconfig.world_data_dir(config)
+    else:
+        if vconfig.uses_world_data(config, named):  # a part of the world's test split
+            inputs["data"] = vconfig.world_data_dir(config)
+        if config["datasets"][named]["type"] == "part":  # the split written out beside the audited part's
+            inputs["part"] = f"{RES}/data/{named}/manifest.parquet"
     return inputs
 
 

@@ -15,6 +15,8 @@ Dataset types (config `datasets.<name>.type`):
   person's box (`x,y,width,height` in pixels), applied where images are opened (embedding, grids).
 - `captions`: images with captions (`caption_set`): a CSV of image path + caption (+ optional
   labels), or the COCO captions layout. Used for caption retrieval and caption-trained methods.
+- `part`: a seeded, stratified part (reference or evaluation) of another dataset, whose spec is
+  nested under `of` (vlmbias.audit.parts); a method can fit on one part and be audited on the other.
 
 FairFace's train split reads the same way: `split: train` (`train/` + `fairface_label_train.csv`;
 the hub copy's `train` split).
@@ -322,6 +324,8 @@ def classes_from_distribution(dist: pd.DataFrame) -> dict[str, list[str]]:
 def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
     """Dispatch on the dataset type. Returns (manifest, distribution, missing)."""
     kind = spec.get("type")
+    if kind == "part":
+        return part_manifest(spec, max_missing_fraction)
     if kind == "fairface":
         manifest, missing, classes = fairface_manifest(spec["root"], spec.get("split", "val"))
     elif kind == "fairface-hub":
@@ -361,8 +365,8 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
             raise VlmbiasError(f"caption set {spec['root']} has no label columns ('attributes') to audit by")
     else:
         raise VlmbiasError(f"unknown dataset type {kind!r}; expected fairface, fairface-hub, labelled-folder, "
-                           "captions, utkface, utkface-hub, celeba, facet, socialcounterfactuals or "
-                           "socialcounterfactuals-hub")
+                           "captions, utkface, utkface-hub, celeba, facet, socialcounterfactuals, "
+                           "socialcounterfactuals-hub or part")
     if spec.get("intersections"):
         from vlmbias.audit.intersect import add_intersections
 
@@ -395,9 +399,40 @@ def build_manifest(spec: dict, max_missing_fraction: float = 0.0):
     return manifest, distribution(manifest, classes), listed
 
 
+def part_manifest(spec: dict, max_missing_fraction: float = 0.0):
+    """Dataset type `part`: the parent's manifest (`of`, the parent's own spec), of which the part
+    keeps its share (vlmbias.audit.parts). The parent's missing files are the part's listing too, and
+    the parent's own max_missing_fraction, when it sets one, applies to them."""
+    from vlmbias.audit.parts import keep_part
+
+    parent = spec.get("of")
+    if not isinstance(parent, dict) or not parent.get("type"):
+        raise VlmbiasError("a dataset of type part needs its parent dataset's spec under 'of'")
+    if parent["type"] == "part":
+        raise VlmbiasError("a part's parent ('of') may not be a part itself; split the original dataset")
+    whole, whole_dist, listed = build_manifest(parent, parent.get("max_missing_fraction", max_missing_fraction))
+    classes = classes_from_distribution(whole_dist)
+    stratify = spec.get("stratify")
+    unknown = [a for a in stratify or [] if a not in classes]
+    if unknown:
+        raise VlmbiasError(f"part stratify names {unknown}, which the parent dataset does not label (its "
+                           f"attributes: {list(classes)})")
+    resolved = {**spec, "stratify": list(classes) if stratify is None else list(stratify)}
+    manifest = keep_part(whole, resolved)
+    if manifest.empty:
+        raise VlmbiasError(f"the {spec['part']} part keeps none of the parent's {len(whole)} images "
+                           f"(fraction {spec.get('fraction', 0.5)}); the parent is too small to split")
+    log.info("part %s: kept %d of %d images of the parent (%s, fraction %s of them in the reference part, "
+             "seed %s, stratified by %s)", spec["part"], len(manifest), len(whole), parent["type"],
+             spec.get("fraction", 0.5), spec.get("seed", 0), ", ".join(resolved["stratify"]) or "nothing")
+    return manifest, distribution(manifest, classes), listed
+
+
 def dataset_root(spec: dict, manifest: pd.DataFrame) -> Path:
     """The folder the manifest's paths are stored relative to: the dataset's root, or (hub copy) the
-    folder its images were unpacked to."""
+    folder its images were unpacked to; a part's are its parent's."""
+    if spec.get("type") == "part" and isinstance(spec.get("of"), dict):
+        return dataset_root(spec["of"], manifest)
     if spec.get("type") in ("fairface", "labelled-folder", "captions", "utkface", "celeba", "facet"):
         return Path(spec["root"]).resolve()
     return common_folder(manifest["path"])

@@ -95,6 +95,8 @@ def _differences(config: dict, p: dict) -> dict[str, str]:
     want = p.get("dataset") or {}
     for name in _audited_datasets(config, p.get("kind")):
         spec = (config.get("datasets") or {}).get(name) or {}
+        if spec.get("type") == "part":  # a part's images are its parent's
+            spec = (config.get("datasets") or {}).get(spec.get("of")) or {}
         kind = spec.get("type")
         types = want.get("type")
         types = [types] if isinstance(types, str) else types
