@@ -23,16 +23,14 @@ import numpy as np
 import pandas as pd
 
 from vlmbias import VlmbiasError
-
-PARTS = ("reference", "evaluation")
-DEFAULT_FRACTION = 0.5
+from vlmbias.config import PART_FRACTION, PARTS
 
 
 def _entropy(seed: int) -> int:
     return int(seed) % 2**64  # a negative seed is a valid seed too
 
 
-def reference_mask(manifest: pd.DataFrame, fraction: float = DEFAULT_FRACTION, seed: int = 0,
+def reference_mask(manifest: pd.DataFrame, fraction: float = PART_FRACTION, seed: int = 0,
                    stratify: list[str] | None = None) -> pd.Series:
     """True for the rows of `manifest` (image_id + label columns) in the reference part, False for
     the evaluation part; indexed like `manifest`. `stratify`: the label columns whose combinations
@@ -75,6 +73,6 @@ def keep_part(manifest: pd.DataFrame, spec: dict) -> pd.DataFrame:
     part = spec.get("part")
     if part not in PARTS:
         raise VlmbiasError(f"part {part!r} is not one of {list(PARTS)}")
-    mask = reference_mask(manifest, spec.get("fraction", DEFAULT_FRACTION), spec.get("seed", 0), spec.get("stratify"))
+    mask = reference_mask(manifest, spec.get("fraction", PART_FRACTION), spec.get("seed", 0), spec.get("stratify"))
     kept = manifest[mask if part == "reference" else ~mask]
     return kept.sort_values("image_id", kind="stable").reset_index(drop=True)
