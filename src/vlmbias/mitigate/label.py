@@ -533,8 +533,7 @@ def acquired_images(acquired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
         if col not in ok.columns:
             ok[col] = None
     ok["acquire_source"] = ok["source"] if "source" in ok.columns else None
-    # object first: a column with no value at all is read back as float64, which text may not fill
-    ok["concept"] = ok["concept"].astype(object).fillna(ok["keyword"])
+    ok["concept"] = ok["concept"].astype(object).fillna(ok["keyword"])  # object: an all-empty column reads as float
     # a web-search or folder image has no caption of its own: it is captioned by the keyword it was
     # found for, the text the fine-tuning objectives pair it with
     ok["caption"] = ok["caption"].astype(object).fillna(ok["keyword"])
