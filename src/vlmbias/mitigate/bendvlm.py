@@ -12,12 +12,15 @@ concept and no audited test image is ever seen.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import pandas as pd
 
 from vlmbias import VlmbiasError
 from vlmbias.encoders.bendvlm import REFERENCE_NPY, REFERENCE_TABLE
+
+log = logging.getLogger(__name__)
 
 
 def reference_rows(corpus: pd.DataFrame, concepts: Sequence[str], attributes: Sequence[str]) -> pd.DataFrame:
@@ -30,6 +33,20 @@ def reference_rows(corpus: pd.DataFrame, concepts: Sequence[str], attributes: Se
     if rows.empty:
         raise VlmbiasError(f"BendVLM references: the corpus has no labelled train image of the concepts {list(concepts)}")
     return rows.reset_index(drop=True)
+
+
+def fitting_concept_rows(rows: pd.DataFrame, concepts: Sequence[str] | None, what: str) -> pd.DataFrame:
+    """A fitting set that carries a `concept` column keeps the rows of the fitting `concepts` and the
+    concept-free ones (empty concept); a held-out concept's rows are dropped (and counted in the log).
+    Without a `concept` column, or without `concepts`, the rows are returned as they are."""
+    if concepts is None or "concept" not in rows.columns:
+        return rows
+    concept = rows["concept"].fillna("").astype(str).str.strip()
+    keep = concept.eq("") | concept.isin([str(c) for c in concepts])
+    if not keep.all():
+        log.info("%s: %d of %d rows belong to a concept that is not fitted on (held out) and are left out",
+                 what, int((~keep).sum()), len(rows))
+    return rows[keep].reset_index(drop=True)
 
 
 def dataset_rows(manifest: pd.DataFrame, attributes: Sequence[str], name: str = "the reference set") -> pd.DataFrame:
@@ -74,9 +91,12 @@ def main(argv=None) -> None:
         from vlmbias.audit.data import build_manifest
 
         ref = parse_json_arg(a.reference_json, "--reference-json")
-        rows = dataset_rows(build_manifest(ref, ref.get("max_missing_fraction", 0.0))[0], attributes,
-                            f"reference dataset {ref.get('root', ref.get('type'))}")
-        paths, columns = rows["path"].tolist(), ["image_id", *attributes]
+        name = f"reference dataset {ref.get('root', ref.get('type'))}"
+        manifest = fitting_concept_rows(build_manifest(ref, ref.get("max_missing_fraction", 0.0))[0],
+                                        spec.get("concepts"), f"BendVLM references ({name})")
+        rows = dataset_rows(manifest, attributes, name)
+        paths = rows["path"].tolist()
+        columns = ["image_id", *(["concept"] if "concept" in rows.columns else []), *attributes]
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
     emb, kept, bad = embed_image_files(encoder, paths, progress=False, num_workers=0, max_pixels=a.max_pixels)
     if bad:

@@ -379,7 +379,10 @@ def main(argv=None) -> None:
         from vlmbias.audit.data import caption_set
 
         images, captions, _, _ = caption_set(parse_json_arg(a.captions_json, "--captions-json"))
-        rows = caption_set_rows(images, captions, concepts.get("held_out") or [])
+        from vlmbias.mitigate.bendvlm import fitting_concept_rows
+
+        rows = fitting_concept_rows(caption_set_rows(images, captions, concepts.get("held_out") or []),
+                                    concepts.get("concepts"), "SANER captions")
         columns = [c for c in rows.columns if c != "path"]
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
     unique = rows.drop_duplicates("path")["path"].tolist()  # each image once, however many captions it has
