@@ -323,13 +323,13 @@ def method_inputs(config: dict, method: str, fold: int = 0) -> list[str]:
 
 
 def reference_dataset(config: dict, method: str) -> str | None:
-    """The labelled dataset a `bendvlm` method takes its reference images from (None: the world's corpus)."""
+    """The labelled dataset a `bendvlm` method takes its reference images from (None: not set)."""
     return method_spec(config, method).get("reference")
 
 
 def caption_dataset(config: dict, method: str | None = None) -> str | None:
     """The caption set a `saner` method trains on (its `captions`, else `mitigation.captions`), or,
-    with no method, the one quality measures caption retrieval on. None: the world's corpus."""
+    with no method, the one quality measures caption retrieval on. None: not set."""
     mit = config.get("mitigation") or {}
     own = method_spec(config, method).get("captions") if method else None
     return own or mit.get("captions")
@@ -449,7 +449,7 @@ def check_reference_overlap(config: dict, key: str, ref: str) -> None:
 
 
 def check_data_roles(config: dict) -> None:
-    """A method's fitting data: a named dataset of the right type, never the audited one, else the world."""
+    """A method's fitting data: a named dataset of the right type, never the audited one."""
     mit, datasets = config["mitigation"], config.get("datasets", {})
     named = [("mitigation.captions", mit.get("captions"), "captions"),
              ("mitigation.quality_captions", mit.get("quality_captions"), "captions")]
@@ -460,9 +460,10 @@ def check_data_roles(config: dict) -> None:
             named.append((f"mitigation.methods.{m}.captions", caption_dataset(config, m), "captions"))
     for key, ds, kind in named:
         if ds is None:
-            if key.startswith("mitigation.methods.") and "world" not in config:
+            if key.startswith("mitigation.methods."):
                 raise VlmbiasError(f"{key} is not set: name a dataset to fit on (a labelled set for BendVLM's "
-                                   "references, a caption set for SANER), or add a 'world' block to use its corpus")
+                                   "references, a caption set for SANER; with a calibration world, an entry "
+                                   "with world: reference or world: train-captions)")
             continue
         if ds not in datasets:
             raise VlmbiasError(f"{key} {ds!r} is not a configured dataset (known: {list(datasets)})")
