@@ -63,3 +63,25 @@ def test_thesis_preset_equals_the_thesis_config():
 
     config = yaml.safe_load((REPO / "config" / "thesis.yaml").read_text())
     assert presets.query_sets("thesis") == config["query_sets"]
+
+
+def test_world_entries_name_the_world_file_they_read():
+    from vlmbias.config import dataset_spec
+
+    config = load_config(REPO / "config.yaml")
+    root = "results/world/world/data"
+    assert dataset_spec(config, "world")["root"] == f"{root}/fairface"
+    assert {k: dataset_spec(config, n)[k] for n, k in [("world-heldout", "csv")]} == {"csv": "heldout_captions.csv"}
+    assert (dataset_spec(config, "world-reference")["root"], dataset_spec(config, "world-reference")["csv"]) == \
+        (root, "reference.csv")
+    assert dataset_spec(config, "world-captions")["csv"] == "train_captions.csv"
+    assert config["mitigation"]["methods"]["bendvlm"]["reference"] == "world-reference"
+    assert config["mitigation"]["methods"]["saner"]["captions"] == "world-captions"
+    bad = _default()
+    bad["datasets"]["world-reference"]["world"] = "references"
+    with pytest.raises(VlmbiasError, match=r"datasets.world-reference.world: 'references' is not one of"):
+        validate(bad)
+    bad = _default()
+    bad["datasets"]["world-captions"]["world"] = "reference"
+    with pytest.raises(VlmbiasError, match="world: reference is a dataset of type labelled-folder, not captions"):
+        validate(bad)

@@ -130,3 +130,12 @@ def test_no_import_cycles():
 ])
 def test_layers_import_downwards_only(lower, upper):
     assert offenders(GRAPH, lower, upper) == []
+
+
+def test_audit_and_mitigate_never_read_the_worlds_private_files():
+    """The calibration world feeds the audit and the methods through ordinary dataset entries only."""
+    for package in ("audit", "mitigate"):
+        for path in sorted((SRC / "vlmbias" / package).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            for private in ("corpus.parquet", "concepts.csv"):
+                assert private not in text, f"{path.relative_to(SRC)} names the world's {private}"

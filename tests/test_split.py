@@ -12,7 +12,7 @@ from vlmbias import config as vconfig
 from vlmbias.audit import metrics as m
 from vlmbias.encoders.projection import projection_for
 from vlmbias.mitigate.acquire import resolve_spec
-from vlmbias.mitigate.bendvlm import reference_rows
+from vlmbias.mitigate.bendvlm import fitting_concept_rows
 from vlmbias.mitigate.compare import compare
 from vlmbias.mitigate.split import concept_split, main
 
@@ -113,11 +113,12 @@ def test_fitted_methods_never_see_a_held_out_concept():
     _, items = resolve_spec(vconfig.acquire_spec(config))
     assert {i["concept"] for i in items} & set(held) == set()
     assert {"doctor", "teacher"} <= {i["concept"] for i in items}
-    # BendVLM: references from the fitting concepts' train images only
-    corpus = pd.DataFrame({"concept": ["doctor", "nurse", "doctor", None], "split": ["train", "train", "heldout", "train"],
-                           "path": ["a", "b", "c", "d"], "gender": ["Male", "Female", "Male", "Female"]})
-    rows = reference_rows(corpus, vconfig.fitting_concepts(config), ["gender"])
-    assert rows["path"].tolist() == ["a"]
+    # BendVLM / SANER: a fitting set's concept column keeps the fitting concepts and the concept-free rows
+    ref = pd.DataFrame({"concept": ["doctor", "nurse", "", None], "path": ["a", "b", "c", "d"],
+                        "gender": ["Male", "Female", "Male", "Female"]})
+    rows = fitting_concept_rows(ref, vconfig.fitting_concepts(config), "test")
+    assert rows["path"].tolist() == ["a", "c", "d"]
+    assert fitting_concept_rows(ref.drop(columns="concept"), ["doctor"], "test")["path"].tolist() == list("abcd")
 
 
 def test_acquire_rejects_excluding_everything():
@@ -155,7 +156,7 @@ def test_compare_emits_both_splits_with_intervals():
 
 
 def test_saner_training_captions_are_fitting_concepts_with_their_own_gender():
-    from vlmbias.mitigate.saner import world_captions
+    from vlmbias.world.generate import gendered_captions
 
     corpus = pd.DataFrame({
         "image_id": list("abcdef"), "path": list("abcdef"),
@@ -165,7 +166,7 @@ def test_saner_training_captions_are_fitting_concepts_with_their_own_gender():
         "gender": ["Female", "Female", "Male", "Male", "Male", "Male"]})
     names = pd.DataFrame({"concept": ["doctor", "nurse", "doctor"], "lang": ["en", "en", "zh"],
                           "name": ["a doctor", "a nurse", "医生"]})
-    rows = world_captions(corpus, names, ["doctor"])
+    rows = fitting_concept_rows(gendered_captions(corpus, names), ["doctor"], "test")
     # the train doctor image with its own gender word, and the group caption that names a gender;
     # never the held-out concept (nurse), the heldout split, or a caption naming no gender
     assert rows["caption"].tolist() == ["portrait of a female doctor", "a male person"]

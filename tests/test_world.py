@@ -228,3 +228,40 @@ def test_animal_figure_is_no_person_shape_in_the_race_hue():
         assert np.argmax(a_col) == np.argmax(p_col) and np.argmin(a_col) == np.argmin(p_col)
     with pytest.raises(VlmbiasError, match="figure must be one of"):
         resolve_spec({**SPEC, "concepts": {"x": {"names": {"en": "x"}, "figure": "robot"}}})
+
+
+def test_world_reference_and_train_captions_feed_bendvlm_and_saner_through_the_dataset_readers(world):
+    """The generic readers + the fitting-concept filter give exactly the rows the world's corpus holds for
+    the fitting concepts: the train images of those concepts (BendVLM), and their English train captions
+    with each image's own gender word followed by the group captions that name a gender (SANER)."""
+    from vlmbias.audit.data import build_manifest, caption_set
+    from vlmbias.mitigate.bendvlm import dataset_rows, fitting_concept_rows
+    from vlmbias.mitigate.saner import caption_set_rows, neutralize
+
+    fitting, held_out = ["doctor", "chef"], ["nurse"]
+    corpus = load_corpus(world)
+    train = corpus[corpus["split"] == "train"]
+    # BendVLM: reference.csv, a labelled-folder dataset
+    ref = {"type": "labelled-folder", "root": str(world), "csv": "reference.csv",
+           "attributes": ["gender", "race", "age", "concept"]}
+    for attributes in (["gender"], ["gender", "race", "age"]):
+        rows = dataset_rows(fitting_concept_rows(build_manifest(ref)[0], fitting, "test"), attributes)
+        want = train[train["concept"].isin(fitting)].dropna(subset=attributes)
+        assert [str(p) for p in rows["path"]] == [str(world / p) for p in want["path"]]
+        for a in ["concept", *attributes]:
+            assert rows[a].tolist() == want[a].tolist(), a
+    # SANER: train_captions.csv, a caption set
+    images, captions, missing, _ = caption_set({"type": "captions", "root": str(world), "csv": "train_captions.csv",
+                                                "attributes": ["gender", "race", "age", "concept"]})
+    assert missing.empty
+    rows = fitting_concept_rows(caption_set_rows(images, captions, held_out), fitting, "test")
+    en = train[train["lang"] == "en"]
+    concept_rows = en[en["concept"].isin(fitting) & en["gender"].notna()]
+    names = {"doctor": "a doctor", "chef": "a chef"}
+    want_captions = [c.replace(names[k], f"a {g.lower()} {k}", 1) for c, k, g in
+                     concept_rows[["caption", "concept", "gender"]].values if names[k] in c]
+    groups = en[en["concept"].isna() & en["caption"].map(lambda c: neutralize(c) is not None)]
+    assert len(want_captions) == len(concept_rows) and len(groups) > 0
+    assert rows["caption"].tolist() == want_captions + groups["caption"].tolist()
+    assert [str(p) for p in rows["path"]] == [str(world / p) for p in [*concept_rows["path"], *groups["path"]]]
+    assert rows["gender"].tolist() == [*concept_rows["gender"], *groups["gender"].fillna("")]

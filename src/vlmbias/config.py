@@ -20,6 +20,15 @@ def results_root(config: dict) -> str:
     return f"{config.get('results_dir', 'results')}/{config.get('run_name', 'default')}"
 
 
+# `world: <name>` on a dataset entry: which of the calibration world's files it reads (type, file at the world's root)
+WORLD_FILES: dict[str, tuple[str, str | None]] = {
+    "test": ("fairface", None),                          # fairface/: the balanced test split
+    "reference": ("labelled-folder", "reference.csv"),   # train-split concept images with their labels
+    "train-captions": ("captions", "train_captions.csv"),  # train-split captions that name a gender
+    "heldout-captions": ("captions", "heldout_captions.csv"),  # held-out concepts' evidence captions
+}
+
+
 def world_data_dir(config: dict) -> str:
     return f"{results_root(config)}/world/data"
 
@@ -97,10 +106,17 @@ def check_config(config: dict) -> None:
                                f"{{type: part, of: {name}, part: evaluation}}")
         if spec.get("world") and "world" not in config:
             raise VlmbiasError(f"dataset {name!r} uses the calibration world, but the config has no 'world' block")
+        world = spec.get("world", False)
+        if world not in (True, False) and world not in WORLD_FILES:
+            raise VlmbiasError(f"datasets.{name}.world: unknown value {world!r}; expected true, false or one of "
+                               f"{list(WORLD_FILES)}")
+        if isinstance(world, str) and spec["type"] != WORLD_FILES[world][0]:
+            raise VlmbiasError(f"datasets.{name}: world: {world} is a dataset of type {WORLD_FILES[world][0]}, "
+                               f"not {spec['type']}")
         on_disk = ("fairface", "labelled-folder", "captions", "utkface", "celeba", "facet", "socialcounterfactuals")
         if not spec.get("world") and spec["type"] in on_disk and not spec.get("root"):
             raise VlmbiasError(f"dataset {name!r} (type {spec['type']}) needs a 'root' folder")
-        if spec["type"] == "labelled-folder" and not spec.get("csv"):
+        if spec["type"] == "labelled-folder" and not spec.get("csv") and not spec.get("world"):
             raise VlmbiasError(f"dataset {name!r} (labelled-folder) needs a 'csv' label file")
         if spec["type"] == "captions" and spec.get("layout", "csv") == "csv" and not spec.get("csv") \
                 and not spec.get("world"):
@@ -108,7 +124,7 @@ def check_config(config: dict) -> None:
     cal = config.get("calibration")
     if cal:
         ds = config.get("datasets", {}).get(cal["dataset"])
-        if not ds or not ds.get("world"):
+        if not ds or ds.get("world") not in (True, "test"):
             raise VlmbiasError(f"calibration.dataset {cal['dataset']!r} must name a dataset with 'world: true'")
         unknown = [q for q in cal["query_sets"] if q not in config.get("query_sets", {})]
         if unknown:
@@ -307,13 +323,13 @@ def method_inputs(config: dict, method: str, fold: int = 0) -> list[str]:
 
 
 def reference_dataset(config: dict, method: str) -> str | None:
-    """The labelled dataset a `bendvlm` method takes its reference images from (None: the world's corpus)."""
+    """The labelled dataset a `bendvlm` method takes its reference images from (None: not set)."""
     return method_spec(config, method).get("reference")
 
 
 def caption_dataset(config: dict, method: str | None = None) -> str | None:
     """The caption set a `saner` method trains on (its `captions`, else `mitigation.captions`), or,
-    with no method, the one quality measures caption retrieval on. None: the world's corpus."""
+    with no method, the one quality measures caption retrieval on. None: not set."""
     mit = config.get("mitigation") or {}
     own = method_spec(config, method).get("captions") if method else None
     return own or mit.get("captions")
@@ -433,7 +449,7 @@ def check_reference_overlap(config: dict, key: str, ref: str) -> None:
 
 
 def check_data_roles(config: dict) -> None:
-    """A method's fitting data: a named dataset of the right type, never the audited one, else the world."""
+    """A method's fitting data: a named dataset of the right type, never the audited one."""
     mit, datasets = config["mitigation"], config.get("datasets", {})
     named = [("mitigation.captions", mit.get("captions"), "captions"),
              ("mitigation.quality_captions", mit.get("quality_captions"), "captions")]
@@ -444,9 +460,10 @@ def check_data_roles(config: dict) -> None:
             named.append((f"mitigation.methods.{m}.captions", caption_dataset(config, m), "captions"))
     for key, ds, kind in named:
         if ds is None:
-            if key.startswith("mitigation.methods.") and "world" not in config:
+            if key.startswith("mitigation.methods."):
                 raise VlmbiasError(f"{key} is not set: name a dataset to fit on (a labelled set for BendVLM's "
-                                   "references, a caption set for SANER), or add a 'world' block to use its corpus")
+                                   "references, a caption set for SANER; with a calibration world, an entry "
+                                   "with world: reference or world: train-captions)")
             continue
         if ds not in datasets:
             raise VlmbiasError(f"{key} {ds!r} is not a configured dataset (known: {list(datasets)})")
@@ -454,7 +471,7 @@ def check_data_roles(config: dict) -> None:
             raise VlmbiasError(f"{key} {ds!r} must be a dataset of type {kind}, not {datasets[ds]['type']}")
         if kind is None:  # BendVLM's labelled reference set: no image of the audited set
             check_reference_overlap(config, key, ds)
-        if datasets[ds].get("world") and datasets[ds]["type"] != "captions":  # the world's caption set may serve
+        if datasets[ds].get("world") in (True, "test") and datasets[ds]["type"] != "captions":  # its test split
             raise VlmbiasError(f"{key} {ds!r} is the world's audited test split; name another dataset, or a part "
                                f"of it (type part, of: {ds}) with the other part audited")
         if kind is not None and ds == mit["dataset"]:
@@ -646,11 +663,16 @@ def dataset_spec(config: dict, name: str) -> dict:
         spec.setdefault("fraction", PART_FRACTION)
         spec.setdefault("seed", config.get("seed", 0))
         return spec
-    if spec.pop("world", False):
-        if spec["type"] == "captions":
-            spec.update(root=world_data_dir(config), csv="heldout_captions.csv")
-        else:
+    world = spec.pop("world", False)
+    if world:
+        if world is True:  # the test split, or for type captions the held-out caption set
+            world = "heldout-captions" if spec["type"] == "captions" else "test"
+        if world == "test":
             spec["root"] = f"{world_data_dir(config)}/fairface"
+        else:
+            spec.update(root=world_data_dir(config), csv=WORLD_FILES[world][1])
+            if world == "train-captions":
+                spec.setdefault("attributes", ["gender", "race", "age", "concept"])
     return spec
 
 

@@ -140,17 +140,14 @@ rule finetune:
 
 
 def reference_inputs(wildcards):
-    # a named dataset is read where it lies (its spec goes in as JSON); the world's corpus is a rule output
+    # a named dataset is read where it lies (its spec goes in as JSON); the world's files are a rule output
     named = (vconfig.reference_dataset(config, wildcards.method) if method_kind(wildcards) == "bendvlm"
              else vconfig.caption_dataset(config, wildcards.method))
     inputs = {"model": finetune_inputs(wildcards)["model"]}
-    if named is None:
-        inputs["world"] = vconfig.world_data_dir(config)
-    else:
-        if vconfig.uses_world_data(config, named):  # a part of the world's test split
-            inputs["data"] = vconfig.world_data_dir(config)
-        if config["datasets"][named]["type"] == "part":  # the split written out beside the audited part's
-            inputs["part"] = f"{RES}/data/{named}/manifest.parquet"
+    if vconfig.uses_world_data(config, named):  # one of the world's files (or a part of its test split)
+        inputs["data"] = vconfig.world_data_dir(config)
+    if config["datasets"][named]["type"] == "part":  # the split written out beside the audited part's
+        inputs["part"] = f"{RES}/data/{named}/manifest.parquet"
     return inputs
 
 
@@ -159,9 +156,7 @@ def method_kind(wildcards):
 
 
 def fitting_source(wildcards, input):
-    """--world <folder>, or the named dataset's spec: --reference-json (bendvlm) / --captions-json (saner)."""
-    if "world" in input.keys():
-        return ["--world", input.world]
+    """The named dataset's spec: --reference-json (bendvlm) / --captions-json (saner)."""
     if method_kind(wildcards) == "bendvlm":
         return ["--reference-json", as_json(vconfig.dataset_spec(config, vconfig.reference_dataset(config, wildcards.method)))]
     return ["--captions-json", as_json(vconfig.dataset_spec(config, vconfig.caption_dataset(config, wildcards.method)))]

@@ -296,33 +296,11 @@ def train_saner_from_captions(encoder, captions: Sequence[str], image_embeddings
 
 
 # --------------------------------------------------------------------------- the workflow's training set
-# Rule `saner_train` (mitigate.smk). The calibration world's concept captions never name a gender
-# ("portrait of a doctor"), and SANER learns only from captions that do; so, like the paper's
-# COCO captions that say "a man cooking" of a picture of a man, each English train-split image of a
-# FITTING concept gets its caption with its own (known) gender word ("portrait of a female
-# doctor"), plus the world's concept-free group captions that name a gender ("a male person").
-# No held-out concept and no audited test image is used. A caption set (dataset type captions)
-# is used as it is: its captions that name an attribute word train the layer, captions that name a
-# held-out concept are left out (`caption_set_rows`).
-
-def world_captions(corpus: pd.DataFrame, names: pd.DataFrame, concepts: Sequence[str],
-                   words: dict | None = None) -> pd.DataFrame:
-    """The training rows (corpus columns; `caption` rewritten as above). names: concepts.csv."""
-    words = words or {"Male": "male", "Female": "female"}
-    train = corpus[(corpus["split"] == "train") & (corpus["lang"] == "en")]
-    en = names[names["lang"] == "en"].set_index("concept")["name"].to_dict()
-    rows = []
-    for r in train[train["concept"].isin(list(concepts))].itertuples():
-        word, name = words.get(r.gender), en.get(r.concept)
-        if word is None or not name or name not in r.caption:
-            continue
-        rows.append({**r._asdict(), "caption": r.caption.replace(name, f"a {word} {r.concept}", 1)})
-    groups = train[train["concept"].isna()]
-    out = pd.concat([pd.DataFrame(rows), groups[groups["caption"].map(lambda c: neutralize(c) is not None)]],
-                    ignore_index=True)
-    if out.empty:
-        raise VlmbiasError(f"SANER: no English train caption of the concepts {list(concepts)} to train on")
-    return out.drop(columns=["Index"], errors="ignore")
+# Rule `saner_train` (mitigate.smk): a caption set (dataset type captions) is used as it is: its
+# captions that name an attribute word train the layer, captions that name a held-out concept are
+# left out (`caption_set_rows`), and a set with a `concept` column gives only its rows of the
+# fitting concepts and of no concept. The calibration world's own set is `train_captions.csv`
+# (vlmbias.world.generate.gendered_captions).
 
 
 def mentions(caption: str, concepts: Sequence[str]) -> bool:
@@ -353,13 +331,11 @@ def main(argv=None) -> None:
     from vlmbias.io import parse_json_arg, read_table, run_cli  # noqa: F401
 
     p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.saner",
-                                description="Train a SANER layer on a caption set or the world's fitting-concept captions.")
+                                description="Train a SANER layer on a caption set.")
     p.add_argument("--model-json", required=True, help="the base model's config block as JSON")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--captions-json", help="a caption set's config block as JSON (dataset type captions)")
-    source.add_argument("--world", help="the calibration world's data folder")
+    p.add_argument("--captions-json", required=True, help="a caption set's config block as JSON (dataset type captions)")
     p.add_argument("--concepts-json", required=True,
-                   help='{"concepts": [fitting concepts; world], "held_out": [held-out concepts; caption set]}')
+                   help='{"concepts": [fitting concepts; a concept column keeps them], "held_out": [held-out concepts]}')
     p.add_argument("--spec-json", required=True, help="SANER spec (DEFAULTS keys)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -369,18 +345,13 @@ def main(argv=None) -> None:
     spec = parse_json_arg(a.spec_json, "--spec-json")
     resolve_spec(spec)  # a bad spec fails before anything is embedded
     concepts = parse_json_arg(a.concepts_json, "--concepts-json")
-    if a.world:
-        world = Path(a.world)
-        rows = world_captions(read_table(str(world / "corpus.parquet")), read_table(str(world / "concepts.csv")),
-                              concepts["concepts"])
-        rows["path"] = [str(world / x) for x in rows["path"]]
-        columns = ["image_id", "concept", "gender", "caption"]
-    else:
-        from vlmbias.audit.data import caption_set
+    from vlmbias.audit.data import caption_set
+    from vlmbias.mitigate.bendvlm import fitting_concept_rows
 
-        images, captions, _, _ = caption_set(parse_json_arg(a.captions_json, "--captions-json"))
-        rows = caption_set_rows(images, captions, concepts.get("held_out") or [])
-        columns = [c for c in rows.columns if c != "path"]
+    images, captions, _, _ = caption_set(parse_json_arg(a.captions_json, "--captions-json"))
+    rows = fitting_concept_rows(caption_set_rows(images, captions, concepts.get("held_out") or []),
+                                concepts.get("concepts"), "SANER captions")
+    columns = [c for c in rows.columns if c != "path"]
     encoder = load_encoder(parse_json_arg(a.model_json, "--model-json"), a.device)
     unique = rows.drop_duplicates("path")["path"].tolist()  # each image once, however many captions it has
     emb, kept, bad = embed_image_files(encoder, unique, progress=False, num_workers=0, max_pixels=a.max_pixels)

@@ -45,6 +45,15 @@ doors as a user's folder (no stage reads the world-only files above):
     heldout_captions.csv           file (relative to the world), caption, concept: the held-out,
                                    evidence-bearing, English concept captions (one per image), a
                                    caption set (type captions, layout csv) for quality's retrieval
+    reference.csv                  file (relative to the world), concept, gender, race, age: every
+                                   train-split corpus image of a concept (every language) with its
+                                   labels (an animal's gender empty), in corpus order; a
+                                   labelled-folder dataset (BendVLM's labelled reference images)
+    train_captions.csv             file, caption, concept, gender, race, age: the world's captions that
+                                   name a gender (`gendered_captions`): each English train-split
+                                   concept image's caption with its own gender word ("portrait of a
+                                   female doctor"), then the concept-free group captions that name a
+                                   gender; a caption set (type captions, layout csv) for SANER
 """
 from __future__ import annotations
 
@@ -386,6 +395,8 @@ def _write_world(spec: dict, root: Path) -> None:
     signatures_table().to_csv(root / "signatures.csv", index=False)
     _write_search_folders(spec, root, corpus)
     _write_heldout_captions(corpus, root)
+    _write_reference(corpus, root)
+    _write_train_captions(corpus, concepts_table(spec), root)
     (root / "world_spec.json").write_text(json.dumps(spec, indent=1, ensure_ascii=False, sort_keys=True) + "\n",
                                           encoding="utf-8")
     log.info("world: %d corpus images (%d train), %d test images, %d concept/lang pairs", len(corpus),
@@ -425,6 +436,43 @@ def _write_heldout_captions(corpus: pd.DataFrame, root: Path) -> None:
                   & (corpus["lang"] == "en")]
     held.rename(columns={"path": "file"})[["file", "caption", "concept"]].to_csv(root / "heldout_captions.csv",
                                                                                  index=False)
+
+
+def _write_reference(corpus: pd.DataFrame, root: Path) -> None:
+    """reference.csv: the train split's concept images with their labels, in corpus order (a labelled-folder
+    dataset). The concept-free group and filler images are not reference images."""
+    train = corpus[(corpus["split"] == "train") & corpus["concept"].notna()].rename(columns={"path": "file"})
+    train[["file", "concept", *ATTRIBUTES]].to_csv(root / "reference.csv", index=False)
+
+
+def gendered_captions(corpus: pd.DataFrame, names: pd.DataFrame, words: dict | None = None) -> pd.DataFrame:
+    """The world's captions that name a gender (corpus columns, train split, English), for every concept.
+
+    A concept caption never names a gender ("portrait of a doctor"); like COCO's "a man cooking" of a
+    picture of a man, each English train-split concept image gets its caption with its own gender word
+    ("portrait of a female doctor"), in corpus order; then the concept-free group captions that already
+    name a gender ("a male person"), in corpus order. names: concepts.csv."""
+    from vlmbias.mitigate.saner import neutralize
+
+    words = words or {"Male": "male", "Female": "female"}
+    train = corpus[(corpus["split"] == "train") & (corpus["lang"] == "en")]
+    en = names[names["lang"] == "en"].set_index("concept")["name"].to_dict()
+    rows = []
+    for r in train[train["concept"].notna()].itertuples():
+        word, name = words.get(r.gender), en.get(r.concept)
+        if word is None or not name or name not in r.caption:
+            continue
+        rows.append({**r._asdict(), "caption": r.caption.replace(name, f"a {word} {r.concept}", 1)})
+    groups = train[train["concept"].isna()]
+    out = pd.concat([pd.DataFrame(rows, columns=["Index", *corpus.columns]),
+                     groups[groups["caption"].map(lambda c: neutralize(c) is not None)]], ignore_index=True)
+    return out.drop(columns=["Index"], errors="ignore")
+
+
+def _write_train_captions(corpus: pd.DataFrame, names: pd.DataFrame, root: Path) -> None:
+    """train_captions.csv: `gendered_captions` as a caption set (type captions, layout csv)."""
+    rows = gendered_captions(corpus, names).rename(columns={"path": "file"})
+    rows[["file", "caption", "concept", *ATTRIBUTES]].to_csv(root / "train_captions.csv", index=False)
 
 
 def load_bias_table(world_dir: str | os.PathLike) -> pd.DataFrame:
