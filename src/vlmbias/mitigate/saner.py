@@ -299,8 +299,8 @@ def train_saner_from_captions(encoder, captions: Sequence[str], image_embeddings
 # Rule `saner_train` (mitigate.smk): a caption set (dataset type captions) is used as it is: its
 # captions that name an attribute word train the layer, captions that name a held-out concept are
 # left out (`caption_set_rows`), and a set with a `concept` column gives only its rows of the
-# fitting concepts and of no concept. The calibration world's own set is `train_captions.csv`
-# (vlmbias.world.generate.gendered_captions).
+# fitting concepts and of no concept. The calibration world's own set is its `train_captions.csv`
+# (docs/calibration-world.md).
 
 
 def mentions(caption: str, concepts: Sequence[str]) -> bool:
