@@ -171,3 +171,47 @@ def test_dry_run_plans_one_fit_per_fold_per_fitted_method(tmp_path):
     fitted = [m for m in config["mitigation"]["methods"] if config["mitigation"]["methods"][m]["kind"] != "prompt"]
     extra = 2 * len(fitted) * len(config["mitigation"]["query_sets"])
     assert three["embed_queries"] == one["embed_queries"] + extra and three["metrics"] == one["metrics"] + extra
+
+
+def _jobs(workdir: Path) -> list[str]:
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+                          "--cores", "2", "-n"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return re.split(r"\n(?=\[.*\d{4}\]\n(?:local)?(?:rule|checkpoint) )", run.stdout)
+
+
+def test_dry_run_with_parts_audits_each_folds_evaluation_part_and_fits_on_its_reference_part(tmp_path):
+    """The default run with BendVLM fitting on one part of the world's test split and the audit on the
+    other, over 2 folds: fold 1 reads both parts drawn with seed + 1, the base model included."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))
+    config["datasets"].update({"world-ref": {"type": "part", "of": "world", "part": "reference"},
+                               "world-eval": {"type": "part", "of": "world", "part": "evaluation"}})
+    config["audit"]["datasets"] = ["world-eval"]
+    config["mitigation"].update(dataset="world-eval")
+    config["mitigation"]["methods"]["bendvlm"]["reference"] = "world-ref"
+    config["mitigation"]["split"]["folds"] = 2
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    jobs = _jobs(tmp_path)
+    res = "results/world"
+    made = lambda rule, path: [j for j in jobs if f"{rule}:" in j and re.search(f"output: [^\n]*{re.escape(path)}", j)]
+    for part in ("world-eval", "world-eval~fold1", "world-ref", "world-ref~fold1"):  # one manifest per part per fold
+        assert len(made("checkpoint dataset_manifest", f"{res}/data/{part}/manifest.parquet")) == 1, part
+    assert not made("checkpoint dataset_manifest", "~fold2") and not made("checkpoint dataset_manifest", "world-ref~fold0")
+    # the base model is audited once per fold, each time on that fold's evaluation part
+    for fold, part in enumerate(("world-eval", "world-eval~fold1")):
+        for qset in config["mitigation"]["query_sets"]:
+            assert len(made("rule metrics", f"{res}/metrics/{part}/world-clip/{qset}_summary.csv")) == 1
+        compare = made("rule compare", f"{res}/mitigation/folds/{fold}/comparison.csv")
+        assert len(compare) == 1 and f"{res}/metrics/{part}/world-clip/world_gender_summary.csv" in compare[0]
+        other = "world-eval~fold1" if fold == 0 else "world-eval/"
+        assert f"metrics/{other}" not in compare[0]  # base and methods compared on the same images
+        quality = made("rule quality", f"{res}/mitigation/folds/{fold}/quality/world-clip.csv")
+        assert len(quality) == 1 and f"{res}/data/{part}/manifest.parquet" in quality[0]
+    # one BendVLM reference per fold, fitted on that fold's reference part
+    refs = [j for j in jobs if "rule bendvlm_reference:" in j]
+    assert len(refs) == 2
+    for fold, part in enumerate(("world-ref", "world-ref~fold1")):
+        ref = made("rule bendvlm_reference", f"{res}/mitigation/folds/{fold}/reference/bendvlm")
+        assert len(ref) == 1 and f"{res}/data/{part}/manifest.parquet" in ref[0]
+    assert len([j for j in jobs if "rule compare_folds:" in j]) == 1

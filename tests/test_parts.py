@@ -221,3 +221,80 @@ def test_parts_of_the_world_dataset_wait_for_the_world_data(tmp_path):
         assert f"input: {data}" in job, job
     ref = next(j for j in jobs if "rule bendvlm_reference:" in j)
     assert data in ref and "results/world/data/world-ref/manifest.parquet" in ref, ref
+
+
+# ------------------------------------------------------------------ parts redrawn per fold (mitigation.split.images)
+
+def _fold_config(root, folds=3, **split):
+    cfg = _config(root)
+    cfg["mitigation"]["split"] = {"held_out_fraction": 0.4, "seed": 0, "folds": folds, **split}
+    return cfg
+
+
+def test_each_fold_redraws_both_parts_disjoint_and_covering_and_fold_zero_is_the_single_split(fairface_dir):
+    single, cfg = _config(fairface_dir), _fold_config(fairface_dir)
+    vconfig.validate(single)
+    vconfig.validate(cfg)
+    assert [vconfig.mitigation_dataset(cfg, f) for f in range(3)] == ["faces", "faces~fold1", "faces~fold2"]
+    assert [vconfig.fold_dataset(cfg, "faces-ref", f) for f in range(3)] == ["faces-ref", "faces-ref~fold1",
+                                                                            "faces-ref~fold2"]
+    assert vconfig.fold_dataset(cfg, "all", 2) == "all"  # not a part: the same images in every fold
+    assert vconfig.mitigation_dataset(single, 0) == "faces" and not vconfig.image_folds(single)
+    whole = build_manifest(vconfig.dataset_spec(cfg, "all"))[0]["image_id"].tolist()
+    evaluated = []
+    for f in range(3):
+        ref_spec = vconfig.dataset_spec(cfg, vconfig.fold_dataset(cfg, "faces-ref", f))
+        ev_spec = vconfig.dataset_spec(cfg, vconfig.mitigation_dataset(cfg, f))
+        assert ref_spec == {**vconfig.dataset_spec(cfg, "faces-ref"), "seed": 3 + f}  # the part's seed plus the fold
+        ref, ev = build_manifest(ref_spec)[0], build_manifest(ev_spec)[0]
+        assert set(ref["image_id"]).isdisjoint(ev["image_id"]) and len(ref) == len(ev) == 21
+        assert sorted([*ref["image_id"], *ev["image_id"]]) == whole
+        assert ev.groupby(["gender", "race"]).size().isin([1, 2]).all()  # each fold's draw is stratified
+        evaluated.append(frozenset(ev["image_id"]))
+    assert evaluated[0] == frozenset(build_manifest(vconfig.dataset_spec(single, "faces"))[0]["image_id"])
+    assert len(set(evaluated)) == 3  # every fold audits other images
+    assert vconfig.uses_world_data(cfg, "faces~fold1") is False and vconfig.dataset_type(cfg, "faces~fold1") == "fairface"
+
+
+def test_images_false_keeps_one_image_split_for_every_fold(tmp_path):
+    cfg = _fold_config(tmp_path, images=False)
+    vconfig.validate(cfg)
+    assert vconfig.n_folds(cfg) == 3 and not vconfig.image_folds(cfg)
+    assert {vconfig.mitigation_dataset(cfg, f) for f in range(3)} == {"faces"}
+    assert {vconfig.fold_dataset(cfg, "faces-ref", f) for f in range(3)} == {"faces-ref"}
+    assert vconfig.held_out_concepts(cfg, 0) != vconfig.held_out_concepts(cfg, 1) or \
+        vconfig.held_out_concepts(cfg, 1) != vconfig.held_out_concepts(cfg, 2)  # the concepts still vary
+
+
+def test_a_reference_part_of_another_dataset_is_redrawn_while_the_audited_dataset_stays(tmp_path):
+    cfg = _fold_config(tmp_path, folds=2)
+    cfg["datasets"]["other"] = {"type": "fairface", "root": str(tmp_path)}
+    cfg["mitigation"]["dataset"] = "other"
+    vconfig.validate(cfg)
+    assert vconfig.mitigation_parts(cfg) == ["faces-ref"]
+    assert vconfig.mitigation_dataset(cfg, 1) == "other" and vconfig.fold_dataset(cfg, "faces-ref", 1) == "faces-ref~fold1"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["mitigation"]["split"].update(images="yes"), r"at mitigation\.split"),
+    # nothing to redraw: the audited dataset and the reference are whole datasets
+    (lambda c: (c["datasets"].update(other={"type": "fairface", "root": "x"}),
+                c["mitigation"].update(dataset="other"), c["mitigation"]["methods"]["bend"].update(reference="all")),
+     r"mitigation\.split\.images: true redraws .* neither mitigation\.dataset nor any BendVLM reference is a "
+     r"dataset of type part"),
+])
+def test_image_fold_config_errors(edit, message, tmp_path):
+    cfg = _fold_config(tmp_path, images=True)
+    edit(cfg)
+    with pytest.raises(VlmbiasError, match=message):
+        vconfig.validate(cfg)
+
+
+def test_a_fold_name_resolves_only_for_a_part_and_an_existing_fold(tmp_path):
+    cfg = _fold_config(tmp_path)
+    vconfig.validate(cfg)
+    for name in ("all~fold1", "faces~fold3"):
+        with pytest.raises(VlmbiasError, match=f"dataset '{name}': only a dataset of type part has folds"):
+            vconfig.dataset_spec(cfg, name)
+    with pytest.raises(VlmbiasError, match=r"expected <dataset>~fold<number>"):
+        vconfig.dataset_fold("faces~foldx")

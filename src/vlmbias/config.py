@@ -149,6 +149,7 @@ def check_config(config: dict) -> None:
                 raise VlmbiasError(f"mitigation.{key} reads the calibration world's search stand-in (world: true), "
                                    "but the config has no 'world' block")
         check_data_roles(config)
+        check_image_folds(config)
     for exp, spec in (config.get("experiments") or {}).items():
         models = spec.get("models") or [spec.get("model")]
         known = [*config.get("models", {}), *variant_names(config)]
@@ -343,14 +344,75 @@ def quality_caption_dataset(config: dict) -> str | None:
 
 
 # ---------------------------------------------------------------- parts of a dataset (type part)
+# With repeated splits a part that mitigation uses is redrawn per fold (mitigation.split.images): fold
+# f > 0 reads the dataset "<part>~fold<f>", the part with its seed plus f, so that each fold fits on
+# and audits other images; fold 0 keeps the part's own name and seed.
 PARTS = ("reference", "evaluation")
 PART_FRACTION = 0.5
 PART_KEYS = ("type", "of", "part", "fraction", "seed", "stratify", "max_missing_fraction")
 PART_ONLY_KEYS = ("of", "part", "fraction", "seed", "stratify")
 
 
+def dataset_fold(name: str) -> tuple[str, int]:
+    """`<dataset>~fold<f>` -> (dataset, f); a name without a fold tag is fold 0."""
+    base, tag, fold = name.partition(FOLD_TAG)
+    if tag and not fold.isdigit():
+        raise VlmbiasError(f"dataset {name!r}: expected <dataset>{FOLD_TAG}<number>")
+    return base, int(fold) if tag else 0
+
+
+def dataset_entry(config: dict, name: str) -> dict:
+    """A dataset's config entry; a fold's part (`<part>~fold<f>`) is its part's entry."""
+    return config["datasets"][dataset_fold(name)[0]]
+
+
+def mitigation_parts(config: dict) -> list[str]:
+    """The part datasets mitigation uses: the audited one (mitigation.dataset) and BendVLM references."""
+    mit = config.get("mitigation") or {}
+    names = [mit.get("dataset")] + [reference_dataset(config, m) for m, v in (mit.get("methods") or {}).items()
+                                    if v.get("kind") == "bendvlm"]
+    datasets = config.get("datasets") or {}
+    return [n for n in dict.fromkeys(names) if n in datasets and datasets[n].get("type") == "part"]
+
+
+def image_folds(config: dict) -> bool:
+    """Whether each fold redraws the parts mitigation uses (mitigation.split.images, default true; only
+    with folds above 1 and a part in use)."""
+    if n_folds(config) == 1 or not mitigation_parts(config):
+        return False
+    return bool(split_spec(config).get("images", True))
+
+
+def fold_dataset(config: dict, name: str | None, fold: int | str = 0) -> str | None:
+    """The dataset that stands for `name` in fold `fold`: `<name>~fold<f>` for a part mitigation
+    redraws per fold (fold > 0), else `name` itself."""
+    fold = int(fold)
+    if name is None or not fold or not image_folds(config) or name not in mitigation_parts(config):
+        return name
+    return f"{name}{FOLD_TAG}{fold}"
+
+
+def mitigation_dataset(config: dict, fold: int | str = 0) -> str:
+    """The dataset the mitigation comparison audits in fold `fold` (mitigation.dataset, or its fold's part)."""
+    return fold_dataset(config, config["mitigation"]["dataset"], fold)
+
+
+def check_image_folds(config: dict) -> None:
+    """mitigation.split.images: a boolean, and `true` only where a part can be redrawn."""
+    images = split_spec(config).get("images")
+    if images is None:
+        return
+    if not isinstance(images, bool):
+        raise VlmbiasError(f"mitigation.split.images must be true or false, got {images!r}")
+    if images and not mitigation_parts(config):
+        raise VlmbiasError("mitigation.split.images: true redraws the part datasets mitigation uses in every fold, "
+                           "but neither mitigation.dataset nor any BendVLM reference is a dataset of type part; "
+                           "remove images, or split the dataset into parts (docs/data-roles.md)")
+
+
 def parent_name(config: dict, name: str) -> str:
     """The dataset whose images a dataset holds: a part's parent (`of`), else the dataset itself."""
+    name = dataset_fold(name)[0]
     spec = config["datasets"][name]
     return spec["of"] if spec.get("type") == "part" and spec.get("of") in config["datasets"] else name
 
@@ -654,7 +716,16 @@ def protocol_deviations(config: dict) -> list[str]:
 def dataset_spec(config: dict, name: str) -> dict:
     """A dataset's spec; `world: true` resolves to the world's test split (FairFace layout) or, for
     type captions, its held-out caption set (world.generate: heldout_captions.csv). A `part` holds its
-    parent's resolved spec under `of`, with its fraction and seed filled in."""
+    parent's resolved spec under `of`, with its fraction and seed filled in; `<part>~fold<f>` is that
+    part with seed + f (fold_dataset)."""
+    base, fold = dataset_fold(name)
+    if fold:  # a part redrawn in a later fold (mitigation.split.images): its seed plus the fold
+        if base not in config["datasets"] or config["datasets"][base]["type"] != "part" or fold >= n_folds(config):
+            raise VlmbiasError(f"dataset {name!r}: only a dataset of type part has folds, 1 to "
+                               "mitigation.split.folds - 1")
+        spec = dataset_spec(config, base)
+        spec["seed"] = spec["seed"] + fold
+        return spec
     spec = dict(config["datasets"][name])
     if spec["type"] == "part":  # the parent resolved as usual (world: true etc.), nested under `of`
         if config["datasets"].get(spec["of"], {}).get("type") == "part":

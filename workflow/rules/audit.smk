@@ -12,7 +12,7 @@ checkpoint dataset_manifest:
         missing=f"{RES}/data/{{dataset}}/missing.csv",
     params:
         spec=lambda w: as_json(vconfig.dataset_spec(config, w.dataset)),
-        max_missing=lambda w: config["datasets"][w.dataset].get("max_missing_fraction", 0.0),
+        max_missing=lambda w: vconfig.dataset_entry(config, w.dataset).get("max_missing_fraction", 0.0),
     threads: 1
     resources:
         **rule_resources("dataset_manifest"),

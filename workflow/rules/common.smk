@@ -62,7 +62,7 @@ PY = f"PYTHONPATH={shlex.quote(workflow.basedir + '/src')}\"${{PYTHONPATH:+:$PYT
 
 
 wildcard_constraints:
-    dataset="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    dataset="[A-Za-z0-9][A-Za-z0-9_.-]*(~fold[0-9]+)?",  # a part redrawn in fold f: <part>~fold<f>
     model="[A-Za-z0-9][A-Za-z0-9_.~-]*",
     qset="[A-Za-z0-9][A-Za-z0-9_.-]*",
     shard="[0-9]+",

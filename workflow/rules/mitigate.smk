@@ -5,6 +5,8 @@ MIT = vconfig.mitigation_dir(config)
 # Repeated splits (mitigation.split.folds > 1): the split, everything fitted on it and the comparison
 # exist once per fold, under mitigation/folds/{fold}/ (wildcard `fold`), and rule `compare_folds`
 # averages the folds. With one fold (the default) the paths are the single split's, no wildcard.
+# A part dataset that mitigation uses is redrawn per fold too (mitigation.split.images): fold f reads
+# `<part>~fold<f>` (vconfig.fold_dataset), and the base model is audited on each fold's images.
 FOLDS = vconfig.n_folds(config)
 MITF = MIT if FOLDS == 1 else f"{MIT}/folds/{{fold}}"
 LOGF = "" if FOLDS == 1 else "fold{fold}/"
@@ -139,14 +141,20 @@ rule finetune:
         " --no-progress > {log:q} 2>&1"
 
 
+def fitting_dataset(wildcards):
+    """The dataset a bendvlm / saner method fits on, in this fold (a part redrawn per fold: its fold's name)."""
+    if method_kind(wildcards) == "bendvlm":
+        return vconfig.fold_dataset(config, vconfig.reference_dataset(config, wildcards.method), fold_of(wildcards))
+    return vconfig.caption_dataset(config, wildcards.method)
+
+
 def reference_inputs(wildcards):
     # a named dataset is read where it lies (its spec goes in as JSON); the world's files are a rule output
-    named = (vconfig.reference_dataset(config, wildcards.method) if method_kind(wildcards) == "bendvlm"
-             else vconfig.caption_dataset(config, wildcards.method))
+    named = fitting_dataset(wildcards)
     inputs = {"model": finetune_inputs(wildcards)["model"]}
     if vconfig.uses_world_data(config, named):  # one of the world's files (or a part of its test split)
         inputs["data"] = vconfig.world_data_dir(config)
-    if config["datasets"][named]["type"] == "part":  # the split written out beside the audited part's
+    if vconfig.dataset_entry(config, named)["type"] == "part":  # the split written out beside the audited part's
         inputs["part"] = f"{RES}/data/{named}/manifest.parquet"
     return inputs
 
@@ -157,9 +165,8 @@ def method_kind(wildcards):
 
 def fitting_source(wildcards, input):
     """The named dataset's spec: --reference-json (bendvlm) / --captions-json (saner)."""
-    if method_kind(wildcards) == "bendvlm":
-        return ["--reference-json", as_json(vconfig.dataset_spec(config, vconfig.reference_dataset(config, wildcards.method)))]
-    return ["--captions-json", as_json(vconfig.dataset_spec(config, vconfig.caption_dataset(config, wildcards.method)))]
+    flag = "--reference-json" if method_kind(wildcards) == "bendvlm" else "--captions-json"
+    return [flag, as_json(vconfig.dataset_spec(config, fitting_dataset(wildcards)))]
 
 
 rule bendvlm_reference:
@@ -230,7 +237,7 @@ rule prompt_array_train:
 
 
 def quality_inputs(wildcards):
-    ds = config["mitigation"]["dataset"]
+    ds = vconfig.mitigation_dataset(config, fold_of(wildcards))
     folder = f"{RES}/embeddings/{ds}/{vconfig.image_model(config, wildcards.model)}"
     inputs = {"images": f"{folder}/images.npy", "image_rows": f"{folder}/images.parquet",
               "manifest": f"{RES}/data/{ds}/manifest.parquet", "model": model_inputs(wildcards),
@@ -269,7 +276,8 @@ rule quality:
 
 def compare_inputs(wildcards):
     mit, base = config["mitigation"], config["mitigation"]["base_model"]
-    summary = lambda model: [f"{RES}/metrics/{mit['dataset']}/{model}/{q}_summary.csv" for q in mit["query_sets"]]
+    ds = vconfig.mitigation_dataset(config, fold_of(wildcards))  # with parts redrawn per fold, this fold's images
+    summary = lambda model: [f"{RES}/metrics/{ds}/{model}/{q}_summary.csv" for q in mit["query_sets"]]
     models = [base, *vconfig.variant_names(config, fold_of(wildcards))]  # in mitigation.methods order
     folder = fold_dir(wildcards)
     return {"base": summary(base), "methods": [f for v in models[1:] for f in summary(v)],

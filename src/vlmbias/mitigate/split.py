@@ -18,6 +18,13 @@ Repeated splits: `folds: N` (with `held_out_fraction`; default 1) draws the spli
 with seed `seed + f`, so fold 0 is the single split above. Every fitted method is fitted once per
 fold and the comparison is averaged over folds (vlmbias.mitigate.folds).
 
+Repeated image splits: `images: true|false` (default true). With folds above 1, every dataset of type
+`part` that mitigation uses (the audited `mitigation.dataset` and any BendVLM `reference`) is redrawn
+in fold f with its own seed plus f, as the concepts are: fold f fits on and audits other images, its
+reference and evaluation parts still disjoint and together the whole parent, and the base model is
+audited on each fold's images. Fold 0 keeps the parts' own seed. `images: false` keeps one image
+split for every fold (only the concepts vary).
+
 A query's concept is its `concept` field, or its text without a leading article. A concept that
 occurs in several query sets belongs to the first one (in `mitigation.query_sets` order).
 Output `split.csv`: `query_set, query_id, query, concept, split` (one row per audited query).
@@ -57,6 +64,7 @@ def fold_spec(spec: dict | None, fold: int) -> dict:
     if not 0 <= fold < n_folds(spec):
         raise VlmbiasError(f"mitigation.split: fold {fold} does not exist (folds: {n_folds(spec)})")
     spec.pop("folds", None)
+    spec.pop("images", None)  # which images a fold reads is the workflow's business (config.fold_dataset)
     seed = spec.get("seed", DEFAULT["seed"])
     if fold and isinstance(seed, int) and not isinstance(seed, bool):  # a bad seed is reported below
         spec["seed"] = seed + fold
