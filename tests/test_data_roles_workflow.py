@@ -1,6 +1,7 @@
 """End to end without a calibration world: only a labelled folder (split into a reference part and
 an audited part) and a caption set, and every method that fits on data (BendVLM, SANER, the prompt
-array) plus quality's caption retrieval."""
+array) plus quality's caption retrieval, over two folds: each fold draws its concepts and both parts
+again, fits on its reference part and audits its evaluation part, and the folds are averaged."""
 import os
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def test_no_world_config_runs_every_fitted_method(tmp_path, tiny_hf):
         "figures": {"grid_k": 5, "bar_k": 5},
         "mitigation": {
             "base_model": "tiny", "dataset": "faces", "query_sets": ["jobs"], "k": 5, "captions": "caps",
-            "split": {"held_out": ["pilot"]},
+            # two folds: fold 0 (seed 5) holds out "pilot", fold 1 (seed 6) "doctor"
+            "split": {"held_out_fraction": 0.4, "seed": 5, "folds": 2},
             "acquire": {"source": "folder", "root": str(tmp_path / "data/search"), "keywords": ["doctor", "teacher"],
                         "limit": 4},
             "label": {"source": "csv", "csv": str(tmp_path / "data/search/labels.csv"),
@@ -83,8 +85,9 @@ def test_no_world_config_runs_every_fitted_method(tmp_path, tiny_hf):
                           str(tmp_path), "--cores", "2", "--quiet", "rules"], capture_output=True, text=True,
                          timeout=1500, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    mit = tmp_path / "results/roles/mitigation"
-    assert not (tmp_path / "results/roles/world").exists()
+    res, top = tmp_path / "results/roles", tmp_path / "results/roles/mitigation"
+    mit = top / "folds/0"  # fold 0: the single split's concepts and parts
+    assert not (res / "world").exists()
     # BendVLM's references are the reference part's images (half of each gender), never audited ones
     ref = pd.read_parquet(mit / "reference/bendvlm/reference.parquet")
     assert len(ref) == 28 and list(ref.columns) == ["image_id", "gender"]
@@ -109,3 +112,41 @@ def test_no_world_config_runs_every_fitted_method(tmp_path, tiny_hf):
     comparison = pd.read_csv(mit / "comparison.csv")
     held_out = comparison[comparison["split"] == "held_out"]
     assert {"bendvlm", "saner", "prompt-array"} <= set(held_out["method"])  # "pilot" is never fitted on
+    assert set(pd.read_csv(mit / "split.csv").query("split == 'held_out'")["concept"]) == {"pilot"}
+
+    # fold 1: other concepts, and both parts drawn again (seed + 1), still disjoint and covering the folder
+    one = top / "folds/1"
+    assert set(pd.read_csv(one / "split.csv").query("split == 'held_out'")["concept"]) == {"doctor"}
+    ref1 = pd.read_parquet(one / "reference/bendvlm/reference.parquet")
+    audited1 = pd.read_parquet(res / "data/faces~fold1/manifest.parquet")
+    assert len(ref1) == len(audited1) == 28 and set(audited1["image_id"]).isdisjoint(ref1["image_id"])
+    assert ref1["gender"].value_counts().to_dict() == {"Male": 14, "Female": 14}
+    assert sorted([*audited1["image_id"], *ref1["image_id"]]) == sorted(f"val/{n}.jpg" for n in range(1, 57))
+    assert set(audited1["image_id"]) != set(audited["image_id"])
+    assert pd.read_parquet(res / "data/faces-ref~fold1/manifest.parquet")["image_id"].tolist() == sorted(ref1["image_id"])
+    rankings1 = list((res / "retrieval/faces~fold1").glob("*/*.parquet"))
+    assert {r.parent.name for r in rankings1} == {"tiny", "tiny~bendvlm~fold1", "tiny~saner~fold1",
+                                                  "tiny~prompt-array~fold1"}  # the base model on fold 1's images too
+    for ranking in rankings1:
+        assert set(pd.read_parquet(ranking)["image_id"]) <= set(audited1["image_id"]), ranking
+    assert not pd.read_csv(one / "saner/saner/captions.csv")["caption"].str.contains("doctor").any()
+
+    # compare_folds: each number the mean of the two folds', with a t-interval over the folds
+    folds = {f: pd.read_csv(top / f"folds/{f}/comparison_summary.csv") for f in (0, 1)}
+    summary = pd.read_csv(top / "comparison_summary.csv")
+    key = ["method", "split", "k", "attribute", "metric"]
+    both = folds[0].merge(folds[1], on=key, suffixes=("_0", "_1")).merge(summary, on=key)
+    assert len(both) == len(summary) > 0 and (summary["folds"] == 2).all()
+    for col in ("mean_before", "mean_after"):
+        assert both[col].to_numpy() == pytest.approx(((both[f"{col}_0"] + both[f"{col}_1"]) / 2).to_numpy(),
+                                                     nan_ok=True), col
+        # two folds: mean +- t(0.975, 1) |a - b| / 2, t = 12.706205
+        half = 12.706205 * (both[f"{col}_0"] - both[f"{col}_1"]).abs() / 2
+        assert both[f"{col}_fold_high"].to_numpy() == pytest.approx((both[col] + half).to_numpy(), rel=1e-6,
+                                                                     nan_ok=True), col
+        assert both[f"{col}_fold_low"].to_numpy() == pytest.approx((both[col] - half).to_numpy(), rel=1e-6,
+                                                                    nan_ok=True), col
+    assert {"change", "change_fold_low", "change_fold_high"} <= set(summary.columns)
+    table = pd.read_csv(top / "comparison.csv")
+    assert sorted(table["fold"].unique()) == [0, 1] and (table["fold"] == 1).sum() == len(
+        pd.read_csv(one / "comparison.csv"))
