@@ -268,7 +268,7 @@ def test_images_false_keeps_one_image_split_for_every_fold(tmp_path):
 
 def test_a_reference_part_of_another_dataset_is_redrawn_while_the_audited_dataset_stays(tmp_path):
     cfg = _fold_config(tmp_path, folds=2)
-    cfg["datasets"]["other"] = {"type": "fairface", "root": str(tmp_path)}
+    cfg["datasets"]["other"] = {"type": "fairface", "root": str(tmp_path / "other")}
     cfg["mitigation"]["dataset"] = "other"
     vconfig.validate(cfg)
     assert vconfig.mitigation_parts(cfg) == ["faces-ref"]
