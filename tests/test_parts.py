@@ -298,3 +298,14 @@ def test_a_fold_name_resolves_only_for_a_part_and_an_existing_fold(tmp_path):
             vconfig.dataset_spec(cfg, name)
     with pytest.raises(VlmbiasError, match=r"expected <dataset>~fold<number>"):
         vconfig.dataset_fold("faces~foldx")
+
+
+def test_an_experiment_may_not_audit_a_later_folds_model_on_its_reference_images(tmp_path):
+    cfg = _fold_config(tmp_path, folds=2)
+    cfg["experiments"] = {"architecture": {"dataset": "faces", "models": ["clip", "clip~bend"], "query_sets": ["jobs"]}}
+    vconfig.validate(cfg)  # fold 0's model on fold 0's evaluation part, as with a single split
+    cfg["experiments"]["architecture"]["models"] = ["clip", "clip~bend~fold1"]
+    with pytest.raises(VlmbiasError, match=r"experiments\.architecture: model 'clip~bend~fold1' fitted on fold 1's "
+                                           r"reference part \(faces-ref~fold1\), which shares images with dataset "
+                                           r"'faces'; audit fold 0's model \(clip~bend\) there instead"):
+        vconfig.validate(cfg)

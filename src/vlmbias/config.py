@@ -161,6 +161,8 @@ def check_config(config: dict) -> None:
                 hint = ("; a '<base>~<method>' model is a method of the mitigation block (mitigation.methods)"
                         if any("~" in str(n) for n in unknown) else "")
                 raise VlmbiasError(f"experiments.{exp}: {key} {unknown} not configured (known: {have}){hint}")
+        for m in models:
+            check_fold_leak(config, f"experiments.{exp}", m, spec["dataset"])
         if exp == "training_data" and not (mit and mit.get("acquire") and mit.get("label")):
             raise VlmbiasError("experiments.training_data compares web-search images with retrievals; it needs "
                                "mitigation.acquire and mitigation.label blocks")
@@ -508,6 +510,19 @@ def check_reference_overlap(config: dict, key: str, ref: str) -> None:
         raise VlmbiasError(f"{key} {ref!r} and the audited dataset {audited!r} (mitigation.dataset) are parts of "
                            f"{parent!r} drawn differently ({words}), so they could share images; give both the "
                            "same fraction, seed and stratify")
+
+
+def check_fold_leak(config: dict, key: str, model: str, dataset: str) -> None:
+    """A method fitted on a part redrawn in fold f > 0 is not audited on images of the same parent that
+    are not fold f's evaluation part: fold f's reference images lie among them."""
+    _, method, fold = split_variant_fold(model)
+    if not (method and fold and image_folds(config)):
+        return
+    ref = reference_dataset(config, method) if method_spec(config, method)["kind"] == "bendvlm" else None
+    if ref in mitigation_parts(config) and parent_name(config, ref) == parent_name(config, dataset):
+        raise VlmbiasError(f"{key}: model {model!r} fitted on fold {fold}'s reference part "
+                           f"({fold_dataset(config, ref, fold)}), which shares images with dataset {dataset!r}; "
+                           f"audit fold 0's model ({split_variant(model)[0]}~{method}) there instead")
 
 
 def check_data_roles(config: dict) -> None:
