@@ -1,9 +1,7 @@
 """End to end without a calibration world: only a labelled folder (split into a reference part and
-an audited part) and a caption set, and the methods that fit on named datasets (BendVLM, SANER) plus
-quality's caption retrieval, over two folds: each fold draws its concepts and both parts
-again, fits on its reference part and audits its evaluation part, and the folds are averaged. (The prompt array,
-which fits on acquired images rather than a named dataset, runs end to end in test_default_run.py;
-it would add 14 jobs to this run.)"""
+an audited part) and a caption set, and every method that fits on data (BendVLM, SANER, the prompt
+array) plus quality's caption retrieval, over two folds: each fold draws its concepts and both parts
+again, fits on its reference part and audits its evaluation part, and the folds are averaged."""
 import os
 import subprocess
 import sys
@@ -38,10 +36,18 @@ def _data(root: Path) -> dict:
         rows.append({"file": f"{i}.png", "caption": f"a {'man' if gender == 'Male' else 'woman'} who is a {concept}",
                      "gender": gender})
     pd.DataFrame(rows).to_csv(root / "captions" / "captions.csv", index=False)
+    # a search stand-in: one folder per keyword, and a CSV of true labels for label source csv
+    labels = []
+    for concept in ("doctor", "teacher"):
+        for i in range(4):
+            rel = f"{concept}/{i}.png"
+            _image(root / "search" / rel, 100 + 30 * i, i)
+            labels.append({"file": rel, "gender": GENDER_CLASSES[i % 2]})
+    pd.DataFrame(labels).to_csv(root / "search" / "labels.csv", index=False)
     return {"faces": faces}
 
 
-def test_no_world_config_fits_on_named_data_in_two_folds(tmp_path, tiny_hf):
+def test_no_world_config_runs_every_fitted_method(tmp_path, tiny_hf):
     paths = _data(tmp_path / "data")
     folder = {"type": "labelled-folder", "csv": "fairface_label_val.csv",
               "attributes": {"gender": GENDER_CLASSES}}
@@ -64,8 +70,14 @@ def test_no_world_config_fits_on_named_data_in_two_folds(tmp_path, tiny_hf):
             "base_model": "tiny", "dataset": "faces", "query_sets": ["jobs"], "k": 5, "captions": "caps",
             # two folds: fold 0 (seed 5) holds out "pilot", fold 1 (seed 6) "doctor"
             "split": {"held_out_fraction": 0.4, "seed": 5, "folds": 2},
+            "acquire": {"source": "folder", "root": str(tmp_path / "data/search"), "keywords": ["doctor", "teacher"],
+                        "limit": 4},
+            "label": {"source": "csv", "csv": str(tmp_path / "data/search/labels.csv"),
+                      "root": str(tmp_path / "data/search"), "attributes": ["gender"],
+                      "balanced": {"per": "concept", "attributes": ["gender"], "seed": 0}},
             "methods": {"bendvlm": {"kind": "bendvlm", "reference": "faces-ref", "attributes": ["gender"]},
-                        "saner": {"kind": "saner", "epochs": 2}},
+                        "saner": {"kind": "saner", "epochs": 2},
+                        "prompt-array": {"kind": "prompt-array", "epochs": 1, "adv_attributes": ["gender"]}},
         },
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -89,17 +101,17 @@ def test_no_world_config_fits_on_named_data_in_two_folds(tmp_path, tiny_hf):
     assert "part evaluation: kept 28 of 56 images" in log
     for ranking in (tmp_path / "results/roles/retrieval/faces").glob("*/*.parquet"):
         assert set(pd.read_parquet(ranking)["image_id"]) <= set(audited["image_id"]), ranking
-    assert len(list((tmp_path / "results/roles/retrieval/faces").glob("*/*.parquet"))) == 3
+    assert len(list((tmp_path / "results/roles/retrieval/faces").glob("*/*.parquet"))) >= 4
     # SANER trained on the caption set without the held-out concept's captions
     used = pd.read_csv(mit / "saner/saner/captions.csv")
     assert len(used) == 8 and not used["caption"].str.contains("pilot").any()
     quality = pd.concat([pd.read_csv(p) for p in sorted((mit / "quality").glob("*.csv"))])
-    for model in ("tiny", "tiny~bendvlm", "tiny~saner"):
+    for model in ("tiny", "tiny~bendvlm", "tiny~saner", "tiny~prompt-array"):
         rows = quality[(quality["model"] == model) & quality["metric"].str.contains("retrieval_recall@")]
         assert len(rows) == 6 and rows["n"].isin([12]).all(), model  # 12 captions, 12 images, k 1/5/10
     comparison = pd.read_csv(mit / "comparison.csv")
     held_out = comparison[comparison["split"] == "held_out"]
-    assert {"bendvlm", "saner"} <= set(held_out["method"])  # "pilot" is never fitted on
+    assert {"bendvlm", "saner", "prompt-array"} <= set(held_out["method"])  # "pilot" is never fitted on
     assert set(pd.read_csv(mit / "split.csv").query("split == 'held_out'")["concept"]) == {"pilot"}
 
     # fold 1: other concepts, and both parts drawn again (seed + 1), still disjoint and covering the folder
@@ -113,8 +125,8 @@ def test_no_world_config_fits_on_named_data_in_two_folds(tmp_path, tiny_hf):
     assert set(audited1["image_id"]) != set(audited["image_id"])
     assert pd.read_parquet(res / "data/faces-ref~fold1/manifest.parquet")["image_id"].tolist() == sorted(ref1["image_id"])
     rankings1 = list((res / "retrieval/faces~fold1").glob("*/*.parquet"))
-    # the base model is audited on fold 1's images too
-    assert {r.parent.name for r in rankings1} == {"tiny", "tiny~bendvlm~fold1", "tiny~saner~fold1"}
+    assert {r.parent.name for r in rankings1} == {"tiny", "tiny~bendvlm~fold1", "tiny~saner~fold1",
+                                                  "tiny~prompt-array~fold1"}  # the base model on fold 1's images too
     for ranking in rankings1:
         assert set(pd.read_parquet(ranking)["image_id"]) <= set(audited1["image_id"]), ranking
     assert not pd.read_csv(one / "saner/saner/captions.csv")["caption"].str.contains("doctor").any()
