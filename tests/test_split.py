@@ -62,11 +62,29 @@ def test_split_is_written(tmp_path):
     import json
 
     out = tmp_path / "split.csv"
-    main(["--query-sets-json", json.dumps(_qsets()), "--spec-json", json.dumps({"held_out": ["g0"]}),
+    main(["--query-sets-json", json.dumps(list(_qsets().items())), "--spec-json", json.dumps({"held_out": ["g0"]}),
           "--out", str(out)])
     t = pd.read_csv(out)
     assert list(t.columns) == ["query_set", "query_id", "query", "concept", "split"]
     assert t.set_index("concept").loc["g0", "split"] == "held_out" and (t.split == "fitting").sum() == 8
+    with pytest.raises(VlmbiasError, match="list of \\[name, query set block\\] pairs"):
+        main(["--query-sets-json", json.dumps(_qsets()), "--spec-json", "null", "--out", str(out)])
+
+
+def test_written_split_keeps_the_configs_query_set_order(tmp_path):
+    """The rule hands the query sets over in mitigation.query_sets order: the order decides which set
+    owns a shared concept and how the seeded draw runs, so a reordered (e.g. key-sorted) set would give
+    another split than the one acquisition and fitting exclude."""
+    import json
+
+    q = lambda names: {"queries": [{"text": f"a {c}", "concept": c} for c in names]}
+    qsets = {"table": q(["doctor", "nurse", "pilot", "chef", "judge"]), "gender": q(["doctor", "nurse", "baker"])}
+    spec = {"held_out_fraction": 0.4, "seed": 0}
+    as_configured = concept_split(qsets, spec)
+    assert not as_configured.equals(concept_split(dict(sorted(qsets.items())), spec))  # the order matters
+    main(["--query-sets-json", json.dumps(list(qsets.items()), sort_keys=True), "--spec-json", json.dumps(spec),
+          "--out", str(tmp_path / "split.csv")])
+    assert pd.read_csv(tmp_path / "split.csv").equals(as_configured)
 
 
 def test_default_config_split_and_schema():

@@ -160,7 +160,7 @@ rule retrieve:
         k=max(config["retrieval"]["k"]),
         ks=config["retrieval"]["k"],
         method=config["retrieval"]["method"],
-        approximate=as_json(config["retrieval"].get("approximate") or {}),
+        approximate=lambda w: as_json(config["retrieval"].get("approximate") or {}),
         seed=config["seed"],
         recall=lambda w, output: ["--out-recall", output.recall] if "recall" in output.keys() else [],
     threads: 1
@@ -264,7 +264,7 @@ rule zeroshot:
         datacomp=f"{RES}/zeroshot/{{dataset}}/{{model}}/datacomp.csv",
     params:
         model=lambda w: as_json(vconfig.model_spec(config, w.model)),
-        spec=as_json(config.get("zeroshot") or {}),
+        spec=lambda w: as_json(config.get("zeroshot") or {}),
         device=config["device"],
     threads: config["threads"]
     resources:

@@ -17,7 +17,7 @@ rule model_leaderboard:
                       category="Leaderboard"),
     params:
         k=vconfig.leaderboard_k(config),
-        specs=as_json({m: vconfig.model_spec(config, m) for m in vconfig.leaderboard_models(config)}),
+        specs=lambda w: as_json({m: vconfig.model_spec(config, m) for m in vconfig.leaderboard_models(config)}),
     threads: 1
     resources:
         **rule_resources("model_leaderboard"),
@@ -47,8 +47,8 @@ rule published_comparison:
                      category="Leaderboard"),
     params:
         protocol=config.get("protocol") or "",
-        specs=as_json({m: vconfig.model_spec(config, m) for m in SELECTED["models"]}),
-        types=as_json({d: vconfig.dataset_type(config, d) for d in SELECTED["datasets"]}),
+        specs=lambda w: as_json({m: vconfig.model_spec(config, m) for m in SELECTED["models"]}),
+        types=lambda w: as_json({d: vconfig.dataset_type(config, d) for d in SELECTED["datasets"]}),
         deviations=",".join(vconfig.protocol_deviations(config)),
         extra=f"--published-values {shlex.quote(config['published_values'])}" if config.get("published_values") else "",
     threads: 1

@@ -28,7 +28,7 @@ rule split:
     output:
         f"{MITF}/split.csv",
     params:
-        qsets=lambda w: as_json(vconfig.mitigation_query_sets(config)),
+        qsets=lambda w: as_json(list(vconfig.mitigation_query_sets(config).items())),  # pairs: as_json sorts keys
         spec=lambda w: as_json(vconfig.split_spec(config)),
         fold=lambda w: ["--fold", w.fold] if FOLDS > 1 else [],
     log:

@@ -7,7 +7,7 @@ rule run_info:
         config=report(f"{RES}/run_info/config.yaml", caption="../report/run_info.rst", category="Run"),
         versions=report(f"{RES}/run_info/versions.csv", caption="../report/run_info.rst", category="Run"),
     params:
-        config=as_json(config),
+        config=lambda w: as_json(config),
     threads: 1
     resources:
         **rule_resources("run_info"),
@@ -37,7 +37,7 @@ rule summary:
         rst=f"{RES}/summary/summary.rst",
         csv=report(f"{RES}/summary/headline.csv", caption="../report/summary.rst", category="Summary"),
     params:
-        config=as_json(config),
+        config=lambda w: as_json(config),
         published=" ".join(f"--published {shlex.quote(f)}" for f in published_targets()),
     threads: 1
     resources:

@@ -5,7 +5,7 @@ rule world_generate:
     output:
         directory(vconfig.world_data_dir(config)),
     params:
-        spec=as_json(config.get("world", {})),
+        spec=lambda w: as_json(config.get("world", {})),
     threads: 1
     resources:
         **rule_resources("world_generate"),
@@ -23,7 +23,7 @@ rule world_train:
     output:
         directory(f"{RES}/world/models/{{wmodel}}"),  # wmodel: one of vconfig.WORLD_MODELS
     params:
-        spec=as_json(config.get("world", {})),
+        spec=lambda w: as_json(config.get("world", {})),
         max_pixels=MAX_PIXELS,
     threads: vconfig.world_train_threads(config)
     resources:

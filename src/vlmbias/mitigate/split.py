@@ -32,6 +32,7 @@ Output `split.csv`: `query_set, query_id, query, concept, split` (one row per au
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 import numpy as np
@@ -133,12 +134,20 @@ def concepts_of(split: pd.DataFrame, which: str) -> list[str]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vlmbias.mitigate.split", description=__doc__.splitlines()[0])
-    p.add_argument("--query-sets-json", required=True, help="{name: query set block} of mitigation.query_sets")
+    p.add_argument("--query-sets-json", required=True,
+                   help="[[name, query set block], ...] of mitigation.query_sets, in its order (the order decides "
+                        "which set owns a shared concept, and a JSON object's keys may be reordered)")
     p.add_argument("--spec-json", required=True, help="mitigation.split as JSON (null: the default)")
     p.add_argument("--fold", type=int, default=0, help="which fold's split (with mitigation.split.folds above 1)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    table = concept_split(parse_json_arg(a.query_sets_json, "--query-sets-json"),
+    try:
+        pairs = json.loads(a.query_sets_json)
+    except json.JSONDecodeError as e:
+        raise VlmbiasError(f"--query-sets-json is not valid JSON: {e}") from None
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise VlmbiasError("--query-sets-json must be a list of [name, query set block] pairs")
+    table = concept_split(dict(pairs),
                           parse_json_arg(a.spec_json, "--spec-json"), a.fold)
     write_table(table, a.out)
     log.info("fitting: %s; held out: %s", concepts_of(table, FITTING), concepts_of(table, HELD_OUT))

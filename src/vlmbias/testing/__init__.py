@@ -1,5 +1,8 @@
-"""Small offline stand-ins built here, for tests and benchmarks: a FairFace-layout folder of
-generated images and tiny random-weight models for both encoder backends."""
+"""Small offline stand-ins built here, for tests and benchmarks: folders of generated images in each
+dataset's published layout, tiny random-weight models for both encoder backends (as local folders,
+as open_clip pretrained tags, or in the Hugging Face hub cache), stand-in DeepFace weights
+(`vlmbias.testing.deepface`), a local image search engine (`vlmbias.testing.search`) and the whole
+set `config/thesis.yaml` needs (`vlmbias.testing.thesis`)."""
 from __future__ import annotations
 
 import json
@@ -37,8 +40,15 @@ def make_fairface_folder(root: str | Path, per_cell: int = 2, size: int = 32, se
     return root
 
 
+# COCO-like captions: SANER needs some that name a gender (and some that do not)
+COCO_STANDIN_CAPTIONS = ["A man riding a bike down the street.", "A woman holding an umbrella in the rain.",
+                         "A boy throwing a frisbee in a park.", "A girl sitting at a table with a cake.",
+                         "A plate of food on a wooden table.", "A bus parked beside a building."]
+
+
 def make_coco_captions_folder(root: str | Path, n: int = 4, size: int = 32) -> Path:
-    """COCO captions layout (`val2017/<id>.jpg` + `annotations/captions_val2017.json`), two captions an image."""
+    """COCO captions layout (`val2017/<id>.jpg` + `annotations/captions_val2017.json`), two captions an
+    image, drawn in turn from COCO_STANDIN_CAPTIONS."""
     root = Path(root)
     (root / "val2017").mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(exist_ok=True)
@@ -47,7 +57,8 @@ def make_coco_captions_folder(root: str | Path, n: int = 4, size: int = 32) -> P
         name = f"{i:012d}.jpg"
         Image.fromarray(np.full((size, size, 3), 40 * i % 256, np.uint8)).save(root / "val2017" / name)
         images.append({"id": i, "file_name": name})
-        annotations += [{"image_id": i, "id": 2 * i + j, "caption": f"A photo of thing {i}, view {j}."} for j in (0, 1)]
+        annotations += [{"image_id": i, "id": 2 * i + j, "caption": COCO_STANDIN_CAPTIONS[(2 * i + j) % len(COCO_STANDIN_CAPTIONS)]}
+                        for j in (0, 1)]
     (root / "annotations" / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     return root
 
@@ -86,6 +97,18 @@ def make_tiny_hf_clip(out_dir: str | Path, image_size: int = 32, seed: int = 0) 
     tok.save_pretrained(out)
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
     return out
+
+
+def make_hf_hub_cache(hf_home: str | Path, repo_id: str, seed: int = 0) -> Path:
+    """A tiny random-weight CLIP (make_tiny_hf_clip) in the Hugging Face hub cache under `hf_home`, as
+    if `repo_id` had been downloaded: with HF_HOME=hf_home and HF_HUB_OFFLINE=1, loading `repo_id`
+    finds it. Returns the snapshot folder."""
+    repo = Path(hf_home) / "hub" / ("models--" + repo_id.replace("/", "--"))
+    revision = "0" * 40
+    snapshot = make_tiny_hf_clip(repo / "snapshots" / revision, seed=seed)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
 
 
 def tiny_open_clip_config(path: str | Path, name: str = "vlmbias-tiny-vit") -> Path:
