@@ -993,16 +993,28 @@ def undercovering(n_classes: int, k: int, top_share: float, interval: str = INTE
     """The intervals (of method `interval`) whose measured coverage (benchmarks/coverage.py) fell
     below 93% in the simulated cell nearest to this row (2 or 7 classes, k in 20/200/1000, the top
     class's share), ';'-joined; `not measured` for an interval method the simulation did not run."""
-    t = _coverage()
-    t = t[t["interval_method"] == interval]
-    if t.empty:
+    cell = _coverage_cell(interval, n_classes, k)
+    if cell is None:
         return "not measured"
     if not np.isfinite(top_share):
         return ""
+    shares, notes = cell
+    return notes[min(shares, key=lambda v: abs(v - top_share))]
+
+
+@functools.lru_cache(maxsize=256)
+def _coverage_cell(interval: str, n_classes: int, k: int):
+    """(the simulated shares, {share: its `undercovering` text}) of the cell nearest to (n_classes, k)
+    for `interval`, None where it was not simulated: looked up once per job, not once per row."""
+    t = _coverage()
+    t = t[t["interval_method"] == interval]
+    if t.empty:
+        return None
     c = t[t["classes"] == min(t["classes"].unique(), key=lambda v: abs(v - n_classes))]
     c = c[c["k"] == min(c["k"].unique(), key=lambda v: abs(np.log(v) - np.log(max(k, 1))))]
-    c = c[c["share"] == min(c["share"].unique(), key=lambda v: abs(v - top_share))]
-    return ";".join(sorted(c.loc[c["coverage"] < 0.93, "metric"].unique()))
+    shares = c["share"].unique()
+    return shares, {s: ";".join(sorted(c.loc[(c["share"] == s) & (c["coverage"] < 0.93), "metric"].unique()))
+                    for s in shares}
 
 
 def _rowmax(x: np.ndarray) -> np.ndarray:
