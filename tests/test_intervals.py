@@ -116,3 +116,12 @@ def test_leaderboard_mean_of_an_unbounded_member_is_unbounded_above():
     mean, lo, hi, n = mean_interval([1.0, 2.0], [0.5, 1.0], [1.5, np.inf])
     # lower sides 0.5 and 1.0 are 1.96 SE each: half = sqrt(0.5^2 + 1^2) / 2
     assert (mean, hi, n) == (1.5, np.inf, 2) and lo == pytest.approx(1.5 - np.sqrt(1.25) / 2)
+
+
+def test_posterior_codes_draw_each_class_by_its_share():
+    shares = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    codes = m.posterior_codes(shares, 2000, seed=0)
+    u = np.random.default_rng(0).random((3, 2000))  # the same uniforms: class = boundaries passed
+    assert np.array_equal(codes[0], np.where(u[0] < 0.2, 0, np.where(u[0] < 0.5, 1, 2)))
+    assert (codes[1] == 0).all() and (codes[2] == 2).all()
+    assert np.bincount(codes[0], minlength=3) / 2000 == pytest.approx([0.2, 0.3, 0.5], abs=0.03)
