@@ -125,3 +125,17 @@ def test_posterior_codes_draw_each_class_by_its_share():
     assert np.array_equal(codes[0], np.where(u[0] < 0.2, 0, np.where(u[0] < 0.5, 1, 2)))
     assert (codes[1] == 0).all() and (codes[2] == 2).all()
     assert np.bincount(codes[0], minlength=3) / 2000 == pytest.approx([0.2, 0.3, 0.5], abs=0.03)
+
+
+@pytest.mark.parametrize("n_classes", [2, 5, 7, 14])
+def test_occurrence_numbers_count_each_class_down_the_ranking(n_classes):
+    codes = np.random.default_rng(n_classes).integers(0, n_classes, size=(30, 50))
+    expected = np.zeros_like(codes)
+    for row in range(30):
+        seen = {}
+        for j, c in enumerate(codes[row]):
+            seen[c] = seen.get(c, 0) + 1
+            expected[row, j] = seen[c]
+    assert np.array_equal(m._occurrences(codes, n_classes), expected)
+    assert np.array_equal(m._occurrences(np.array([[3, 3, 0, 3, 0]]), n_classes if n_classes > 3 else 4),
+                          [[1, 2, 1, 3, 2]])
