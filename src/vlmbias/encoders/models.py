@@ -415,7 +415,10 @@ def _merge_plain_lora(model, adapter: Path) -> bool:
     extra = {k: v for k, v in cfg.items() if k not in _LORA_MERGE_IRRELEVANT | {"init_lora_weights"}}
     if any(v not in (None, False, {}, [], "none") for v in extra.values()):  # DoRA, rsLoRA, bias, patterns, ...
         return False
-    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    try:
+        weights = load_file(str(adapter / "adapter_model.safetensors"))
+    except Exception:  # an unreadable file: peft's load below reports it
+        return False
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in weights.items():
         m = _LORA_KEY.fullmatch(key)
