@@ -55,6 +55,38 @@ def test_ray_interval_reaches_the_target_only_where_the_test_keeps_it():
     assert 0.1 < lo < 0.45 <= hi                   # the estimate 0.45 lies within
 
 
+def test_ray_draws_shared_between_metrics_give_the_same_intervals():
+    """TVD and MaxSkew at the same target walk the same ray: with a shared `draws` dict the second
+    metric reuses the first one's simulated counts (the same stream: the same draws) and its
+    interval is exactly what it gets on its own."""
+    c, q = np.array([30.0, 12.0, 8.0]), np.array([0.5, 0.3, 0.2])
+    tvd, skew = (lambda x: m._tvd(x, q)), (lambda x: m._rowmax(m._skew(x, q)))
+    alone = [m.ray_interval(c, q, f, p_target=0.01, level=0.95, seed=2) for f in (tvd, skew)]
+    draws = {}
+    shared = [m.ray_interval(c, q, tvd, p_target=0.01, level=0.95, seed=2, draws=draws)]
+    grids = len(draws)
+    shared.append(m.ray_interval(c, q, skew, p_target=0.01, level=0.95, seed=2, draws=draws))
+    assert shared == alone
+    assert 1 <= grids <= 2 and len(draws) <= 2 * grids  # the coarse grid was drawn once
+    assert any(len(path) == 4 for path in draws)  # (n, sims, seed, coarse grid): shared by both
+
+
+def test_ndkl_against_several_targets_equals_one_at_a_time():
+    codes = np.random.default_rng(0).integers(0, 3, size=(50, 40))
+    u, q = np.full(3, 1 / 3), np.array([0.6, 0.3, 0.1])
+    both = m._ndkl_codes_targets(codes, 3, [u, q])
+    for values, t in zip(both, (u, q)):
+        assert np.array_equal(values, m._ndkl_codes(codes, 3, t))
+    # the definition, prefix by prefix: sum_i KL(top-i || q) / log2(i + 1), normalised
+    for values, t in zip(both, (u, q)):
+        kl = []
+        for i in range(1, 41):
+            share = np.bincount(codes[0, :i], minlength=3) / i
+            kl.append(sum(s_ * np.log(s_ / t_) for s_, t_ in zip(share, t) if s_ > 0))
+        w = 1 / np.log2(np.arange(2, 42))
+        assert values[0] == pytest.approx(np.dot(kl, w) / w.sum(), rel=1e-9, abs=1e-12)
+
+
 def test_unbiased_model_at_parity_is_rarely_flagged_and_its_intervals_hold_zero():
     """7 groups at parity, 200 queries of k = 20: the parity test (Benjamini-Hochberg) flags at most
     5% + 2 Monte-Carlo SE of them, and the MaxSkew / TVD intervals hold 0 in at least 95% - 2 SE
@@ -84,3 +116,26 @@ def test_leaderboard_mean_of_an_unbounded_member_is_unbounded_above():
     mean, lo, hi, n = mean_interval([1.0, 2.0], [0.5, 1.0], [1.5, np.inf])
     # lower sides 0.5 and 1.0 are 1.96 SE each: half = sqrt(0.5^2 + 1^2) / 2
     assert (mean, hi, n) == (1.5, np.inf, 2) and lo == pytest.approx(1.5 - np.sqrt(1.25) / 2)
+
+
+def test_posterior_codes_draw_each_class_by_its_share():
+    shares = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    codes = m.posterior_codes(shares, 2000, seed=0)
+    u = np.random.default_rng(0).random((3, 2000))  # the same uniforms: class = boundaries passed
+    assert np.array_equal(codes[0], np.where(u[0] < 0.2, 0, np.where(u[0] < 0.5, 1, 2)))
+    assert (codes[1] == 0).all() and (codes[2] == 2).all()
+    assert np.bincount(codes[0], minlength=3) / 2000 == pytest.approx([0.2, 0.3, 0.5], abs=0.03)
+
+
+@pytest.mark.parametrize("n_classes", [2, 5, 7, 14])
+def test_occurrence_numbers_count_each_class_down_the_ranking(n_classes):
+    codes = np.random.default_rng(n_classes).integers(0, n_classes, size=(30, 50))
+    expected = np.zeros_like(codes)
+    for row in range(30):
+        seen = {}
+        for j, c in enumerate(codes[row]):
+            seen[c] = seen.get(c, 0) + 1
+            expected[row, j] = seen[c]
+    assert np.array_equal(m._occurrences(codes, n_classes), expected)
+    assert np.array_equal(m._occurrences(np.array([[3, 3, 0, 3, 0]]), n_classes if n_classes > 3 else 4),
+                          [[1, 2, 1, 3, 2]])

@@ -88,6 +88,51 @@ def test_adapter_errors(tiny_hf, tmp_path):
         load_encoder({"backend": "hf", "name": str(tiny_hf), "adapter": str(tmp_path)})
 
 
+def _saved_lora(base, folder, **config):
+    """A LoRA adapter on the tiny model's text attention with non-zero (random) B, saved by peft."""
+    from peft import LoraConfig, get_peft_model
+
+    from vlmbias.encoders.models import load_clip_weights
+
+    torch.manual_seed(1)
+    model = get_peft_model(load_clip_weights(str(base), torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **config))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("config, by_hand", [({}, True), ({"use_rslora": True}, False)])
+def test_adapter_merged_exactly_as_peft_merges_it(tiny_hf, tmp_path, config, by_hand):
+    """A plain LoRA adapter is merged without peft (W += B A alpha / r) into the very weights
+    peft's merge_and_unload gives; any other kind (here rsLoRA) is left to peft."""
+    from peft import PeftModel
+
+    from vlmbias.encoders.models import _merge_plain_lora, load_clip_weights
+
+    adapter = _saved_lora(tiny_hf, tmp_path / "adapter", **config)
+    model = load_clip_weights(str(tiny_hf), torch.float32)
+    assert _merge_plain_lora(model, adapter) is by_hand
+    reference = PeftModel.from_pretrained(load_clip_weights(str(tiny_hf), torch.float32), str(adapter)).merge_and_unload()
+    base = load_clip_weights(str(tiny_hf), torch.float32).state_dict()
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    changed = [k for k in ours if not torch.equal(ours[k], base[k])]
+    if by_hand:
+        assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    else:
+        assert not changed  # untouched: peft merges it
+    texts = ["a photo of a doctor", "a nurse"]
+    enc = load_encoder({"backend": "hf", "name": str(tiny_hf), "adapter": str(adapter)})
+    plain = load_encoder({"backend": "hf", "name": str(tiny_hf)})
+    assert not np.array_equal(enc.encode_texts(texts), plain.encode_texts(texts))
+    assert all(torch.equal(a, b) for a, b in zip(enc.module.state_dict().values(), theirs.values()))
+
+
 @pytest.fixture
 def pickle_only(tiny_hf, tmp_path):
     """The tiny model with its weights as a pickle checkpoint (pytorch_model.bin), no safetensors."""
