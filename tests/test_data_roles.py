@@ -14,7 +14,7 @@ from vlmbias import config as vconfig
 from vlmbias.audit.data import build_manifest, caption_set, fairface_manifest
 from vlmbias.mitigate.quality import caption_retrieval
 from vlmbias.mitigate.saner import caption_set_rows, mentions
-from vlmbias.testing import make_fairface_folder
+from vlmbias.testing import make_fairface_folder, make_thesis_data
 
 
 def _image(path, value):
@@ -204,3 +204,38 @@ def test_caption_retrieval_embeds_the_caption_set(tiny_hf, caption_csv):
     assert rows["metric"].tolist() == [f"{d}_retrieval_recall@{k}" for k in (1, 5, 10) for d in ("image", "text")]
     assert rows["n"].tolist() == [5, 3] * 3
     assert (rows.loc[rows["metric"].str.endswith("@5"), "value"] == 1.0).all()  # k >= 3 images finds every one
+
+
+# ------------------------------------------------------------------ config/thesis.yaml stands alone
+
+def _plan(workdir, *args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir),
+                          "--cores", "8", "-n", "--configfile", str(repo / "config/thesis.yaml"), *args],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    jobs = {}
+    for line in run.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
+    return jobs, run.stdout
+
+
+def test_thesis_config_is_whole_with_or_without_replacing_the_default(tmp_path):
+    from pathlib import Path
+    import shutil
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "config.yaml", tmp_path / "config.yaml")  # the default run's
+    make_thesis_data(tmp_path)  # the dry run checks that the config's data folders exist
+    merged, out = _plan(tmp_path)
+    replaced, _ = _plan(tmp_path, "--replace-workflow-config")
+    assert merged == replaced
+    assert not [r for r in merged if r.startswith("world") or r == "calibrate"] and "results/world" not in out
+    for rule in ("bendvlm_reference", "saner_train", "prompt_array_train", "finetune", "quality", "compare"):
+        assert merged.get(rule, 0) >= 1, rule

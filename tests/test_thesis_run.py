@@ -25,6 +25,8 @@ import yaml
 
 from vlmbias.testing.thesis import thesis_standins
 
+pytestmark = pytest.mark.long  # about 165 jobs: run with `python -m pytest -m long`
+
 REPO = Path(__file__).resolve().parents[1]
 THESIS = REPO / "config" / "thesis.yaml"
 

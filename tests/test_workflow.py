@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from vlmbias.io import read_table
+from vlmbias.testing import make_thesis_data
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -203,13 +204,20 @@ def test_non_human_overlay_adds_the_animal_to_the_default_world(tmp_path):
     assert "results/world-non-human/calibration/world-clip/checks.csv" in run.stdout
 
 
-def test_thesis_config_without_its_data_stops_at_once_naming_the_folder(tmp_path):
-    """The real-data config validates; without FairFace on disk the dry run stops before planning
-    (tests/test_thesis_run.py runs it whole on stand-ins)."""
+def test_thesis_config_is_valid_and_plans_every_experiment(tmp_path):
+    """The real-data config cannot run offline, but it must validate and plan its whole DAG; without
+    FairFace on disk the dry run stops at once, naming the folder."""
     (tmp_path / "config.yaml").write_text("{}\n")
     run = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/thesis.yaml"), "--replace-workflow-config")
     assert run.returncode != 0
     assert "datasets.fairface.root: folder data/fairface-img-margin025-trainval not found" in run.stdout + run.stderr
+    make_thesis_data(tmp_path)
+    run = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/thesis.yaml"), "--replace-workflow-config")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # its images are embedded in shards (embed.shard_size), planned once the manifest checkpoint has run
+    assert "The run involves checkpoint jobs" in run.stdout
+    for rule in ("merge_embeddings", "finetune", "compare", "quality"):
+        assert rule in run.stdout
 
 
 def test_report_gathers_figures(workdir):
