@@ -172,6 +172,38 @@ def test_trained_world_model_loads_as_a_hub_model(world, tmp_path):
         train_world_model(world, {"epoch": 3}, tmp_path / "bad")
 
 
+def test_text_features_by_length_equal_padding_every_caption_to_the_batch_longest():
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from vlmbias.encoders.base import features
+    from vlmbias.world.model import text_features_by_length
+
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=12, projection_dim=8, bos_token_id=1, eos_token_id=2, pad_token_id=2),
+        vision_config=dict(image_size=8, patch_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, projection_dim=8), projection_dim=8))
+    lengths = torch.tensor([3, 12, 5, 7, 4, 9, 3, 11, 6])
+    ids = torch.full((len(lengths), 12), 2)
+    for row, n in enumerate(lengths):  # <bos> tokens... <eos>, right-padded with <eos>
+        ids[row, :n] = torch.cat([torch.tensor([1]), torch.randint(3, 50, (n - 2,)), torch.tensor([2])])
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+    idx = torch.tensor([8, 0, 5, 2, 7, 1, 4])
+    padded = features(model.get_text_features(input_ids=ids[idx], attention_mask=mask[idx]))
+    for chunks in (1, 3, 4, 7, 20):
+        chunked = text_features_by_length(model, ids, mask, lengths, idx, chunks)
+        torch.testing.assert_close(chunked, padded, rtol=1e-5, atol=1e-6)
+    # the gradients agree too: training sees the same loss surface
+    grads = []
+    for chunks in (1, 3):
+        model.zero_grad()
+        (text_features_by_length(model, ids, mask, lengths, idx, chunks) ** 2).sum().backward()
+        grads.append(model.text_model.encoder.layers[0].self_attn.q_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
 # The zero-shot known answers: a crime-related concept on one race (gender at parity) and a
 # non-person figure drawn in another race's hue, captioned with the zeroshot_fairface class words.
 ZS_SPEC = {**SPEC, "concepts": {

