@@ -253,14 +253,18 @@ def test_int8_quantises_the_native_image_tower_as_transformers(tiny_hf):
 
 
 def test_loading_and_encoding_imports_no_transformers(tiny_hf):
+    """Neither transformers nor the compiler stack (torch._dynamo, which building on the meta device
+    can pull in) is imported by loading and encoding."""
     code = (
         "import sys, torch\n"
+        "before = set(sys.modules)\n"
         "from vlmbias.encoders.models import load_clip_weights\n"
         f"m = load_clip_weights({str(tiny_hf)!r}, torch.float32)\n"
         "assert type(m).__name__ == 'NativeCLIP', type(m)\n"
         "m.get_text_features(torch.tensor([[512, 5, 6, 513]]), torch.ones(1, 4, dtype=torch.long))\n"
         "m.get_image_features(torch.zeros(1, 3, 32, 32))\n"
-        "print(sorted(k for k in sys.modules if k.split('.')[0] == 'transformers'))\n"
+        "new = set(sys.modules) - before\n"
+        "print(sorted(k for k in new if k.split('.')[0] == 'transformers' or k == 'torch._dynamo'))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}

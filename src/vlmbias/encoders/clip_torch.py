@@ -120,12 +120,24 @@ class Encoder(nn.Module):
         return x
 
 
+def _embedding(n: int, d: int) -> nn.Embedding:
+    # given a weight, nn.Embedding skips its random init: under the meta device that init would import
+    # torch._dynamo (seconds); the checkpoint overwrites the weight anyway
+    return nn.Embedding(n, d, _weight=torch.empty(n, d))
+
+
+def _positions(n: int) -> torch.Tensor:
+    # on the CPU even while the model is built on the meta device: no checkpoint holds these ids, and
+    # arange on meta imports torch.fx's symbolic shapes (most of a second)
+    return torch.arange(n, device="cpu").expand((1, -1))
+
+
 class TextEmbeddings(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.register_buffer("position_ids", torch.arange(cfg.max_position_embeddings).expand((1, -1)), persistent=False)
+        self.token_embedding = _embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embedding = _embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.register_buffer("position_ids", _positions(cfg.max_position_embeddings), persistent=False)
 
     def forward(self, input_ids=None, position_ids=None):
         n = input_ids.shape[-1]
@@ -179,8 +191,8 @@ class VisionEmbeddings(nn.Module):
         self.class_embedding = nn.Parameter(torch.zeros(d))
         self.patch_embedding = nn.Conv2d(cfg.num_channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         n = (cfg.image_size // cfg.patch_size) ** 2 + 1
-        self.position_embedding = nn.Embedding(n, d)
-        self.register_buffer("position_ids", torch.arange(n).expand((1, -1)), persistent=False)
+        self.position_embedding = _embedding(n, d)
+        self.register_buffer("position_ids", _positions(n), persistent=False)
 
     def forward(self, pixel_values):
         b, _, h, w = pixel_values.shape
@@ -308,6 +320,4 @@ def load_native_clip(folder, dtype: torch.dtype = torch.float32) -> NativeCLIP |
         return None
     model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
                           strict=True, assign=True)
-    for emb in (model.text_model.embeddings, model.vision_model.embeddings):  # the buffers no checkpoint holds
-        emb.position_ids = torch.arange(emb.position_embedding.num_embeddings).expand((1, -1))
     return model.eval()
