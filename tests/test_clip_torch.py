@@ -194,12 +194,14 @@ def _edit_config(folder, change):
     lambda f: _edit_config(f, lambda c: c.update(model_type="siglip")),
     lambda f: _edit_config(f, lambda c: c["text_config"].update(hidden_act="gelu_10")),
     lambda f: _edit_config(f, lambda c: c["vision_config"].pop("patch_size")),
+    lambda f: _edit_config(f, lambda c: c["vision_config"].update(num_attention_heads=0)),
+    lambda f: _edit_config(f, lambda c: c["text_config"].update(eos_token_id=[513, 2])),
     lambda f: _edit_config(f, lambda c: c.update(_attn_implementation="eager")),
     lambda f: _edit_config(f, lambda c: c.update(text_config_dict={"hidden_size": 32})),
     lambda f: (f / "config.json").write_text("{not json"),
     lambda f: (f / "model.safetensors.index.json").write_text("{}"),
     lambda f: (f / "model.safetensors").rename(f / "model-00001-of-00001.safetensors"),
-], ids=["model_type", "activation", "missing_key", "attention", "config_dict", "bad_json", "sharded", "no_weights"])
+], ids=["model_type", "activation", "missing_key", "zero_heads", "eos_list", "attention", "config_dict", "bad_json", "sharded", "no_weights"])
 def test_unsupported_folders_fall_back(tiny_hf, tmp_path, change):
     folder = Path(shutil.copytree(tiny_hf, tmp_path / "m"))
     change(folder)

@@ -254,6 +254,11 @@ VISION_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_att
 ATTENTION_KEYS = ("_attn_implementation", "attn_implementation", "_attn_implementation_internal")
 
 
+def _size_keys(keys) -> list[str]:
+    """The size keys among `keys` (integers that must be positive; the eos id may be 0)."""
+    return [k for k in keys if k not in ("hidden_act", "layer_norm_eps", "eos_token_id")]
+
+
 def _unsupported(cfg: dict) -> str | None:
     """Why a config.json is not one this module reproduces exactly, or None."""
     if cfg.get("model_type") != "clip":
@@ -274,6 +279,8 @@ def _unsupported(cfg: dict) -> str | None:
         ints = [k for k in keys if k not in ("hidden_act", "layer_norm_eps") and type(sub[k]) is not int]
         if ints:
             return f"{part} has non-integer {ints}"
+        if type(sub["layer_norm_eps"]) not in (int, float) or any(sub[k] <= 0 for k in _size_keys(keys)):
+            return f"{part} has a non-numeric layer_norm_eps or a size that is not positive"
         if sub["hidden_size"] % sub["num_attention_heads"]:
             return f"{part}.hidden_size is not a multiple of num_attention_heads"
         if sub.get("is_causal") is False or any(sub.get(k) not in (None, "sdpa") for k in ATTENTION_KEYS):
