@@ -70,7 +70,7 @@ def thesis_loop(base: str, table: pd.DataFrame, steps: int) -> float:
     """Seconds for `steps` plain steps (after one warm-up step)."""
     from peft import LoraConfig, get_peft_model
 
-    model, tok, proc = load_hf_parts(base, torch.float32)
+    model, tok, proc = load_hf_parts(base, torch.float32, native=False)
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=DEFAULTS["r"], lora_alpha=DEFAULTS["lora_alpha"],
                                              lora_dropout=DEFAULTS["lora_dropout"],

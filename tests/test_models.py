@@ -95,7 +95,7 @@ def _saved_lora(base, folder, **config):
     from vlmbias.encoders.models import load_clip_weights
 
     torch.manual_seed(1)
-    model = get_peft_model(load_clip_weights(str(base), torch.float32),
+    model = get_peft_model(load_clip_weights(str(base), torch.float32, native=False),
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **config))
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -116,7 +116,8 @@ def test_adapter_merged_exactly_as_peft_merges_it(tiny_hf, tmp_path, config, by_
     adapter = _saved_lora(tiny_hf, tmp_path / "adapter", **config)
     model = load_clip_weights(str(tiny_hf), torch.float32)
     assert _merge_plain_lora(model, adapter) is by_hand
-    reference = PeftModel.from_pretrained(load_clip_weights(str(tiny_hf), torch.float32), str(adapter)).merge_and_unload()
+    reference = PeftModel.from_pretrained(load_clip_weights(str(tiny_hf), torch.float32, native=False),
+                                          str(adapter)).merge_and_unload()
     base = load_clip_weights(str(tiny_hf), torch.float32).state_dict()
     ours, theirs = model.state_dict(), reference.state_dict()
     assert list(ours) == list(theirs)

@@ -152,12 +152,21 @@ def refuse_pickle_only(folder: Path, what: str) -> None:
                            "the file (e.g. save_pretrained(..., safe_serialization=True))")
 
 
-def load_clip_weights(name: str, dtype: torch.dtype, what: str = "model"):
-    """`CLIPModel.from_pretrained` from safetensors only (see `refuse_pickle_only`); transformers
-    refuses a hub model that has no safetensors weights."""
+def load_clip_weights(name: str, dtype: torch.dtype, what: str = "model", native: bool = True):
+    """A CLIPModel from safetensors only (see `refuse_pickle_only`; transformers refuses a hub model
+    that has no safetensors weights). With `native`, a local folder loads as the plain-torch copy of
+    the inference forward (`vlmbias.encoders.clip_torch`: same features bit for bit, seconds less of
+    imports) where that covers the checkpoint; otherwise, and for training (`native=False`: peft and
+    gradients need the real model), transformers' `CLIPModel.from_pretrained`."""
+    refuse_pickle_only(Path(name), what)
+    if native and Path(name).is_dir():
+        from vlmbias.encoders.clip_torch import load_native_clip
+
+        model = load_native_clip(name, dtype)
+        if model is not None:
+            return model
     from transformers import CLIPModel
 
-    refuse_pickle_only(Path(name), what)
     return CLIPModel.from_pretrained(name, dtype=dtype, use_safetensors=True)
 
 
@@ -340,12 +349,13 @@ class LazyImageProcessor:
         return getattr(self._get(), attr)
 
 
-def load_hf_parts(name: str, dtype: torch.dtype, what: str = "model"):
+def load_hf_parts(name: str, dtype: torch.dtype, what: str = "model", native: bool = True):
     """(CLIPModel from safetensors, tokenizer, image processor loaded on first use) of a hub id or
-    directory; a failure is one sentence (`_hf_load`)."""
+    directory; a failure is one sentence (`_hf_load`). `native`: see `load_clip_weights` (inference
+    only; training asks for transformers' model)."""
     def load(source):
         from transformers import AutoTokenizer
-        return load_clip_weights(source, dtype, what), AutoTokenizer.from_pretrained(source)
+        return load_clip_weights(source, dtype, what, native=native), AutoTokenizer.from_pretrained(source)
 
     model, tokenizer = _hf_load(name, what, load)
     return model, tokenizer, LazyImageProcessor(name, what)
@@ -355,7 +365,8 @@ def _load_hf(spec: dict, device: str, dtype: torch.dtype) -> Encoder:
     name = str(spec["name"])
     model, tokenizer, processor = load_hf_parts(name, dtype)
     if spec.get("adapter"):
-        model = _apply_adapter(model, Path(spec["adapter"]), name)
+        model = _apply_adapter(model, Path(spec["adapter"]), name,
+                               reload=lambda: _hf_load(name, "model", lambda s: load_clip_weights(s, dtype, native=False)))
     model = model.to(device).eval()
 
     def preprocess(img):
@@ -440,7 +451,9 @@ def _merge_plain_lora(model, adapter: Path) -> bool:
     return True
 
 
-def _apply_adapter(model, adapter: Path, base: str):
+def _apply_adapter(model, adapter: Path, base: str, reload: Callable | None = None):
+    """`model` with the peft adapter merged in: by hand for a plain LoRA, else by peft, which needs
+    transformers' CLIPModel (`reload` gives it when `model` is the plain-torch copy)."""
     if not (adapter / "adapter_config.json").is_file():
         raise VlmbiasError(f"adapter directory {adapter} has no adapter_config.json")
     if not (adapter / "adapter_model.safetensors").is_file():  # peft would unpickle adapter_model.bin
@@ -449,6 +462,13 @@ def _apply_adapter(model, adapter: Path, base: str):
     if _merge_plain_lora(model, adapter):
         return model
     from peft import PeftModel
+
+    from vlmbias.encoders.clip_torch import NativeCLIP
+
+    if isinstance(model, NativeCLIP):
+        if reload is None:
+            raise VlmbiasError(f"adapter {adapter} needs peft to merge it, and peft needs transformers' CLIPModel")
+        model = reload()
 
     try:
         model = PeftModel.from_pretrained(model, str(adapter))

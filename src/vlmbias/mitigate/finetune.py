@@ -280,8 +280,9 @@ def check_table(table: pd.DataFrame, s: dict) -> tuple[pd.DataFrame, dict[str, l
 # --------------------------------------------------------------------------- model pieces
 
 def load_base(base: str):
-    """(CLIPModel from safetensors, tokenizer, image processor) of the base to adapt."""
-    return load_hf_parts(base, torch.float32, "base model")
+    """(CLIPModel from safetensors, tokenizer, image processor) of the base to adapt: transformers'
+    model, which peft wraps and trains."""
+    return load_hf_parts(base, torch.float32, "base model", native=False)
 
 
 def target_regex(towers: Sequence[str], modules: Sequence[str]) -> str:

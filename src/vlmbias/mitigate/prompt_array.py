@@ -190,7 +190,8 @@ def train_prompt_array(base: str, table: pd.DataFrame, spec: dict | None, out_di
         raise VlmbiasError(f"device {device!r} requested but CUDA is not available")
     df, classes, queries = check_table(table, s)
     with deterministic(threads, warn_only=True):
-        model, tokenizer, processor = load_hf_parts(str(base), torch.float32, "base model")
+        # transformers' model: gradients flow through it to the prompts
+        model, tokenizer, processor = load_hf_parts(str(base), torch.float32, "base model", native=False)
         model = freeze(model)
         model.to(device)
         torch.manual_seed(s["seed"])
