@@ -37,7 +37,7 @@ INERT = {"image_processor_type", "feature_extractor_type", "processor_class"}
 PROCESSOR_TYPES = {"CLIPImageProcessor", "CLIPImageProcessorFast", "CLIPFeatureExtractor"}
 # keys implemented only at their default value (null or false)
 OFF_BY_DEFAULT = {"do_pad", "pad_size", "default_to_square", "data_format", "input_data_format", "device",
-                  "return_tensors", "disable_grouping", "image_seq_length"}
+                  "return_tensors", "image_seq_length"}
 BICUBIC, BILINEAR = 3, 2
 
 
@@ -57,6 +57,9 @@ def _settings(raw: dict) -> dict | None:
                 return None
         elif key in OFF_BY_DEFAULT:
             if value not in (None, False):
+                return None
+        elif key == "disable_grouping":
+            if value not in (None, True):  # on CPU transformers processes images one by one, as here
                 return None
         elif key not in DEFAULTS:
             return None  # e.g. use_square_size, or a key of another processor

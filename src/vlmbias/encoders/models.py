@@ -328,6 +328,10 @@ class LazyImageProcessor:
     def _get(self):
         if self._processor is None:
             def load(source):
+                from vlmbias.encoders.clip_preprocess import load_clip_preprocessor
+                own = load_clip_preprocessor(source) if Path(source).is_dir() else None  # no transformers import
+                if own is not None:
+                    return own
                 from transformers import CLIPImageProcessor
                 return CLIPImageProcessor.from_pretrained(source)
             self._processor = _hf_load(self._name, self._what, load)
