@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmbias.encoders.clip_preprocess import ClipPreprocessor, load_clip_preprocessor
-from vlmbias.encoders.models import LazyImageProcessor
+from vlmbias.encoders.clip_preprocess import ClipPreprocessor, ClipTokenizer, load_clip_preprocessor, load_clip_tokenizer
+from vlmbias.encoders.models import LazyImageProcessor, load_hf_parts
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -161,6 +161,110 @@ def test_preprocessing_a_folder_never_imports_transformers(tmp_path):
         f"p = LazyImageProcessor({str(folder)!r}, 'model')\n"
         "x = p(images=[Image.new('RGB', (40, 30)), Image.new('L', (9, 50))], return_tensors='pt')['pixel_values']\n"
         "assert x.shape == (2, 3, 32, 32), x.shape\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'torchvision')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# ---- tokenizer ----
+
+def _texts():
+    rnd = np.random.default_rng(0)
+    alphabet = list("abc XYZ éñü日本語🙂\t\n  '’s're-!?.,0123<|>")
+    fixed = ["", " ", "\n", "a photo of a doctor", "A  PHOTO   of\ta nurse!!", "héllo wörld ñ 日本語 🙂", "x" * 500,
+             " ".join(["word"] * 100), "don't it's we're", "<|endoftext|> hi <|startoftext|>", "<|endoftext|>",
+             "ﬁ ligature Ǆ", "İstanbul", "\u0301 combining e\u0301", "\x00 nul \x7f"]
+    return fixed + ["".join(rnd.choice(alphabet, rnd.integers(0, 120))) for _ in range(150)]
+
+
+TEXTS = _texts()
+CALLS = [dict(truncation=False), dict(padding=True, truncation=True, max_length=16, return_tensors="pt"),
+         dict(padding=True, truncation=True, return_tensors="pt"),
+         dict(padding=True, truncation=True, max_length=3, return_tensors="pt"), dict(), dict(max_length=7),
+         dict(padding=True)]
+
+
+@pytest.fixture(scope="module", params=["tiny_hf", "world"])
+def tokenizer_folder(request, tmp_path_factory):
+    if request.param == "tiny_hf":
+        return request.getfixturevalue("tiny_hf")  # model_max_length: transformers' "no limit"
+    from vlmbias.world.tokenizer import build_tokenizer
+    folder = tmp_path_factory.mktemp("world_tok")
+    build_tokenizer(["a photo of a doctor", "the nurse is smiling", "ein foto einer ärztin"] * 4, folder, 40, 16)
+    return folder
+
+
+def _same(a, b) -> bool:
+    return a.dtype == b.dtype and torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_tokenizer_equal_to_transformers(tokenizer_folder):
+    from transformers import AutoTokenizer
+
+    ref, own = AutoTokenizer.from_pretrained(str(tokenizer_folder)), load_clip_tokenizer(tokenizer_folder)
+    assert isinstance(own, ClipTokenizer)
+    assert (len(own), own.model_max_length, own.bos_token_id, own.eos_token_id, own.pad_token_id) == \
+           (len(ref), ref.model_max_length, ref.bos_token_id, ref.eos_token_id, ref.pad_token_id)
+    for kw in CALLS:
+        for batch in [TEXTS, TEXTS[5:9], TEXTS[3]] + [[t] for t in TEXTS[:15]]:
+            want, got = ref(batch, **kw), own(batch, **kw)
+            assert all(_same(want[k], got[k]) for k in ("input_ids", "attention_mask")), (kw, batch[:2])
+    ids = own(["a photo"])["input_ids"][0]
+    assert own.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)  # via transformers
+
+
+def test_tokenizer_output_moves_like_transformers(tiny_hf):
+    toks = load_clip_tokenizer(tiny_hf)(["a", "b c"], padding=True, truncation=True, return_tensors="pt").to("cpu")
+    assert toks["input_ids"].dtype == torch.long and toks["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+
+
+def _tokenizer_copy(src, dst, edit_spec=None, edit_config=None):
+    dst.mkdir()
+    spec = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (edit_spec or (lambda s: None))(spec)
+    (edit_config or (lambda c: None))(config)
+    (dst / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    (dst / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return dst
+
+
+@pytest.mark.parametrize("edit_spec, edit_config", [
+    (None, None),  # the copy itself loads: the edits below are what makes the others fall back
+    (lambda s: s["normalizer"]["normalizers"].pop(), None),
+    (lambda s: s.update(truncation={"direction": "Left", "max_length": 5, "strategy": "LongestFirst", "stride": 0}), None),
+    (lambda s: s["added_tokens"].append({**s["added_tokens"][0], "id": 0, "content": "!"}), None),
+    (lambda s: s["post_processor"].update(trim_offsets=True), None),
+    (lambda s: s["model"].update(end_of_word_suffix=""), None),
+    (None, lambda c: c.update(do_lower_case=False)),
+    (None, lambda c: c.update(bos_token="<s>")),
+    (None, lambda c: c.update(model_max_length="77")),
+    (None, lambda c: c.update(tokenizer_class="BertTokenizer")),
+])
+def test_unusual_tokenizers_fall_back(tiny_hf, tmp_path, edit_spec, edit_config):
+    folder = _tokenizer_copy(tiny_hf, tmp_path / "t", edit_spec, edit_config)
+    assert (load_clip_tokenizer(folder) is not None) == (edit_spec is None and edit_config is None)
+
+
+def test_tokenizer_extra_files_fall_back(tiny_hf, tmp_path):
+    assert load_clip_tokenizer(tmp_path) is None
+    folder = _tokenizer_copy(tiny_hf, tmp_path / "t")
+    (folder / "special_tokens_map.json").write_text("{}")
+    assert load_clip_tokenizer(folder) is None
+
+
+def test_hf_parts_use_own_tokenizer_and_preprocessing(tiny_hf):
+    model, tokenizer, processor = load_hf_parts(str(tiny_hf), torch.float32)
+    assert isinstance(tokenizer, ClipTokenizer) and isinstance(processor._get(), ClipPreprocessor)
+
+
+def test_tokenizing_a_folder_never_imports_transformers(tiny_hf):
+    code = (
+        "import sys\nfrom vlmbias.encoders.clip_preprocess import load_clip_tokenizer\n"
+        f"t = load_clip_tokenizer({str(tiny_hf)!r})\n"
+        "x = t(['a photo', ''], padding=True, truncation=True, max_length=8, return_tensors='pt')\n"
+        "assert x['input_ids'].shape[0] == 2 and x['attention_mask'][1].sum() == 2, x\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'torchvision')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -223,3 +223,151 @@ def load_clip_preprocessor(folder) -> ClipPreprocessor | None:
         return None
     settings = _settings(raw)
     return ClipPreprocessor(folder, settings) if settings is not None else None
+
+
+# ---- tokenizer -------------------------------------------------------------------------------------------
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# transformers' tokenizer defaults: a model_max_length above this means "no limit" (never truncate to it)
+VERY_LARGE_INTEGER = int(1e30)
+LARGE_INTEGER = int(1e20)
+TOKENIZER_CONFIG_KEYS = {"backend", "bos_token", "eos_token", "pad_token", "unk_token", "model_max_length",
+                         "tokenizer_class", "is_local", "local_files_only", "name_or_path"}
+
+
+def _clip_pipeline() -> dict:
+    """The normaliser, pre-tokeniser and decoder transformers' CLIPTokenizer puts around its BPE model,
+    as tokenizer.json writes them: a folder whose file has exactly these is read as transformers reads it."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    t = Tokenizer(BPE(vocab={EOS: 0}, merges=[], continuing_subword_prefix="", end_of_word_suffix="</w>",
+                      fuse_unk=False, unk_token=EOS))
+    t.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                         normalizers.Lowercase()])
+    words = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+    t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(words), behavior="removed", invert=True),
+                                               pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    t.decoder = decoders.ByteLevel()
+    return json.loads(t.to_str())
+
+
+def _plain_clip_tokenizer(spec: dict, config: dict) -> bool:
+    """Whether a tokenizer.json (`spec`) with its tokenizer_config.json is the CLIP byte-level BPE that
+    transformers' CLIPTokenizer builds: the same pipeline, the CLIP special tokens and nothing else added."""
+    if set(config) - TOKENIZER_CONFIG_KEYS or config.get("tokenizer_class", "CLIPTokenizer") != "CLIPTokenizer" \
+            or config.get("backend", "tokenizers") != "tokenizers":
+        return False
+    if (config.get("bos_token"), config.get("eos_token"), config.get("pad_token"), config.get("unk_token")) != \
+            (BOS, EOS, EOS, EOS):
+        return False
+    limit = config.get("model_max_length", VERY_LARGE_INTEGER)
+    if not _is_int(limit):
+        return False
+    canon = _clip_pipeline()
+    if any(spec.get(k) != canon[k] for k in ("normalizer", "pre_tokenizer", "decoder", "truncation", "padding")):
+        return False
+    model, want = spec.get("model") or {}, canon["model"]
+    if any(model.get(k) != want[k] for k in want if k not in ("vocab", "merges")):
+        return False
+    vocab = model.get("vocab") or {}
+    if BOS not in vocab or EOS not in vocab:
+        return False
+    post = {"type": "RobertaProcessing", "sep": [EOS, vocab[EOS]], "cls": [BOS, vocab[BOS]],
+            "trim_offsets": False, "add_prefix_space": False}
+    added = [{"id": vocab[tok], "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for tok in (BOS, EOS)]
+    return spec.get("post_processor") == post and spec.get("added_tokens") == added
+
+
+class Encoding(dict):
+    """The tokenizer's output: a dict of input_ids and attention_mask, movable with `.to(device)`."""
+
+    def to(self, device):
+        return Encoding({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
+
+
+class ClipTokenizer:
+    """Callable like transformers' CLIPTokenizer for the calls vlmbias makes: a text or a list of texts,
+    `padding` True/False, `truncation` True/False/None, `max_length`, `return_tensors` None or "pt".
+    Anything else (decode, save_pretrained, other arguments) goes to transformers' own tokenizer."""
+
+    def __init__(self, folder: Path, backend, model_max_length: int):
+        self.folder, self._backend, self.model_max_length = folder, backend, model_max_length
+        self.bos_token, self.eos_token, self.pad_token, self.unk_token = BOS, EOS, EOS, EOS
+        self.bos_token_id = backend.token_to_id(BOS)
+        self.eos_token_id = self.pad_token_id = self.unk_token_id = backend.token_to_id(EOS)
+        self.padding_side = self.truncation_side = "right"
+        self._fallback = None
+
+    def _transformers(self):
+        if self._fallback is None:
+            from transformers import AutoTokenizer
+
+            self._fallback = AutoTokenizer.from_pretrained(str(self.folder))
+        return self._fallback
+
+    def __getattr__(self, attr):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return getattr(self._transformers(), attr)
+
+    def __len__(self) -> int:
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+    def _limit(self, truncation, max_length) -> int | None:
+        """The length to truncate to, as transformers decides it (None: no truncation)."""
+        if truncation is None and max_length is not None:
+            truncation = True  # max_length alone turns truncation on
+        if not truncation:
+            return None
+        if max_length is None:
+            return self.model_max_length if self.model_max_length <= LARGE_INTEGER else None
+        return max_length
+
+    def __call__(self, text=None, padding=False, truncation=None, max_length=None, return_tensors=None, **kwargs):
+        batched = isinstance(text, (list, tuple))
+        texts = list(text) if batched else [text]
+        handled = (not kwargs and padding in (True, False) and truncation in (True, False, None)
+                   and (max_length is None or (_is_int(max_length) and max_length > 2))
+                   and return_tensors in (None, "pt") and texts and all(isinstance(t, str) for t in texts)
+                   and not (max_length is not None and padding and truncation is None))
+        if not handled:
+            return self._transformers()(text, padding=padding, truncation=truncation, max_length=max_length,
+                                        return_tensors=return_tensors, **kwargs)
+        limit = self._limit(truncation, max_length)
+        if limit is None:
+            self._backend.no_truncation()
+        else:
+            self._backend.enable_truncation(max_length=limit, stride=0, strategy="longest_first", direction="right")
+        ids = [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=True)]
+        if return_tensors == "pt" and not padding and len({len(i) for i in ids}) > 1:
+            return self._transformers()(text, padding=padding, truncation=truncation, max_length=max_length,
+                                        return_tensors=return_tensors, **kwargs)  # transformers' error
+        width = max(map(len, ids)) if padding else 0
+        masks = [[1] * len(i) + [0] * (width - len(i)) for i in ids]
+        ids = [i + [self.pad_token_id] * (width - len(i)) for i in ids]
+        if return_tensors == "pt":
+            return Encoding(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(masks, dtype=torch.long))
+        return Encoding(input_ids=ids if batched else ids[0], attention_mask=masks if batched else masks[0])
+
+
+def load_clip_tokenizer(folder) -> ClipTokenizer | None:
+    """The tokenizer of a local model folder read with the `tokenizers` library alone, or None where
+    transformers must load it (no tokenizer.json, other files that may change it, or anything but the
+    plain CLIP byte-level BPE that transformers' CLIPTokenizer builds)."""
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file() or not (folder / "tokenizer_config.json").is_file() or \
+            any((folder / f).exists() for f in ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja")):
+        return None
+    try:
+        spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(spec, dict) and isinstance(config, dict) and _plain_clip_tokenizer(spec, config)):
+        return None
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(json.dumps(spec))
+    return ClipTokenizer(folder, backend, config.get("model_max_length", VERY_LARGE_INTEGER))

@@ -348,8 +348,13 @@ def load_hf_parts(name: str, dtype: torch.dtype, what: str = "model"):
     """(CLIPModel from safetensors, tokenizer, image processor loaded on first use) of a hub id or
     directory; a failure is one sentence (`_hf_load`)."""
     def load(source):
-        from transformers import AutoTokenizer
-        return load_clip_weights(source, dtype, what), AutoTokenizer.from_pretrained(source)
+        from vlmbias.encoders.clip_preprocess import load_clip_tokenizer
+        model = load_clip_weights(source, dtype, what)
+        tokenizer = load_clip_tokenizer(source) if Path(source).is_dir() else None  # no transformers import
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        return model, tokenizer
 
     model, tokenizer = _hf_load(name, what, load)
     return model, tokenizer, LazyImageProcessor(name, what)
