@@ -337,6 +337,10 @@ class LazyImageProcessor:
     def _get(self):
         if self._processor is None:
             def load(source):
+                from vlmbias.encoders.clip_preprocess import load_clip_preprocessor
+                own = load_clip_preprocessor(source) if Path(source).is_dir() else None  # no transformers import
+                if own is not None:
+                    return own
                 from transformers import CLIPImageProcessor
                 return CLIPImageProcessor.from_pretrained(source)
             self._processor = _hf_load(self._name, self._what, load)
@@ -354,8 +358,14 @@ def load_hf_parts(name: str, dtype: torch.dtype, what: str = "model", native: bo
     directory; a failure is one sentence (`_hf_load`). `native`: see `load_clip_weights` (inference
     only; training asks for transformers' model)."""
     def load(source):
-        from transformers import AutoTokenizer
-        return load_clip_weights(source, dtype, what, native=native), AutoTokenizer.from_pretrained(source)
+        from vlmbias.encoders.clip_preprocess import load_clip_tokenizer
+        model = load_clip_weights(source, dtype, what, native=native)
+        # for inference, a standard CLIP tokenizer without transformers; training gets transformers' own
+        tokenizer = load_clip_tokenizer(source) if native and Path(source).is_dir() else None
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        return model, tokenizer
 
     model, tokenizer = _hf_load(name, what, load)
     return model, tokenizer, LazyImageProcessor(name, what)
