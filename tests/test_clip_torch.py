@@ -13,6 +13,7 @@ import torch
 
 from vlmbias.encoders.clip_torch import NativeCLIP, load_native_clip
 from vlmbias.encoders.models import _merge_plain_lora, load_clip_weights, load_encoder, load_prompt_encoder
+from vlmbias.testing import make_lora_adapter
 
 
 def _tiny(folder: Path, hidden_act: str = "quick_gelu", eos: int = 99, seed: int = 0, layers: int = 2) -> Path:
@@ -126,28 +127,13 @@ def test_encoder_loads_native_and_encodes_as_transformers(tiny_hf):
     np.testing.assert_array_equal(enc.encode_images(pixels), expected.numpy())
 
 
-def _lora(base, folder, **config):
-    """A peft LoRA adapter on attention and MLP Linear layers of both towers, B random (not zero)."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(3)
-    model = get_peft_model(load_clip_weights(str(base), torch.float32, native=False),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"], **config))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(str(folder))
-    return folder
-
-
 @pytest.mark.parametrize("config", [{}, {"use_rslora": True}])
 def test_lora_merged_native_equals_peft_merged_transformers(tiny_hf, tmp_path, config):
     """A plain LoRA merges into the native model by hand; any other kind reloads transformers' model
     for peft; either way the encoder's embeddings are peft's merge_and_unload's exactly."""
     from peft import PeftModel
 
-    adapter = _lora(tiny_hf, tmp_path / "adapter", **config)
+    adapter = make_lora_adapter(tiny_hf, tmp_path / "adapter", ("q_proj", "v_proj", "fc1"), seed=3, **config)
     plain = not config
     assert _merge_plain_lora(load_native_clip(tiny_hf), adapter) is plain
     ref = PeftModel.from_pretrained(_reference(tiny_hf), str(adapter)).merge_and_unload().eval()

@@ -8,6 +8,7 @@ from PIL import Image
 from vlmbias import VlmbiasError
 from vlmbias.encoders.models import load_encoder
 from vlmbias.mitigate.finetune import load_base
+from vlmbias.testing import make_lora_adapter
 
 
 @pytest.fixture(params=["hf", "open_clip"])
@@ -88,23 +89,6 @@ def test_adapter_errors(tiny_hf, tmp_path):
         load_encoder({"backend": "hf", "name": str(tiny_hf), "adapter": str(tmp_path)})
 
 
-def _saved_lora(base, folder, **config):
-    """A LoRA adapter on the tiny model's text attention with non-zero (random) B, saved by peft."""
-    from peft import LoraConfig, get_peft_model
-
-    from vlmbias.encoders.models import load_clip_weights
-
-    torch.manual_seed(1)
-    model = get_peft_model(load_clip_weights(str(base), torch.float32, native=False),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **config))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(str(folder))
-    return folder
-
-
 @pytest.mark.parametrize("config, by_hand", [({}, True), ({"use_rslora": True}, False)])
 def test_adapter_merged_exactly_as_peft_merges_it(tiny_hf, tmp_path, config, by_hand):
     """A plain LoRA adapter is merged without peft (W += B A alpha / r) into the very weights
@@ -113,7 +97,7 @@ def test_adapter_merged_exactly_as_peft_merges_it(tiny_hf, tmp_path, config, by_
 
     from vlmbias.encoders.models import _merge_plain_lora, load_clip_weights
 
-    adapter = _saved_lora(tiny_hf, tmp_path / "adapter", **config)
+    adapter = make_lora_adapter(tiny_hf, tmp_path / "adapter", **config)
     model = load_clip_weights(str(tiny_hf), torch.float32)
     assert _merge_plain_lora(model, adapter) is by_hand
     reference = PeftModel.from_pretrained(load_clip_weights(str(tiny_hf), torch.float32, native=False),

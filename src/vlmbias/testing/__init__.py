@@ -99,6 +99,26 @@ def make_tiny_hf_clip(out_dir: str | Path, image_size: int = 32, seed: int = 0) 
     return out
 
 
+def make_lora_adapter(base: str | Path, folder: str | Path, targets=("q_proj", "v_proj"), seed: int = 1,
+                      **config) -> Path:
+    """A peft LoRA adapter (r 4, alpha 8) on `targets` of the hf CLIPModel folder `base`, with random, non-zero B
+    (a fresh adapter's B is zero and would merge to nothing), saved in `folder`. `config`: more LoraConfig keys."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from vlmbias.encoders.models import load_clip_weights
+
+    torch.manual_seed(seed)
+    model = get_peft_model(load_clip_weights(str(base), torch.float32, native=False),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), **config))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(str(folder))
+    return Path(folder)
+
+
 def make_hf_hub_cache(hf_home: str | Path, repo_id: str, seed: int = 0) -> Path:
     """A tiny random-weight CLIP (make_tiny_hf_clip) in the Hugging Face hub cache under `hf_home`, as
     if `repo_id` had been downloaded: with HF_HOME=hf_home and HF_HUB_OFFLINE=1, loading `repo_id`
